@@ -1,0 +1,69 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Dependency direction (each line only imports what is above it):
+//   NetshapeCore            pure values, planner, differ, ports (no Glibc, no C, no I/O)
+//   NetshapePolicy          TOML text -> validated Policy (TOMLKit stays in here)
+//   NetshapeEngine          observe -> plan -> apply -> verify, through Core's ports only
+//   NetshapeKernel          the ports for real: libnl-route-3, libmnl, bpf(), cgroupfs, /proc
+//   NetshapeCLI             argument parsing and rendering
+//   netshape                the executable: one line calling NetshapeCLI
+let package = Package(
+    name: "netshape",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "netshape", targets: ["netshape"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+    ],
+    targets: [
+        .target(name: "NetshapeCore"),
+        .target(
+            name: "NetshapePolicy",
+            dependencies: ["NetshapeCore", .product(name: "TOMLKit", package: "TOMLKit")]
+        ),
+        .systemLibrary(
+            name: "CLibnlRoute",
+            pkgConfig: "libnl-route-3.0",
+            providers: [.apt(["libnl-3-dev", "libnl-route-3-dev"])]
+        ),
+        .systemLibrary(
+            name: "CLibmnl",
+            pkgConfig: "libmnl",
+            providers: [.apt(["libmnl-dev"])]
+        ),
+        .target(name: "CNetshapeShim"),
+        .target(
+            name: "NetshapeEngine",
+            dependencies: ["NetshapeCore", .product(name: "Logging", package: "swift-log")]
+        ),
+        .target(
+            name: "NetshapeKernel",
+            dependencies: ["NetshapeCore", "CLibnlRoute", "CLibmnl", "CNetshapeShim"]
+        ),
+        .target(
+            name: "NetshapeCLI",
+            dependencies: [
+                "NetshapeCore", "NetshapePolicy", "NetshapeEngine", "NetshapeKernel",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(name: "netshape", dependencies: ["NetshapeCLI"]),
+        .target(name: "NetshapeTestSupport", dependencies: ["NetshapeCore", "NetshapeEngine"]),
+        .testTarget(name: "NetshapeCoreTests", dependencies: ["NetshapeCore", "NetshapeTestSupport"]),
+        .testTarget(name: "NetshapePolicyTests", dependencies: ["NetshapePolicy", "NetshapeCore"]),
+        .testTarget(
+            name: "NetshapeEngineTests",
+            dependencies: ["NetshapeEngine", "NetshapeCore", "NetshapePolicy", "NetshapeTestSupport"]
+        ),
+        .testTarget(name: "NetshapeCLITests", dependencies: ["NetshapeCLI"]),
+        .testTarget(
+            name: "NetshapeIntegrationTests",
+            dependencies: ["NetshapeCore", "NetshapeKernel"]
+        ),
+    ]
+)

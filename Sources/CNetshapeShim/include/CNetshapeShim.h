@@ -1,0 +1,51 @@
+// What Swift cannot call or import directly: the variadic syscall(2) behind bpf(2), union-typed
+// bpf_attr, and function-like macros (TC_H_MAKE, MNL_SOCKET_BUFFER_SIZE). Every helper here is a
+// thin, logic-free wrapper prefixed netshape_; the typed Swift API lives in NetshapeKernel.
+#ifndef NETSHAPE_SHIM_H
+#define NETSHAPE_SHIM_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <linux/pkt_sched.h>
+#include <linux/pkt_cls.h>
+#include <linux/rtnetlink.h>
+#include <linux/netlink.h>
+#include <linux/connector.h>
+#include <linux/cn_proc.h>
+#include <linux/if_ether.h>
+
+/// TC_H_MAKE(maj, min): a tc handle from its major (already shifted) and minor parts.
+static inline uint32_t netshape_tc_h_make(uint32_t maj, uint32_t min) { return TC_H_MAKE(maj, min); }
+
+/// htons(ETH_P_ALL): the `protocol all` value of a filter's tcm_info.
+static inline uint16_t netshape_eth_p_all_be(void) { return (uint16_t)((ETH_P_ALL >> 8) | ((ETH_P_ALL & 0xff) << 8)); }
+
+/// bpf(BPF_PROG_LOAD) for a socket-filter-style program. Returns the program fd, or -1 with errno set.
+/// `log`/`log_size` may be NULL/0; the verifier writes its reasons there on failure.
+int netshape_bpf_prog_load(uint32_t prog_type, const struct bpf_insn *insns, uint32_t insn_count,
+                           const char *license, const char *name, char *log, uint32_t log_size);
+
+/// The size of a struct bpf_insn, to check the Swift-side layout.
+static inline size_t netshape_bpf_insn_size(void) { return sizeof(struct bpf_insn); }
+
+/// Builds one eBPF instruction (struct bpf_insn has bitfields Swift cannot set).
+struct bpf_insn netshape_bpf_insn(uint8_t code, uint8_t dst, uint8_t src, int16_t off, int32_t imm);
+
+/// setns(fd, CLONE_NEWNET) (needs _GNU_SOURCE, which Swift's Glibc module does not define).
+int netshape_setns_net(int fd);
+/// unshare(CLONE_NEWNET) for the calling thread.
+int netshape_unshare_net(void);
+/// fstatfs(fd).f_type, or -1 with errno set.
+long netshape_fstatfs_type(int fd);
+/// statfs(path).f_type, or -1 with errno set.
+long netshape_statfs_type(const char *path);
+/// mount(2) with the flags netshape uses for a cgroup v1 hierarchy: nosuid, nodev, noexec.
+int netshape_mount_cgroup_v1(const char *target, const char *options);
+
+/// Writes the sizes of the proc connector's structures (cn_msg, proc_event) for layout checks.
+size_t netshape_cn_msg_size(void);
+size_t netshape_proc_event_size(void);
+
+#endif

@@ -1,0 +1,57 @@
+#define _GNU_SOURCE
+#include "CNetshapeShim.h"
+#include <sched.h>
+#include <sys/vfs.h>
+#include <sys/mount.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+
+_Static_assert(sizeof(struct bpf_insn) == 8, "struct bpf_insn is 8 bytes on every architecture");
+
+int netshape_bpf_prog_load(uint32_t prog_type, const struct bpf_insn *insns, uint32_t insn_count,
+                           const char *license, const char *name, char *log, uint32_t log_size) {
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.prog_type = prog_type;
+    attr.insns = (uint64_t)(uintptr_t)insns;
+    attr.insn_cnt = insn_count;
+    attr.license = (uint64_t)(uintptr_t)license;
+    if (log && log_size) {
+        attr.log_buf = (uint64_t)(uintptr_t)log;
+        attr.log_size = log_size;
+        attr.log_level = 1;
+    }
+    if (name) strncpy(attr.prog_name, name, sizeof(attr.prog_name) - 1);
+    return (int)syscall(__NR_bpf, BPF_PROG_LOAD, &attr, sizeof(attr));
+}
+
+struct bpf_insn netshape_bpf_insn(uint8_t code, uint8_t dst, uint8_t src, int16_t off, int32_t imm) {
+    struct bpf_insn insn;
+    memset(&insn, 0, sizeof(insn));
+    insn.code = code;
+    insn.dst_reg = dst;
+    insn.src_reg = src;
+    insn.off = off;
+    insn.imm = imm;
+    return insn;
+}
+
+size_t netshape_cn_msg_size(void) { return sizeof(struct cn_msg); }
+size_t netshape_proc_event_size(void) { return sizeof(struct proc_event); }
+
+int netshape_setns_net(int fd) { return setns(fd, CLONE_NEWNET); }
+int netshape_unshare_net(void) { return unshare(CLONE_NEWNET); }
+long netshape_fstatfs_type(int fd) {
+    struct statfs fs;
+    if (fstatfs(fd, &fs) != 0) return -1;
+    return (long)fs.f_type;
+}
+long netshape_statfs_type(const char *path) {
+    struct statfs fs;
+    if (statfs(path, &fs) != 0) return -1;
+    return (long)fs.f_type;
+}
+int netshape_mount_cgroup_v1(const char *target, const char *options) {
+    return mount("cgroup", target, "cgroup", MS_NOSUID | MS_NODEV | MS_NOEXEC, options);
+}

@@ -1,0 +1,337 @@
+import ArgumentParser
+import FoundationEssentials
+import Glibc
+import Logging
+import NetshapeCore
+import NetshapeEngine
+import NetshapeKernel
+import NetshapePolicy
+
+/// `netshape`: the root command. Subcommands are thin: parse, call the engine, render.
+public struct Netshape: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "netshape",
+        abstract: "Shape the bandwidth of processes, namespaces and containers with HTB and net_cls cgroups.",
+        discussion: """
+            A TOML policy names network namespaces, their egress (and ingress) rates, and classes
+            with guaranteed rates, ceilings, priorities and rules that pick processes. netshape gives
+            every class a net_cls cgroup and an HTB class on the namespace's device, and keeps the two
+            in step. Exit status: 0 success, 1 the machine refused something, 2 usage error,
+            65 invalid policy.
+            """,
+        version: "0.1.0",
+        subcommands: [Check.self, Plan.self, Apply.self, Status.self, Reset.self, Run.self, Classify.self]
+    )
+
+    public init() {}
+
+    /// Entry point: runs the command and maps every failure to the documented exit status.
+    public static func runMain() -> Never {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+            Glibc.exit(0)
+        } catch let e as PolicyError {
+            printError(e.description, prefixed: false)
+            Glibc.exit(65)
+        } catch let e as CLIError {
+            printError(e.message, prefixed: e.exitCode != 65)
+            Glibc.exit(e.exitCode)
+        } catch let e as ApplyError {
+            printError("apply failed: \(e)")
+            Glibc.exit(1)
+        } catch let e as DiffError {
+            printError(e.message)
+            Glibc.exit(1)
+        } catch let e as PlanError {
+            printError(e.message)
+            Glibc.exit(1)
+        } catch let e as KernelError {
+            printError(e.description)
+            Glibc.exit(1)
+        } catch {
+            let code = exitCode(for: error)
+            if code == .success {
+                print(fullMessage(for: error))
+                Glibc.exit(0)
+            }
+            if error is ExitCode { Glibc.exit(code.rawValue) }
+            // ArgumentParser's usage errors exit 64 (EX_USAGE); netshape's contract says 2.
+            FileHandleStderr.write(fullMessage(for: error) + "\n")
+            Glibc.exit(code.rawValue == 64 ? 2 : code.rawValue)
+        }
+    }
+}
+
+enum FileHandleStderr {
+    static func write(_ s: String) {
+        var text = s
+        text.withUTF8 { _ = Glibc.write(2, $0.baseAddress, $0.count) }
+    }
+}
+
+func printError(_ message: String, prefixed: Bool = true) {
+    FileHandleStderr.write((prefixed ? "netshape: error: " : "") + message + "\n")
+}
+
+/// Options every policy-reading command shares.
+struct PolicyOptions: ParsableArguments {
+    @Argument(help: "The policy file (TOML).")
+    var policy: String
+}
+
+/// Turns a kernel-facing command's setup into one place: load (trusted), logger, kernel, engine.
+struct Session {
+    let policy: Policy
+    let path: String
+    let kernel: LinuxKernel
+    let engine: Engine
+
+    init(policyPath: String, verbose: Bool = false, lock: Bool) throws {
+        let (policy, path) = try PolicyLoader.load(policyPath, trusted: true)
+        self.policy = policy
+        self.path = path
+        let state = StateStore()
+        if lock { try state.lock() }
+        kernel = LinuxKernel(settings: policy.settings, state: state)
+        var logger = Logger(label: "netshape")
+        logger.logLevel = verbose ? .info : .warning
+        engine = Engine(kernel: kernel, logger: logger)
+    }
+}
+
+func encodeJSON<T: Encodable>(_ value: T) throws -> String {
+    let e = JSONEncoder()
+    e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+    return String(decoding: try e.encode(value), as: UTF8.self)
+}
+
+// MARK: - check
+
+struct Check: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Validate a policy; exit 0 if it is valid, 65 (with FILE:LINE:COL errors) if not.")
+
+    @OptionGroup var options: PolicyOptions
+
+    func run() throws {
+        let (policy, _) = try PolicyLoader.load(options.policy, trusted: false)
+        let classes = policy.namespaces.reduce(0) { $0 + $1.classes.count }
+        print("\(options.policy): valid (\(policy.namespaces.count) namespace(s), \(classes) class(es))")
+    }
+}
+
+// MARK: - plan
+
+struct Plan: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print what apply would change, changing nothing.")
+
+    @OptionGroup var options: PolicyOptions
+    @Flag(help: "Print a JSON object whose operations array has one entry per change.")
+    var json = false
+    @Flag(help: "Plan replacing a root qdisc netshape did not create.")
+    var force = false
+
+    func run() throws {
+        let s = try Session(policyPath: options.policy, lock: false)
+        let plan = try s.engine.plan(s.policy, options: ApplyOptions(force: force))
+        if json {
+            print(try encodeJSON(PlanJSON(policy: s.path, plan: plan)))
+        } else {
+            print(Render.plan(plan, policyPath: options.policy))
+        }
+    }
+}
+
+// MARK: - apply
+
+struct Apply: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Converge the machine to the policy: create, change in place, or remove what differs.",
+        discussion: """
+            Idempotent: a second apply of the same policy changes nothing. Never deletes or replaces an
+            object netshape did not create; a device whose root qdisc someone else set is refused unless
+            --force. A failure half-way rolls back what this run changed.
+            """)
+
+    @OptionGroup var options: PolicyOptions
+    @Flag(name: .customLong("dry-run"), help: "Only print what would change (the same as plan).")
+    var dryRun = false
+    @Flag(help: "Replace a root qdisc netshape did not create.")
+    var force = false
+    @Flag(name: .shortAndLong, help: "Log every change as it is made.")
+    var verbose = false
+
+    func run() throws {
+        if dryRun {
+            let s = try Session(policyPath: options.policy, lock: false)
+            print(Render.plan(try s.engine.plan(s.policy, options: ApplyOptions(force: force)), policyPath: options.policy))
+            return
+        }
+        let s = try Session(policyPath: options.policy, verbose: verbose, lock: true)
+        let report = try s.engine.apply(s.policy, policyPath: s.path, options: ApplyOptions(force: force))
+        print(Render.applied(report, policyPath: options.policy))
+        if !report.remaining.isEmpty {
+            throw CLIError("verification after apply found \(report.remaining.count) difference(s) left:\n"
+                           + report.remaining.map { "  \($0.command)" }.joined(separator: "\n"))
+        }
+    }
+}
+
+// MARK: - status
+
+struct Status: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Per namespace and class: rate, ceil, bytes, packets, drops, throughput and member pids.")
+
+    @Argument(help: "The policy file; omitted = every policy netshape has applied on this machine.")
+    var policy: String?
+    @Flag(help: "Print JSON.")
+    var json = false
+    @Option(help: "Seconds between the two counter samples that give the current throughput (0 = one sample).")
+    var interval: Double = 1
+
+    func run() throws {
+        var paths: [String] = []
+        if let p = policy {
+            paths = [p]
+        } else {
+            let owned = try StateStore().loadOwnership()
+            paths = Array(Set(owned.namespaces.values.map(\.policy))).sorted()
+            if paths.isEmpty {
+                if json { print(try encodeJSON(StatusReport(namespaces: [], interval: interval))) } else {
+                    print("netshape has applied no policy on this machine")
+                }
+                return
+            }
+        }
+        var combined = StatusReport(namespaces: [], interval: interval)
+        for p in paths {
+            let s = try Session(policyPath: p, lock: false)
+            let r = try s.engine.status(s.policy, interval: interval) { secs in
+                var ts = timespec(tv_sec: Int(secs), tv_nsec: Int((secs - Double(Int(secs))) * 1e9))
+                var rest = timespec()
+                while nanosleep(&ts, &rest) != 0 && errno == EINTR { ts = rest }
+            }
+            combined.namespaces += r.namespaces
+        }
+        print(json ? try encodeJSON(combined) : Render.status(combined))
+    }
+}
+
+// MARK: - reset
+
+struct Reset: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Remove everything this policy created (cgroups, HTB tree, classifier); nothing else.")
+
+    @OptionGroup var options: PolicyOptions
+    @Flag(name: .shortAndLong, help: "Log every change as it is made.")
+    var verbose = false
+
+    func run() throws {
+        let s = try Session(policyPath: options.policy, verbose: verbose, lock: true)
+        let report = try s.engine.reset(s.policy)
+        print(Render.reset(report, policyPath: options.policy))
+    }
+}
+
+// MARK: - run and classify
+
+/// Resolves `CLASS` or `NAMESPACE/CLASS` against a policy.
+func resolveClass(_ spec: String, in policy: Policy) throws -> (NamespacePolicy, ClassPolicy) {
+    let parts = spec.split(separator: "/", maxSplits: 1).map(String.init)
+    let candidates: [(NamespacePolicy, ClassPolicy)]
+    if parts.count == 2 {
+        guard let ns = policy.namespace(parts[0]) else {
+            throw CLIError("no namespace \"\(parts[0])\" in \(policy.source)", exitCode: 2)
+        }
+        candidates = ns.class(parts[1]).map { [(ns, $0)] } ?? []
+    } else {
+        candidates = policy.namespaces.compactMap { ns in ns.class(spec).map { (ns, $0) } }
+    }
+    guard let first = candidates.first else {
+        throw CLIError("no class \"\(spec)\" in \(policy.source)", exitCode: 2)
+    }
+    guard candidates.count == 1 else {
+        let names = candidates.map { "\($0.0.name)/\($0.1.name)" }.joined(separator: ", ")
+        throw CLIError("class \"\(spec)\" is in several namespaces (\(names)): write NAMESPACE/CLASS", exitCode: 2)
+    }
+    return first
+}
+
+/// The class's cgroup, which `apply` must have created.
+func appliedCgroup(_ s: Session, _ ns: NamespacePolicy, _ cls: ClassPolicy) throws -> (NetClsHierarchy, String) {
+    let h = try s.kernel.netCls()
+    let path = "netshape/\(ns.name)/\(cls.name)"
+    guard h.classid(path) != nil else {
+        throw CLIError("class \(ns.name)/\(cls.name) has no cgroup yet (\(h.root)/\(path)): run netshape apply \(s.policy.source) first")
+    }
+    return (h, path)
+}
+
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Start a command inside a class: its namespace (setns) and its cgroup (like cgexec).")
+
+    @OptionGroup var options: PolicyOptions
+    @Argument(help: "The class (CLASS or NAMESPACE/CLASS).")
+    var `class`: String
+    @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.")
+    var command: [String] = []
+
+    func validate() throws {
+        if command.isEmpty { throw ValidationError("give the command to run after --") }
+    }
+
+    func run() throws {
+        let s = try Session(policyPath: options.policy, lock: false)
+        let (ns, cls) = try resolveClass(self.class, in: s.policy)
+        let (h, path) = try appliedCgroup(s, ns, cls)
+        // Join the cgroup first (exec inherits it), then the namespace; both before exec, so the
+        // command's first packet is already classified.
+        try h.move(pid: getpid(), to: path)
+        let netns = try s.kernel.namespace(for: NamespaceRequest(name: ns.name, target: ns.netns, device: ns.device))
+        try netns.enterForExec()
+        var argv: [UnsafeMutablePointer<CChar>?] = command.map { strdup($0) }
+        argv.append(nil)
+        execvp(command[0], &argv)
+        throw CLIError("cannot run \(command[0]): \(String(cString: strerror(errno)))", exitCode: errno == ENOENT ? 127 : 126)
+    }
+}
+
+struct Classify: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Move running processes into a class (like cgclassify).")
+
+    @OptionGroup var options: PolicyOptions
+    @Argument(help: "The class (CLASS or NAMESPACE/CLASS).")
+    var `class`: String
+    @Argument(help: "Process ids.")
+    var pids: [Int32] = []
+
+    func validate() throws {
+        if pids.isEmpty { throw ValidationError("give at least one process id") }
+    }
+
+    func run() throws {
+        let s = try Session(policyPath: options.policy, lock: true)
+        let (ns, cls) = try resolveClass(self.class, in: s.policy)
+        let (h, path) = try appliedCgroup(s, ns, cls)
+        let netns = try s.kernel.namespace(for: NamespaceRequest(name: ns.name, target: ns.netns, device: ns.device))
+        // Check every pid before moving any, so a bad one changes nothing.
+        for pid in pids {
+            guard let (id, p) = s.kernel.process(pid) else {
+                throw CLIError("no such process \(pid) (or it is a kernel thread)")
+            }
+            guard id == netns.id else {
+                throw CLIError("process \(pid) (\(p.comm)) lives in another network namespace than \(ns.name) (\(ns.netns)): its packets would never meet class \(cls.name)'s device")
+            }
+        }
+        for pid in pids {
+            try h.move(pid: pid, to: path)
+            print("moved \(pid) to \(ns.name)/\(cls.name)")
+        }
+    }
+}

@@ -1,0 +1,173 @@
+import NetshapeCore
+import NetshapeEngine
+
+/// `plan --json`: one entry per change in `operations` (empty when nothing differs).
+struct PlanJSON: Encodable {
+    struct Op: Encodable {
+        var namespace: String
+        var device: String
+        var verb: String
+        var object: String
+        var command: String
+    }
+    struct Class: Encodable {
+        var name: String
+        var classid: String
+        var rate: UInt64
+        var ceil: UInt64
+        var burst: UInt64
+        var cburst: UInt64
+        var priority: UInt32
+        var quantum: UInt32
+        var leaf: String
+        var cgroup: String?
+        var isDefault: Bool
+    }
+    struct Namespace: Encodable {
+        var name: String
+        var netns: String
+        var device: String
+        var handle: String
+        var classifier: String
+        var egress: UInt64
+        var ingress: UInt64?
+        var classes: [Class]
+    }
+    var policy: String
+    var notes: [String]
+    var capabilities: KernelCapabilities
+    var namespaces: [Namespace]
+    var operations: [Op]
+
+    init(policy: String, plan: PlanResult) {
+        self.policy = policy
+        notes = plan.desired.notes
+        capabilities = plan.capabilities
+        operations = plan.operations.map {
+            Op(namespace: $0.namespace, device: $0.device, verb: $0.verb, object: $0.object, command: $0.command)
+        }
+        namespaces = plan.desired.namespaces.map { ns in
+            Namespace(
+                name: ns.name, netns: ns.target.description,
+                device: plan.observed.namespaces[ns.name]?.device ?? ns.device ?? "", handle: "\(ns.qdisc.handle)",
+                classifier: ns.classifier.rawValue, egress: ns.egress.bitsPerSecond, ingress: ns.ingress?.bitsPerSecond,
+                classes: ns.classes.map { c in
+                    Class(name: c.displayName, classid: "\(c.spec.classid)", rate: c.spec.rate.bitsPerSecond,
+                          ceil: c.spec.ceil.bitsPerSecond, burst: c.spec.burst.bytes, cburst: c.spec.cburst.bytes,
+                          priority: c.spec.priority, quantum: c.spec.quantum, leaf: c.leaf.queue.description,
+                          cgroup: c.name.map { "netshape/\(ns.name)/\($0)" }, isDefault: c.isDefault)
+                })
+        }
+    }
+}
+
+/// Human-readable output. Plain columns, one line per change, the tc command each stands for.
+enum Render {
+    static func symbol(_ op: Operation) -> String {
+        switch op.verb {
+        case "add", "create": return "+"
+        case "delete", "remove": return "-"
+        case "move": return ">"
+        default: return "~"
+        }
+    }
+
+    static func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s : s + String(repeating: " ", count: n - s.count) }
+
+    static func table(_ rows: [[String]]) -> String {
+        guard let first = rows.first else { return "" }
+        let widths = (0..<first.count).map { i in rows.map { $0[i].count }.max() ?? 0 }
+        return rows.map { r in
+            r.enumerated().map { i, c in i == r.count - 1 ? c : pad(c, widths[i]) }.joined(separator: "  ")
+        }.joined(separator: "\n")
+    }
+
+    static func plan(_ plan: PlanResult, policyPath: String) -> String {
+        var out: [String] = []
+        for n in plan.desired.notes { out.append("note: \(n)") }
+        for ns in plan.desired.namespaces {
+            let dev = plan.observed.namespaces[ns.name]?.device ?? ns.device ?? "?"
+            out.append("namespace \(ns.name): netns \(ns.target), dev \(dev), egress \(ns.egress), htb \(ns.qdisc.handle), "
+                       + "classifier \(ns.classifier == .cgroup ? "cls_cgroup" : "cls_bpf")")
+            var rows = [["  class", "classid", "rate", "ceil", "prio", "leaf"]]
+            for c in ns.classes {
+                rows.append(["  " + c.displayName + (c.isDefault ? " *" : ""), "\(c.spec.classid)", "\(c.spec.rate)",
+                             "\(c.spec.ceil)", "\(c.spec.priority)", c.leaf.queue.description])
+            }
+            out.append(table(rows))
+            let ops = plan.operations.filter { $0.namespace == ns.name }
+            if ops.isEmpty {
+                out.append("  no changes")
+            } else {
+                out.append("  changes:")
+                out += ops.map { "    \(symbol($0)) \($0.command)" }
+            }
+        }
+        out.append(plan.operations.isEmpty
+                   ? "\(policyPath): the machine already matches the policy"
+                   : "\(policyPath): \(plan.operations.count) change(s) to apply (* = default class)")
+        return out.joined(separator: "\n")
+    }
+
+    static func applied(_ r: ApplyReport, policyPath: String) -> String {
+        var out = r.notes.map { "note: \($0)" }
+        if r.performed.isEmpty {
+            out.append("\(policyPath): no changes, the machine already matches the policy")
+        } else {
+            out += r.performed.map { "\(symbol($0)) \($0.command)" }
+            out.append("\(policyPath): applied \(r.performed.count) change(s)")
+        }
+        if !r.vanished.isEmpty {
+            out.append("note: \(r.vanished.count) process(es) exited before they could be moved: \(r.vanished.map(String.init).joined(separator: " "))")
+        }
+        return out.joined(separator: "\n")
+    }
+
+    static func reset(_ r: ApplyReport, policyPath: String) -> String {
+        var out = r.performed.map { "\(symbol($0)) \($0.command)" }
+        out.append(r.performed.isEmpty ? "\(policyPath): nothing to remove" : "\(policyPath): removed \(r.performed.count) object(s)")
+        return out.joined(separator: "\n")
+    }
+
+    static func bits(_ b: UInt64) -> String { Rate(bytesPerSecond: b / 8).description }
+
+    static func human(_ b: UInt64) -> String {
+        let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+        var v = Double(b)
+        var i = 0
+        while v >= 1024 && i < units.count - 1 {
+            v /= 1024
+            i += 1
+        }
+        return i == 0 ? "\(b)B" : "\(Int(v * 10) / 10).\(Int(v * 10) % 10)\(units[i])"
+    }
+
+    static func throughput(_ b: UInt64) -> String {
+        if b >= 1_000_000 { return "\(b / 1_000_000).\((b % 1_000_000) / 100_000)mbit" }
+        if b >= 1000 { return "\(b / 1000)kbit" }
+        return "\(b)bit"
+    }
+
+    static func status(_ r: StatusReport) -> String {
+        var out: [String] = []
+        for ns in r.namespaces {
+            if let p = ns.problem {
+                out.append("namespace \(ns.name): netns \(ns.netns): \(p)")
+                continue
+            }
+            out.append("namespace \(ns.name): netns \(ns.netns), dev \(ns.device), egress \(bits(ns.egress)), htb \(ns.handle), "
+                       + "classifier \(ns.classifier == "cgroup" ? "cls_cgroup" : ns.classifier == "bpf" ? "cls_bpf" : "none")"
+                       + (ns.applied ? "" : " (NOT APPLIED)"))
+            var rows = [["  class", "classid", "rate", "ceil", "now", "bytes", "packets", "drops", "pids"]]
+            for c in ns.classes {
+                rows.append([
+                    "  " + c.name + (c.isDefault ? " *" : ""), c.classid, bits(c.rate), bits(c.ceil),
+                    c.throughput.map(throughput) ?? "-", human(c.bytes), "\(c.packets)", "\(c.drops)",
+                    c.pids.isEmpty ? "-" : c.pids.map(String.init).joined(separator: ","),
+                ])
+            }
+            out.append(table(rows))
+        }
+        return out.joined(separator: "\n")
+    }
+}

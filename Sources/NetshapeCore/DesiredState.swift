@@ -1,0 +1,190 @@
+/// The leaf queue attached under one HTB leaf class.
+public enum LeafQueue: Sendable, Hashable, Codable, CustomStringConvertible {
+    case fqCodel
+    case sfq
+    /// Packet-count limit.
+    case pfifo(limit: UInt32)
+    /// Byte limit.
+    case bfifo(limit: UInt32)
+
+    /// The qdisc kind string (`TCA_KIND`).
+    public var kind: String {
+        switch self {
+        case .fqCodel: return "fq_codel"
+        case .sfq: return "sfq"
+        case .pfifo: return "pfifo"
+        case .bfifo: return "bfifo"
+        }
+    }
+
+    /// The arguments after the kind in a `tc qdisc` command.
+    public var description: String {
+        switch self {
+        case .fqCodel, .sfq: return kind
+        case .pfifo(let l): return "pfifo limit \(l)"
+        case .bfifo(let l): return "bfifo limit \(Size(bytes: UInt64(l)))"
+        }
+    }
+}
+
+/// The cgroup classifier in use on a device.
+public enum ClassifierKind: String, Sendable, Hashable, Codable {
+    /// `cls_cgroup` (`tc filter … handle 1: cgroup`).
+    case cgroup
+    /// `cls_bpf` running `r0 = bpf_get_cgroup_classid(skb); exit`, not in direct-action mode.
+    case bpf
+
+    /// `TCA_KIND`.
+    public var kind: String { rawValue }
+}
+
+/// An HTB root qdisc: `tc qdisc add dev D root handle M: htb default N`.
+public struct HTBQdiscSpec: Sendable, Hashable, Codable {
+    public var handle: TCHandle
+    /// Minor of the class unclassified traffic goes to.
+    public var defaultMinor: UInt16
+    public init(handle: TCHandle, defaultMinor: UInt16) {
+        self.handle = handle
+        self.defaultMinor = defaultMinor
+    }
+}
+
+/// One HTB class: `tc class add dev D parent P classid C htb rate … ceil … burst … cburst … prio … quantum …`.
+public struct HTBClassSpec: Sendable, Hashable, Codable {
+    public var classid: TCHandle
+    public var parent: TCHandle
+    public var rate: Rate
+    public var ceil: Rate
+    public var burst: Size
+    public var cburst: Size
+    public var priority: UInt32
+    public var quantum: UInt32
+
+    public init(classid: TCHandle, parent: TCHandle, rate: Rate, ceil: Rate, burst: Size, cburst: Size,
+                priority: UInt32, quantum: UInt32) {
+        self.classid = classid
+        self.parent = parent
+        self.rate = rate
+        self.ceil = ceil
+        self.burst = burst
+        self.cburst = cburst
+        self.priority = priority
+        self.quantum = quantum
+    }
+
+    /// The `htb …` arguments of the equivalent tc command.
+    public var tcArguments: String {
+        "htb rate \(rate) ceil \(ceil) burst \(burst) cburst \(cburst) prio \(priority) quantum \(quantum)"
+    }
+
+    /// True when `observed` carries the same parameters, allowing for the kernel's rounding of
+    /// bursts (HTB stores them as transmit times in psched ticks, so a dump reads back a few bytes off).
+    public func matches(_ observed: HTBClassSpec) -> Bool {
+        classid == observed.classid && parent == observed.parent && rate == observed.rate && ceil == observed.ceil
+            && priority == observed.priority && quantum == observed.quantum
+            && Self.close(burst, observed.burst) && Self.close(cburst, observed.cburst)
+    }
+
+    static func close(_ a: Size, _ b: Size) -> Bool {
+        let d = a.bytes > b.bytes ? a.bytes - b.bytes : b.bytes - a.bytes
+        return d <= max(64, a.bytes / 100)
+    }
+}
+
+/// A leaf qdisc: `tc qdisc add dev D parent C <queue>`; its handle is left to the kernel.
+public struct LeafQdiscSpec: Sendable, Hashable, Codable {
+    public var parent: TCHandle
+    public var queue: LeafQueue
+    public init(parent: TCHandle, queue: LeafQueue) {
+        self.parent = parent
+        self.queue = queue
+    }
+}
+
+/// The classifier filter on the HTB root: `tc filter add dev D parent M: protocol all prio P handle H <kind>`.
+public struct FilterSpec: Sendable, Hashable, Codable {
+    public var parent: TCHandle
+    public var kind: ClassifierKind
+    public var priority: UInt16
+    public var handle: UInt32
+
+    /// netshape's filters use this priority so they are found again among foreign ones.
+    public static let netshapePriority: UInt16 = 0xC0DE & 0x7FFF
+    /// Name given to the cls_bpf program (`TCA_BPF_NAME`), how a dump recognises it.
+    public static let bpfProgramName = "netshape_classid"
+
+    public init(parent: TCHandle, kind: ClassifierKind, priority: UInt16 = FilterSpec.netshapePriority,
+                handle: UInt32 = 1) {
+        self.parent = parent
+        self.kind = kind
+        self.priority = priority
+        self.handle = handle
+    }
+}
+
+/// A class's net_cls cgroup: `<root>/netshape/<namespace>/<class>` with `net_cls.classid`.
+public struct CgroupSpec: Sendable, Hashable, Codable {
+    public var namespace: String
+    public var className: String
+    public var classid: TCHandle
+
+    public init(namespace: String, className: String, classid: TCHandle) {
+        self.namespace = namespace
+        self.className = className
+        self.classid = classid
+    }
+
+    /// Path relative to the net_cls mount, built only from validated names.
+    public var relativePath: String { "netshape/\(namespace)/\(className)" }
+}
+
+/// One class as the planner laid it out (for rendering, status and membership).
+public struct PlannedClass: Sendable, Equatable {
+    /// The policy class name, or nil for the implicit default class.
+    public var name: String?
+    public var spec: HTBClassSpec
+    public var leaf: LeafQdiscSpec
+    public var match: MatchRules
+    public var isDefault: Bool
+
+    /// The class name as shown to users.
+    public var displayName: String { name ?? "(default)" }
+}
+
+/// Everything one policy namespace should look like in the kernel and cgroupfs.
+public struct DesiredNamespace: Sendable, Equatable {
+    public var name: String
+    public var target: NetnsTarget
+    /// Device from the policy; nil = resolve the default-route device when observing.
+    public var device: String?
+    public var qdisc: HTBQdiscSpec
+    /// The HTB root class (`M:1`), holding the namespace egress.
+    public var rootClass: HTBClassSpec
+    /// Leaf classes in policy order; the implicit default class (if any) last.
+    public var classes: [PlannedClass]
+    public var filter: FilterSpec
+    public var classifier: ClassifierKind
+    public var egress: Rate
+    public var ingress: Rate?
+
+    /// The net_cls cgroups of the policy's classes (the implicit default class has none).
+    public var cgroups: [CgroupSpec] {
+        classes.compactMap { c in c.name.map { CgroupSpec(namespace: name, className: $0, classid: c.spec.classid) } }
+    }
+
+    /// All HTB classes, root first (the order they must be created in).
+    public var allClasses: [HTBClassSpec] { [rootClass] + classes.map(\.spec) }
+}
+
+/// The whole desired state, plus notes the planner wants the user to read (fallbacks it chose).
+public struct DesiredState: Sendable, Equatable {
+    public var namespaces: [DesiredNamespace]
+    public var notes: [String]
+
+    public init(namespaces: [DesiredNamespace], notes: [String]) {
+        self.namespaces = namespaces
+        self.notes = notes
+    }
+
+    public func namespace(_ name: String) -> DesiredNamespace? { namespaces.first { $0.name == name } }
+}

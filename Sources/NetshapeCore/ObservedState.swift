@@ -1,0 +1,219 @@
+/// Counters of a class or qdisc (`TCA_STATS2`).
+public struct TCStats: Sendable, Equatable, Codable {
+    public var bytes: UInt64
+    public var packets: UInt64
+    public var drops: UInt64
+    public var overlimits: UInt64
+    public var backlogBytes: UInt64
+
+    public init(bytes: UInt64 = 0, packets: UInt64 = 0, drops: UInt64 = 0, overlimits: UInt64 = 0,
+                backlogBytes: UInt64 = 0) {
+        self.bytes = bytes
+        self.packets = packets
+        self.drops = drops
+        self.overlimits = overlimits
+        self.backlogBytes = backlogBytes
+    }
+}
+
+/// A qdisc as dumped (`tc qdisc show`).
+public struct ObservedQdisc: Sendable, Equatable {
+    public var handle: TCHandle
+    public var parent: TCHandle
+    public var kind: String
+    /// HTB `defcls` minor, for kind "htb".
+    public var htbDefault: UInt16?
+    /// The decoded leaf queue, when the kind is one netshape uses.
+    public var queue: LeafQueue?
+    public var stats: TCStats
+
+    public init(handle: TCHandle, parent: TCHandle, kind: String, htbDefault: UInt16? = nil, queue: LeafQueue? = nil,
+                stats: TCStats = TCStats()) {
+        self.handle = handle
+        self.parent = parent
+        self.kind = kind
+        self.htbDefault = htbDefault
+        self.queue = queue
+        self.stats = stats
+    }
+}
+
+/// An HTB class as dumped (`tc -s class show`).
+public struct ObservedClass: Sendable, Equatable {
+    public var spec: HTBClassSpec
+    public var stats: TCStats
+    public init(spec: HTBClassSpec, stats: TCStats = TCStats()) {
+        self.spec = spec
+        self.stats = stats
+    }
+}
+
+/// A filter as dumped (`tc filter show`).
+public struct ObservedFilter: Sendable, Equatable {
+    public var parent: TCHandle
+    public var kind: String
+    public var priority: UInt16
+    public var handle: UInt32
+    /// `TCA_BPF_NAME` for kind "bpf".
+    public var bpfName: String?
+
+    public init(parent: TCHandle, kind: String, priority: UInt16, handle: UInt32, bpfName: String? = nil) {
+        self.parent = parent
+        self.kind = kind
+        self.priority = priority
+        self.handle = handle
+        self.bpfName = bpfName
+    }
+}
+
+/// One process as read from /proc.
+public struct ProcessInfo: Sendable, Equatable {
+    public var pid: Int32
+    public var comm: String
+    /// Target of /proc/PID/exe (nil for kernel threads or when unreadable).
+    public var exe: String?
+    public var uid: UInt32
+    public var gid: UInt32
+    /// NUL-separated arguments joined with spaces.
+    public var cmdline: String
+    /// The cgroup v2 path (`0::/…`), or the name=systemd one where there is no v2 line.
+    public var cgroup: String
+    /// The net_cls path relative to the hierarchy root ("" = the root cgroup).
+    public var netCls: String
+
+    public init(pid: Int32, comm: String, exe: String? = nil, uid: UInt32 = 0, gid: UInt32 = 0, cmdline: String = "",
+                cgroup: String = "/", netCls: String = "") {
+        self.pid = pid
+        self.comm = comm
+        self.exe = exe
+        self.uid = uid
+        self.gid = gid
+        self.cmdline = cmdline
+        self.cgroup = cgroup
+        self.netCls = netCls
+    }
+}
+
+/// A net_cls cgroup directory under `netshape/`.
+public struct ObservedCgroup: Sendable, Equatable {
+    /// Relative to the net_cls mount, e.g. `netshape/web/frontend`.
+    public var path: String
+    public var classid: TCHandle
+    public var pids: [Int32]
+    public init(path: String, classid: TCHandle, pids: [Int32] = []) {
+        self.path = path
+        self.classid = classid
+        self.pids = pids
+    }
+}
+
+/// What one policy namespace looks like on the machine now.
+public struct ObservedNamespace: Sendable, Equatable {
+    public var name: String
+    /// Why the namespace or its device could not be observed (nil = it was).
+    public var problem: String?
+    /// `st_dev:st_ino` of the netns file: identifies the namespace across runs.
+    public var netnsID: String
+    public var device: String
+    public var ifindex: Int32
+    /// Every qdisc on the device.
+    public var qdiscs: [ObservedQdisc]
+    /// Every HTB class on the device.
+    public var classes: [ObservedClass]
+    /// Every filter attached under the root qdisc.
+    public var filters: [ObservedFilter]
+    /// Processes whose network namespace is this one.
+    public var processes: [ProcessInfo]
+
+    public init(name: String, problem: String? = nil, netnsID: String = "", device: String = "", ifindex: Int32 = 0,
+                qdiscs: [ObservedQdisc] = [], classes: [ObservedClass] = [], filters: [ObservedFilter] = [],
+                processes: [ProcessInfo] = []) {
+        self.name = name
+        self.problem = problem
+        self.netnsID = netnsID
+        self.device = device
+        self.ifindex = ifindex
+        self.qdiscs = qdiscs
+        self.classes = classes
+        self.filters = filters
+        self.processes = processes
+    }
+
+    /// The root qdisc, unless it is the kernel's default (handle 0: `noqueue`, `mq`, `pfifo_fast`…),
+    /// which belongs to nobody and is replaced without ceremony, as `tc qdisc add root` does.
+    public var configuredRoot: ObservedQdisc? {
+        qdiscs.first { $0.parent == .root && $0.handle != .unspecified }
+    }
+}
+
+/// The machine as observed for one policy.
+public struct ObservedState: Sendable, Equatable {
+    public var namespaces: [String: ObservedNamespace]
+    /// Every cgroup under `<net_cls>/netshape`, by relative path.
+    public var cgroups: [String: ObservedCgroup]
+    /// User and group names of the policy's rules, resolved (unknown names are absent).
+    public var users: [String: UInt32]
+    public var groups: [String: UInt32]
+    /// What netshape recorded as its own.
+    public var ownership: OwnershipRecord
+
+    public init(namespaces: [String: ObservedNamespace] = [:], cgroups: [String: ObservedCgroup] = [:],
+                users: [String: UInt32] = [:], groups: [String: UInt32] = [:],
+                ownership: OwnershipRecord = OwnershipRecord()) {
+        self.namespaces = namespaces
+        self.cgroups = cgroups
+        self.users = users
+        self.groups = groups
+        self.ownership = ownership
+    }
+
+    /// Classids already assigned to this policy's classes, for the planner to keep.
+    public func previousAssignments(for policy: Policy) -> PreviousAssignments {
+        var result = PreviousAssignments()
+        for ns in policy.namespaces {
+            var minors: [String: UInt16] = [:]
+            for c in ns.classes {
+                guard let cg = cgroups["netshape/\(ns.name)/\(c.name)"], cg.classid.raw != 0 else { continue }
+                if let m = result.majors[ns.name], m != cg.classid.major { continue }
+                result.majors[ns.name] = cg.classid.major
+                minors[c.name] = cg.classid.minor
+            }
+            if result.majors[ns.name] == nil, let owned = ownership.namespaces[ns.name] {
+                result.majors[ns.name] = owned.rootHandle.major
+            }
+            if !minors.isEmpty { result.minors[ns.name] = minors }
+        }
+        return result
+    }
+}
+
+/// The objects netshape created, recorded before it creates them, so that `apply`, `reset` and
+/// `--force` only ever delete what is netshape's.
+public struct OwnershipRecord: Sendable, Equatable, Codable {
+    public struct Namespace: Sendable, Equatable, Codable {
+        /// Absolute path of the policy that created it.
+        public var policy: String
+        public var netnsID: String
+        public var device: String
+        public var ifindex: Int32
+        public var rootHandle: TCHandle
+
+        public init(policy: String, netnsID: String, device: String, ifindex: Int32, rootHandle: TCHandle) {
+            self.policy = policy
+            self.netnsID = netnsID
+            self.device = device
+            self.ifindex = ifindex
+            self.rootHandle = rootHandle
+        }
+    }
+
+    public var namespaces: [String: Namespace]
+    public init(namespaces: [String: Namespace] = [:]) { self.namespaces = namespaces }
+
+    /// True when `root` on `observed` is the HTB qdisc netshape created there.
+    public func owns(_ root: ObservedQdisc, in observed: ObservedNamespace) -> Bool {
+        guard let n = namespaces[observed.name] else { return false }
+        return root.kind == "htb" && root.handle == n.rootHandle && n.ifindex == observed.ifindex
+            && n.netnsID == observed.netnsID
+    }
+}

@@ -1,0 +1,158 @@
+/// One change to the kernel or cgroupfs. Each names the `tc` or shell command it stands for and
+/// knows its inverse, so a failed `apply` can undo what it did, newest first.
+///
+/// Netlink flags follow the tc verb in one place (the kernel layer): add = CREATE|EXCL,
+/// replace = CREATE|REPLACE, change = 0, delete.
+public struct Operation: Sendable, Equatable {
+    /// The policy namespace this operation belongs to.
+    public var namespace: String
+    /// The device it touches (empty for cgroupfs and process operations).
+    public var device: String
+    public var action: Action
+
+    public init(namespace: String, device: String = "", action: Action) {
+        self.namespace = namespace
+        self.device = device
+        self.action = action
+    }
+
+    public enum Action: Sendable, Equatable {
+        /// `tc qdisc add dev D root handle M: htb default N`
+        case addRootQdisc(HTBQdiscSpec)
+        /// `tc qdisc replace dev D root handle M: htb default N` (only with `--force`)
+        case replaceRootQdisc(HTBQdiscSpec, replacing: ObservedQdisc)
+        /// `tc qdisc change dev D root handle M: htb default N`
+        case changeRootQdisc(HTBQdiscSpec, old: HTBQdiscSpec)
+        /// `tc qdisc del dev D root handle M:` (removes the whole tree)
+        case deleteRootQdisc(HTBQdiscSpec)
+        /// `tc class add dev D parent P classid C htb …`
+        case addClass(HTBClassSpec)
+        /// `tc class change dev D parent P classid C htb …` (in place: counters keep counting)
+        case changeClass(HTBClassSpec, old: HTBClassSpec)
+        /// `tc class del dev D classid C`
+        case deleteClass(HTBClassSpec)
+        /// `tc qdisc add dev D parent C <queue>`
+        case addLeaf(LeafQdiscSpec)
+        /// `tc qdisc replace dev D parent C <queue>`
+        case replaceLeaf(LeafQdiscSpec, old: LeafQdiscSpec)
+        /// `tc qdisc del dev D parent C`
+        case deleteLeaf(LeafQdiscSpec)
+        /// `tc filter add dev D parent M: protocol all prio P handle H cgroup|bpf`
+        case addFilter(FilterSpec)
+        /// `tc filter del dev D parent M: protocol all prio P handle H <kind>`
+        case deleteFilter(FilterSpec)
+        /// `mkdir <net_cls>/PATH` and, when the classid is not 0, `echo ID > PATH/net_cls.classid`
+        case createCgroup(path: String, classid: TCHandle)
+        /// `echo ID > <net_cls>/PATH/net_cls.classid`
+        case setClassID(path: String, classid: TCHandle, old: TCHandle)
+        /// `rmdir <net_cls>/PATH` (empty it first)
+        case removeCgroup(path: String, classid: TCHandle)
+        /// `echo PID > <net_cls>/TO/cgroup.procs`
+        case moveProcess(pid: Int32, comm: String, from: String, to: String)
+    }
+
+    /// What undoes this operation.
+    public var inverse: Operation {
+        let a: Action
+        switch action {
+        case .addRootQdisc(let q): a = .deleteRootQdisc(q)
+        case .replaceRootQdisc(let q, _):
+            // A foreign qdisc replaced under --force cannot be rebuilt from a dump; removing ours gives
+            // the device back its kernel default, which is the safest state netshape can restore.
+            a = .deleteRootQdisc(q)
+        case .changeRootQdisc(let new, let old): a = .changeRootQdisc(old, old: new)
+        case .deleteRootQdisc(let q): a = .addRootQdisc(q)
+        case .addClass(let c): a = .deleteClass(c)
+        case .changeClass(let new, let old): a = .changeClass(old, old: new)
+        case .deleteClass(let c): a = .addClass(c)
+        case .addLeaf(let l): a = .deleteLeaf(l)
+        case .replaceLeaf(let new, let old): a = .replaceLeaf(old, old: new)
+        case .deleteLeaf(let l): a = .addLeaf(l)
+        case .addFilter(let f): a = .deleteFilter(f)
+        case .deleteFilter(let f): a = .addFilter(f)
+        case .createCgroup(let p, let id): a = .removeCgroup(path: p, classid: id)
+        case .setClassID(let p, let id, let old): a = .setClassID(path: p, classid: old, old: id)
+        case .removeCgroup(let p, let id): a = .createCgroup(path: p, classid: id)
+        case .moveProcess(let pid, let comm, let from, let to): a = .moveProcess(pid: pid, comm: comm, from: to, to: from)
+        }
+        return Operation(namespace: namespace, device: device, action: a)
+    }
+
+    /// The verb, as in `tc` (`add`, `change`, `replace`, `delete`) or the cgroupfs action.
+    public var verb: String {
+        switch action {
+        case .addRootQdisc, .addClass, .addLeaf, .addFilter: return "add"
+        case .replaceRootQdisc, .replaceLeaf: return "replace"
+        case .changeRootQdisc, .changeClass: return "change"
+        case .deleteRootQdisc, .deleteClass, .deleteLeaf, .deleteFilter: return "delete"
+        case .createCgroup: return "create"
+        case .setClassID: return "set"
+        case .removeCgroup: return "remove"
+        case .moveProcess: return "move"
+        }
+    }
+
+    /// The kind of object touched.
+    public var object: String {
+        switch action {
+        case .addRootQdisc, .replaceRootQdisc, .changeRootQdisc, .deleteRootQdisc, .addLeaf, .replaceLeaf,
+            .deleteLeaf:
+            return "qdisc"
+        case .addClass, .changeClass, .deleteClass: return "class"
+        case .addFilter, .deleteFilter: return "filter"
+        case .createCgroup, .setClassID, .removeCgroup: return "cgroup"
+        case .moveProcess: return "process"
+        }
+    }
+
+    /// True for operations that only move processes (the daemon's steady work, not configuration).
+    public var isMembership: Bool {
+        if case .moveProcess = action { return true }
+        return false
+    }
+
+    /// The equivalent command an operator could type.
+    public var command: String {
+        let dev = "dev \(device)"
+        switch action {
+        case .addRootQdisc(let q):
+            return "tc qdisc add \(dev) root handle \(q.handle) htb default \(String(q.defaultMinor, radix: 16))"
+        case .replaceRootQdisc(let q, let old):
+            return "tc qdisc replace \(dev) root handle \(q.handle) htb default \(String(q.defaultMinor, radix: 16))"
+                + "  # replaces \(old.kind) \(old.handle) (--force)"
+        case .changeRootQdisc(let q, _):
+            return "tc qdisc change \(dev) root handle \(q.handle) htb default \(String(q.defaultMinor, radix: 16))"
+        case .deleteRootQdisc(let q):
+            return "tc qdisc del \(dev) root handle \(q.handle)"
+        case .addClass(let c):
+            return "tc class add \(dev) parent \(c.parent) classid \(c.classid) \(c.tcArguments)"
+        case .changeClass(let c, _):
+            return "tc class change \(dev) parent \(c.parent) classid \(c.classid) \(c.tcArguments)"
+        case .deleteClass(let c):
+            return "tc class del \(dev) classid \(c.classid)"
+        case .addLeaf(let l):
+            return "tc qdisc add \(dev) parent \(l.parent) \(l.queue)"
+        case .replaceLeaf(let l, _):
+            return "tc qdisc replace \(dev) parent \(l.parent) \(l.queue)"
+        case .deleteLeaf(let l):
+            return "tc qdisc del \(dev) parent \(l.parent)"
+        case .addFilter(let f):
+            return "tc filter add \(dev) parent \(f.parent) protocol all prio \(f.priority) handle \(f.handle) "
+                + (f.kind == .cgroup ? "cgroup" : "bpf obj <bpf_get_cgroup_classid> name \(FilterSpec.bpfProgramName)")
+        case .deleteFilter(let f):
+            return "tc filter del \(dev) parent \(f.parent) protocol all prio \(f.priority) handle \(f.handle) \(f.kind.kind)"
+        case .createCgroup(let p, let id):
+            return id.raw == 0
+                ? "mkdir <net_cls>/\(p)"
+                : "mkdir <net_cls>/\(p) && echo \(hex(id)) > <net_cls>/\(p)/net_cls.classid  # \(id)"
+        case .setClassID(let p, let id, _):
+            return "echo \(hex(id)) > <net_cls>/\(p)/net_cls.classid  # \(id)"
+        case .removeCgroup(let p, _):
+            return "rmdir <net_cls>/\(p)"
+        case .moveProcess(let pid, let comm, _, let to):
+            return "echo \(pid) > <net_cls>/\(to.isEmpty ? "" : to + "/")cgroup.procs  # \(comm)"
+        }
+    }
+}
+
+func hex(_ h: TCHandle) -> String { "0x" + String(h.raw, radix: 16) }

@@ -1,0 +1,74 @@
+/// What the engine asks the kernel layer to observe for one namespace.
+public struct NamespaceRequest: Sendable, Equatable {
+    public var name: String
+    public var target: NetnsTarget
+    /// nil = the namespace's default-route device.
+    public var device: String?
+    public init(name: String, target: NetnsTarget, device: String?) {
+        self.name = name
+        self.target = target
+        self.device = device
+    }
+}
+
+/// One observation: the namespaces of a policy, the user and group names its rules use.
+public struct ObservationRequest: Sendable, Equatable {
+    public var namespaces: [NamespaceRequest]
+    public var users: [String]
+    public var groups: [String]
+    /// Read /proc to list each namespace's processes.
+    public var processes: Bool
+
+    public init(namespaces: [NamespaceRequest], users: [String] = [], groups: [String] = [], processes: Bool = true) {
+        self.namespaces = namespaces
+        self.users = users
+        self.groups = groups
+        self.processes = processes
+    }
+
+    /// Everything `policy` needs observed.
+    public init(policy: Policy, processes: Bool = true) {
+        var users = Set<String>()
+        var groups = Set<String>()
+        for ns in policy.namespaces {
+            for c in ns.classes {
+                for case .name(let n) in c.match.user { users.insert(n) }
+                for case .name(let n) in c.match.group { groups.insert(n) }
+            }
+        }
+        self.init(namespaces: policy.namespaces.map { NamespaceRequest(name: $0.name, target: $0.netns, device: $0.device) },
+                  users: users.sorted(), groups: groups.sorted(), processes: processes)
+    }
+}
+
+/// The one boundary between the engine and the machine. The real implementation lives in
+/// NetshapeKernel (netlink, bpf(), cgroupfs, /proc); tests use an in-memory fake.
+///
+/// Implementations must keep the kernel's error code in what they throw: "already exists" and
+/// "no such object" drive idempotence and rollback.
+public protocol KernelPort: AnyObject {
+    /// What this kernel supports (probed once and cached).
+    func capabilities() throws -> KernelCapabilities
+    /// Dumps the state `request` names.
+    func observe(_ request: ObservationRequest) throws -> ObservedState
+    /// Performs one operation.
+    func execute(_ operation: Operation) throws
+    /// Persists the ownership record (before the objects it names are created).
+    func saveOwnership(_ record: OwnershipRecord) throws
+}
+
+/// errno values the engine branches on. Core and the engine import no libc, and these numbers
+/// are the same on every Linux architecture.
+public enum KernelErrno {
+    public static let ENOENT: Int32 = 2
+    public static let ESRCH: Int32 = 3
+    public static let EEXIST: Int32 = 17
+    public static let EINVAL: Int32 = 22
+}
+
+/// An error from the kernel layer that keeps the kernel's errno.
+public protocol KernelFailure: Error, CustomStringConvertible {
+    /// The errno behind the failure, when there is one.
+    var errno: Int32? { get }
+}
+

@@ -1,0 +1,197 @@
+import Logging
+import NetshapeCore
+
+/// Everything one planning pass saw and decided.
+public struct PlanResult: Sendable {
+    public var capabilities: KernelCapabilities
+    public var observed: ObservedState
+    public var desired: DesiredState
+    public var operations: [Operation]
+}
+
+/// What an `apply` (or `reset`) did.
+public struct ApplyReport: Sendable {
+    /// Operations performed, in order (empty: the machine already matched).
+    public var performed: [Operation]
+    /// Processes that exited before they could be moved (not a failure).
+    public var vanished: [Int32]
+    public var notes: [String]
+    /// Differences found by the verification pass after applying (empty: converged).
+    public var remaining: [Operation]
+}
+
+/// A failed `apply`: which operation failed, why, and how the rollback went.
+public struct ApplyError: Error, CustomStringConvertible {
+    public var failed: Operation
+    public var underlying: any Error
+    /// Operations undone, newest first.
+    public var rolledBack: [Operation]
+    /// Inverse operations that failed in their turn (the machine may need `reset`).
+    public var rollbackFailures: [(Operation, any Error)]
+
+    public var description: String {
+        var s = "\(failed.command): \(underlying)"
+        if rollbackFailures.isEmpty {
+            s += rolledBack.isEmpty ? " (nothing had changed)" : "; rolled back the \(rolledBack.count) change(s) this run made"
+        } else {
+            s += "; rollback failed for: " + rollbackFailures.map { "\($0.0.command): \($0.1)" }.joined(separator: "; ")
+        }
+        return s
+    }
+}
+
+/// Options of `apply`.
+public struct ApplyOptions: Sendable {
+    public var force: Bool
+    public var memberships: Bool
+    public init(force: Bool = false, memberships: Bool = true) {
+        self.force = force
+        self.memberships = memberships
+    }
+}
+
+/// observe → plan → apply → verify, for every front end (CLI, daemon).
+///
+/// Idempotence contract: applying the same policy twice performs no operation the second time;
+/// an edited policy produces only the operations that differ (a rate edit is one `class change`).
+/// Locking is the caller's: the CLI holds /run/netshape/lock around each mutating command.
+/// Privileges: whatever the kernel port needs (CAP_NET_ADMIN, CAP_SYS_ADMIN for setns and mounts).
+public final class Engine {
+    let kernel: KernelPort
+    let logger: Logger
+
+    public init(kernel: KernelPort, logger: Logger = Logger(label: "netshape.engine")) {
+        self.kernel = kernel
+        self.logger = logger
+    }
+
+    /// Observes the machine and computes what `apply` would do, changing nothing.
+    public func plan(_ policy: Policy, options: ApplyOptions = ApplyOptions()) throws -> PlanResult {
+        let caps = try kernel.capabilities()
+        let observed = try kernel.observe(ObservationRequest(policy: policy, processes: options.memberships))
+        let desired = try Planner.plan(policy, capabilities: caps, previous: observed.previousAssignments(for: policy))
+        let ops = try Differ.diff(desired, observed, matcher: Self.matcher(policy, observed),
+                                  options: DiffOptions(force: options.force, memberships: options.memberships))
+        return PlanResult(capabilities: caps, observed: observed, desired: desired, operations: ops)
+    }
+
+    /// Converges the machine to `policy`. `policyPath` (absolute) is recorded as the owner of what
+    /// this creates. On failure, undoes this run's changes and throws `ApplyError`.
+    public func apply(_ policy: Policy, policyPath: String, options: ApplyOptions = ApplyOptions()) throws -> ApplyReport {
+        let plan = try self.plan(policy, options: options)
+        var report = ApplyReport(performed: [], vanished: [], notes: plan.desired.notes, remaining: [])
+        guard !plan.operations.isEmpty else { return report }
+
+        // 1. Record ownership before creating anything, so a crash half-way still leaves the
+        //    objects attributable (and removable by `reset`).
+        let before = plan.observed.ownership
+        var record = before
+        for op in plan.operations {
+            switch op.action {
+            case .addRootQdisc(let q), .replaceRootQdisc(let q, _):
+                guard let seen = plan.observed.namespaces[op.namespace] else { continue }
+                record.namespaces[op.namespace] = OwnershipRecord.Namespace(
+                    policy: policyPath, netnsID: seen.netnsID, device: seen.device, ifindex: seen.ifindex,
+                    rootHandle: q.handle)
+            default: continue
+            }
+        }
+        if record != before { try kernel.saveOwnership(record) }
+
+        // 2. Perform, in order; undo newest-first on the first failure.
+        var done: [Operation] = []
+        for op in plan.operations {
+            do {
+                try kernel.execute(op)
+                done.append(op)
+                logger.info("\(op.command)", metadata: ["namespace": "\(op.namespace)"])
+            } catch let e as KernelFailure where op.isMembership && e.errno == KernelErrno.ESRCH {
+                // The process exited between the /proc scan and the move: nothing to classify.
+                if case .moveProcess(let pid, _, _, _) = op.action { report.vanished.append(pid) }
+            } catch {
+                let rollback = self.rollback(done)
+                if record != before { try? kernel.saveOwnership(before) }
+                throw ApplyError(failed: op, underlying: error, rolledBack: rollback.undone,
+                                 rollbackFailures: rollback.failures)
+            }
+        }
+        report.performed = done
+
+        // 3. Verify: dump again and diff. Configuration must match exactly; processes may have come
+        //    and gone meanwhile, so memberships are not part of the check.
+        let verify = try self.plan(policy, options: ApplyOptions(force: false, memberships: false))
+        report.remaining = verify.operations
+        return report
+    }
+
+    func rollback(_ done: [Operation]) -> (undone: [Operation], failures: [(Operation, any Error)]) {
+        var undone: [Operation] = []
+        var failures: [(Operation, any Error)] = []
+        for op in done.reversed() {
+            let inverse = op.inverse
+            do {
+                try kernel.execute(inverse)
+                undone.append(op)
+                logger.notice("rolled back: \(inverse.command)")
+            } catch let e as KernelFailure where op.isMembership && e.errno == KernelErrno.ESRCH {
+                undone.append(op)
+            } catch {
+                failures.append((inverse, error))
+            }
+        }
+        return (undone, failures)
+    }
+
+    /// Removes everything `policy`'s namespaces got from netshape: processes go back to the root
+    /// net_cls cgroup, class cgroups are removed, and the root qdisc is deleted where netshape owns it.
+    /// Foreign objects are never touched. Continues past individual failures and reports them.
+    public func reset(_ policy: Policy) throws -> ApplyReport {
+        let names = policy.namespaces.map(\.name)
+        let observed = try kernel.observe(ObservationRequest(policy: policy, processes: true))
+        let ops = Differ.resetOperations(namespaces: names, observed)
+        var report = ApplyReport(performed: [], vanished: [], notes: [], remaining: [])
+        var failures: [(Operation, any Error)] = []
+        for op in ops {
+            do {
+                try kernel.execute(op)
+                report.performed.append(op)
+                logger.info("\(op.command)", metadata: ["namespace": "\(op.namespace)"])
+            } catch let e as KernelFailure where op.isMembership && e.errno == KernelErrno.ESRCH {
+                if case .moveProcess(let pid, _, _, _) = op.action { report.vanished.append(pid) }
+            } catch {
+                failures.append((op, error))
+            }
+        }
+        var record = observed.ownership
+        for n in names { record.namespaces[n] = nil }
+        if record != observed.ownership { try kernel.saveOwnership(record) }
+        if let (op, error) = failures.first {
+            throw ApplyError(failed: op, underlying: error, rolledBack: [], rollbackFailures: failures.dropFirst().map { $0 })
+        }
+        return report
+    }
+
+    /// A matcher for `policy`'s rules with its regular expressions compiled once.
+    public static func matcher(_ policy: Policy, _ observed: ObservedState) -> ProcessMatcher {
+        let patterns = Set(policy.namespaces.flatMap { $0.classes.flatMap(\.match.cmdline) })
+        let compiled = RegexCache(patterns)
+        return ProcessMatcher(users: observed.users, groups: observed.groups) { pattern, text in
+            compiled.matches(pattern, text)
+        }
+    }
+}
+
+/// Compiled `match.cmdline` expressions. Regex values are immutable once built; the cache is
+/// only read after init, so sharing it across threads is safe.
+final class RegexCache: @unchecked Sendable {
+    let regexes: [String: Regex<AnyRegexOutput>]
+    init(_ patterns: Set<String>) {
+        var r: [String: Regex<AnyRegexOutput>] = [:]
+        for p in patterns { r[p] = try? Regex(p) }
+        regexes = r
+    }
+    func matches(_ pattern: String, _ text: String) -> Bool {
+        guard let re = regexes[pattern] else { return false }
+        return (try? re.firstMatch(in: text)) != nil
+    }
+}

@@ -1,0 +1,101 @@
+import NetshapeCore
+
+/// One class in `netshape status`.
+public struct ClassStatus: Sendable, Codable, Equatable {
+    public var name: String
+    public var classid: String
+    /// Bits per second.
+    public var rate: UInt64
+    public var ceil: UInt64
+    public var priority: UInt32
+    public var leaf: String
+    public var bytes: UInt64
+    public var packets: UInt64
+    public var drops: UInt64
+    public var overlimits: UInt64
+    /// Bits per second over the sampling interval (nil when sampled once).
+    public var throughput: UInt64?
+    public var pids: [Int32]
+    public var isDefault: Bool
+    /// False when the class is in the policy but missing from the kernel.
+    public var present: Bool
+}
+
+/// One namespace in `netshape status`.
+public struct NamespaceStatus: Sendable, Codable, Equatable {
+    public var name: String
+    public var netns: String
+    public var device: String
+    public var handle: String
+    /// "cgroup", "bpf", or "none" when no netshape classifier is attached.
+    public var classifier: String
+    public var egress: UInt64
+    public var ingress: UInt64?
+    public var applied: Bool
+    public var problem: String?
+    public var classes: [ClassStatus]
+}
+
+/// The whole status report.
+public struct StatusReport: Sendable, Codable, Equatable {
+    public var namespaces: [NamespaceStatus]
+    public var interval: Double
+
+    public init(namespaces: [NamespaceStatus], interval: Double) {
+        self.namespaces = namespaces
+        self.interval = interval
+    }
+}
+
+extension Engine {
+    /// Per namespace and class: configuration, counters, throughput over `interval` seconds
+    /// (two dumps `sleep` apart), and member pids.
+    public func status(_ policy: Policy, interval: Double, sleep: (Double) -> Void) throws -> StatusReport {
+        let caps = try kernel.capabilities()
+        let request = ObservationRequest(policy: policy, processes: false)
+        let first = try kernel.observe(request)
+        var second = first
+        if interval > 0 {
+            sleep(interval)
+            second = try kernel.observe(request)
+        }
+        let desired = try Planner.plan(policy, capabilities: caps, previous: second.previousAssignments(for: policy))
+        var out: [NamespaceStatus] = []
+        for ns in desired.namespaces {
+            guard let seen = second.namespaces[ns.name], seen.problem == nil else {
+                out.append(NamespaceStatus(
+                    name: ns.name, netns: ns.target.description, device: ns.device ?? "?", handle: "\(ns.qdisc.handle)",
+                    classifier: "none", egress: ns.egress.bitsPerSecond, ingress: ns.ingress?.bitsPerSecond,
+                    applied: false, problem: second.namespaces[ns.name]?.problem ?? "not observed", classes: []))
+                continue
+            }
+            let before = first.namespaces[ns.name]
+            let root = seen.configuredRoot
+            let applied = root?.handle == ns.qdisc.handle && root?.kind == "htb"
+            let filter = seen.filters.first { $0.parent == ns.filter.parent && $0.priority == ns.filter.priority }
+            var classes: [ClassStatus] = []
+            for c in ns.classes {
+                let now = seen.classes.first { $0.spec.classid == c.spec.classid }
+                let then = before?.classes.first { $0.spec.classid == c.spec.classid }
+                var tput: UInt64?
+                if interval > 0, let n = now, let t = then, n.stats.bytes >= t.stats.bytes {
+                    tput = UInt64(Double(n.stats.bytes - t.stats.bytes) * 8 / interval)
+                }
+                let leaf = seen.qdiscs.first { $0.parent == c.spec.classid }
+                let pids = c.name.flatMap { second.cgroups["netshape/\(ns.name)/\($0)"]?.pids } ?? []
+                classes.append(ClassStatus(
+                    name: c.displayName, classid: "\(c.spec.classid)",
+                    rate: (now?.spec.rate ?? c.spec.rate).bitsPerSecond, ceil: (now?.spec.ceil ?? c.spec.ceil).bitsPerSecond,
+                    priority: now?.spec.priority ?? c.spec.priority, leaf: leaf?.queue?.description ?? leaf?.kind ?? "-",
+                    bytes: now?.stats.bytes ?? 0, packets: now?.stats.packets ?? 0,
+                    drops: (now?.stats.drops ?? 0) + (leaf?.stats.drops ?? 0), overlimits: now?.stats.overlimits ?? 0,
+                    throughput: tput, pids: pids.sorted(), isDefault: c.isDefault, present: now != nil))
+            }
+            out.append(NamespaceStatus(
+                name: ns.name, netns: ns.target.description, device: seen.device, handle: "\(ns.qdisc.handle)",
+                classifier: filter?.kind ?? "none", egress: ns.egress.bitsPerSecond, ingress: ns.ingress?.bitsPerSecond,
+                applied: applied, problem: nil, classes: classes))
+        }
+        return StatusReport(namespaces: out, interval: interval)
+    }
+}

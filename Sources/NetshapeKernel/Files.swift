@@ -1,0 +1,71 @@
+import Glibc
+
+/// Small, exact file helpers for /proc, /sys and cgroupfs: whole-file reads with one fd, writes
+/// that report the kernel's errno (cgroupfs reports failures at write(2), not open).
+enum Files {
+    /// Reads a whole file; nil when it cannot be opened (the process exited, the file is gone).
+    static func read(_ path: String, limit: Int = 1 << 20) -> [UInt8]? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while out.count < limit {
+            let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            out.append(contentsOf: buf[0..<n])
+        }
+        return out
+    }
+
+    /// Reads a text file; nil when it cannot be opened.
+    static func readString(_ path: String) -> String? {
+        read(path).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    /// Writes `text` with one write(2), as cgroupfs expects, throwing the kernel's errno.
+    static func write(_ path: String, _ text: String, flags: Int32 = O_WRONLY) throws {
+        let fd = try sys("open(\(path))") { open(path, flags | O_CLOEXEC | O_NOFOLLOW, 0o644) }
+        defer { close(fd) }
+        let bytes = Array(text.utf8)
+        let n = try sys("write(\(path), \(text.debugDescription))") {
+            bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        }
+        if n != bytes.count { throw KernelError.syscall("write(\(path)): short write", EIO) }
+    }
+
+    /// The target of a symlink (e.g. /proc/PID/exe); nil when unreadable.
+    static func readLink(_ path: String) -> String? {
+        var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let n = readlink(path, &buf, buf.count - 1)
+        guard n > 0 else { return nil }
+        return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// `st_dev:st_ino` of a file, following symlinks (namespace files are magic links).
+    static func identity(_ path: String) -> String? {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        return "\(st.st_dev):\(st.st_ino)"
+    }
+
+    /// Names in a directory (without . and ..); empty when unreadable.
+    static func list(_ path: String) -> [String] {
+        guard let d = opendir(path) else { return [] }
+        defer { closedir(d) }
+        var names: [String] = []
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
+    }
+
+    static func isDirectory(_ path: String) -> Bool {
+        var st = stat()
+        return lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
+    }
+}

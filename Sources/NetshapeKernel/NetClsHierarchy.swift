@@ -1,0 +1,220 @@
+internal import CNetshapeShim
+import Glibc
+import NetshapeCore
+
+/// One line of /proc/self/mountinfo, as far as netshape needs it.
+public struct MountInfoEntry: Equatable, Sendable {
+    public var root: String
+    public var mountPoint: String
+    public var fsType: String
+    public var superOptions: [String]
+
+    /// Parses mountinfo text (proc(5)): `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL…] - FSTYPE SOURCE SUPEROPTS`.
+    public static func parse(_ text: String) -> [MountInfoEntry] {
+        text.split(separator: "\n").compactMap { line in
+            let f = line.split(separator: " ").map(String.init)
+            guard let dash = f.firstIndex(of: "-"), dash >= 6, f.count > dash + 3 else { return nil }
+            return MountInfoEntry(root: unescape(f[3]), mountPoint: unescape(f[4]), fsType: f[dash + 1],
+                                  superOptions: f[dash + 3].split(separator: ",").map(String.init))
+        }
+    }
+
+    /// mountinfo escapes blanks, tabs, newlines and backslashes as `\ooo`.
+    static func unescape(_ s: String) -> String {
+        var out: [UInt8] = []
+        let b = Array(s.utf8)
+        var i = 0
+        while i < b.count {
+            if b[i] == 0x5C, i + 3 < b.count,
+                let v = UInt8(String(decoding: b[(i + 1)...(i + 3)], as: UTF8.self), radix: 8)
+            {
+                out.append(v)
+                i += 4
+            } else {
+                out.append(b[i])
+                i += 1
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// The mount point of the net_cls v1 hierarchy's root, if mounted.
+    public static func netClsMount(in entries: [MountInfoEntry]) -> String? {
+        entries.first { $0.fsType == "cgroup" && $0.superOptions.contains("net_cls") && $0.root == "/" }?.mountPoint
+    }
+}
+
+/// The cgroup v1 net_cls hierarchy: where class cgroups live and how processes are moved.
+///
+/// Takes its mount point as a parameter (found in /proc/self/mountinfo, or mounted by `mount()`),
+/// so tests can point it at a scratch mount. Every path is built from validated names and walked
+/// with `O_NOFOLLOW` one component at a time, so a symlink planted inside the tree can never lead
+/// a write outside it.
+public final class NetClsHierarchy {
+    /// The mount point (e.g. /sys/fs/cgroup/net_cls).
+    public let root: String
+
+    public init(root: String) { self.root = root }
+
+    /// Finds the mounted hierarchy (or the configured one), without mounting anything.
+    public static func find(configured: String?) -> NetClsHierarchy? {
+        let entries = MountInfoEntry.parse(Files.readString("/proc/self/mountinfo") ?? "")
+        if let c = configured {
+            let isNetCls = entries.contains {
+                $0.mountPoint == c && $0.fsType == "cgroup" && $0.superOptions.contains("net_cls")
+            }
+            return isNetCls ? NetClsHierarchy(root: c) : nil
+        }
+        return MountInfoEntry.netClsMount(in: entries).map(NetClsHierarchy.init(root:))
+    }
+
+    /// Finds the hierarchy, or mounts it: at `configured`, else /sys/fs/cgroup/net_cls when
+    /// /sys/fs/cgroup is the usual tmpfs of v1 controllers, else /run/netshape/net_cls (on a
+    /// cgroup2-only host, a mkdir under /sys/fs/cgroup would create a v2 cgroup instead).
+    public static func findOrMount(configured: String?) throws -> NetClsHierarchy {
+        if let h = find(configured: configured) { return h }
+        let target: String
+        if let c = configured {
+            target = c
+        } else if netshape_statfs_type("/sys/fs/cgroup") == 0x0102_1994 /* TMPFS_MAGIC */ {
+            target = "/sys/fs/cgroup/net_cls"
+        } else {
+            target = "/run/netshape/net_cls"
+        }
+        try makeDirectories(target)
+        // net_cls is often co-mounted with net_prio; the kernel refuses (EBUSY) a mount whose
+        // controller set differs from the hierarchy the controller already belongs to.
+        var lastError: Int32 = 0
+        for options in ["net_cls", "net_cls,net_prio"] {
+            if netshape_mount_cgroup_v1(target, options) == 0 { return NetClsHierarchy(root: target) }
+            lastError = errno
+        }
+        throw KernelError(
+            .cgroup, "mount -t cgroup -o net_cls cgroup \(target)", errno: lastError,
+            reason: String(cString: strerror(lastError))
+                + "; the kernel must offer the cgroup v1 net_cls controller (CONFIG_CGROUP_NET_CLASSID, and no "
+                + "cgroup_no_v1=net_cls or =all on the kernel command line)")
+    }
+
+    static func makeDirectories(_ path: String) throws {
+        var current = ""
+        for comp in path.split(separator: "/") {
+            current += "/" + comp
+            if mkdir(current, 0o755) != 0 && errno != EEXIST {
+                throw KernelError.syscall("mkdir(\(current))", errno)
+            }
+        }
+    }
+
+    // MARK: - Safe path walking
+
+    /// Opens the directory `relative` (components below the root) without following symlinks.
+    func openDirectory(_ relative: String) throws -> Int32 {
+        var fd = try sys("open(\(root))") { open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+        for comp in relative.split(separator: "/") {
+            let c = String(comp)
+            guard c != "..", c != "." else {
+                close(fd)
+                throw KernelError(.cgroup, "open(\(root)/\(relative))", errno: EINVAL, reason: "refusing '..' in a cgroup path")
+            }
+            let next = openat(fd, c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            let e = errno
+            close(fd)
+            guard next >= 0 else {
+                throw KernelError.syscall("open(\(root)/\(relative)) at \(c)", e == ELOOP || e == ENOTDIR ? ELOOP : e)
+            }
+            fd = next
+        }
+        return fd
+    }
+
+    /// Splits `a/b/c` into (`a/b`, `c`).
+    static func split(_ relative: String) -> (String, String) {
+        guard let slash = relative.lastIndex(of: "/") else { return ("", relative) }
+        return (String(relative[..<slash]), String(relative[relative.index(after: slash)...]))
+    }
+
+    func writeFile(_ relative: String, _ file: String, _ text: String) throws {
+        let dir = try openDirectory(relative)
+        defer { close(dir) }
+        let path = "\(root)/\(relative)/\(file)"
+        let fd = try sys("open(\(path))") { openat(dir, file, O_WRONLY | O_NOFOLLOW | O_CLOEXEC) }
+        defer { close(fd) }
+        let bytes = Array(text.utf8)
+        try sys("write(\(path), \(text))") { bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } }
+    }
+
+    func readFile(_ relative: String, _ file: String) -> String? {
+        guard let dir = try? openDirectory(relative) else { return nil }
+        defer { close(dir) }
+        let fd = openat(dir, file, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            out += buf[0..<n]
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    // MARK: - Operations
+
+    /// `mkdir <root>/PATH` and, when `classid` is not 0, `echo ID > PATH/net_cls.classid`.
+    public func create(_ relative: String, classid: TCHandle) throws {
+        let (parent, name) = Self.split(relative)
+        let dir = try openDirectory(parent)
+        defer { close(dir) }
+        try sys("mkdir(\(root)/\(relative))") { mkdirat(dir, name, 0o755) }
+        if classid.raw != 0 { try setClassID(relative, classid) }
+    }
+
+    /// `echo ID > <root>/PATH/net_cls.classid`. Written in decimal, the form the kernel prints back.
+    public func setClassID(_ relative: String, _ classid: TCHandle) throws {
+        try writeFile(relative, "net_cls.classid", String(classid.raw))
+    }
+
+    /// `rmdir <root>/PATH`.
+    public func remove(_ relative: String) throws {
+        let (parent, name) = Self.split(relative)
+        let dir = try openDirectory(parent)
+        defer { close(dir) }
+        try sys("rmdir(\(root)/\(relative))") { unlinkat(dir, name, AT_REMOVEDIR) }
+    }
+
+    /// `echo PID > <root>/PATH/cgroup.procs` (the whole process, all its threads; the kernel retags
+    /// the sockets in its fd table with the new classid).
+    public func move(pid: Int32, to relative: String) throws {
+        try writeFile(relative, "cgroup.procs", String(pid))
+    }
+
+    /// The classid of a cgroup (the kernel prints it in decimal).
+    public func classid(_ relative: String) -> TCHandle? {
+        guard let text = readFile(relative, "net_cls.classid"),
+            let v = UInt32(text.split(whereSeparator: \.isWhitespace).first ?? "")
+        else { return nil }
+        return TCHandle(raw: v)
+    }
+
+    /// Member processes of a cgroup.
+    public func procs(_ relative: String) -> [Int32] {
+        (readFile(relative, "cgroup.procs") ?? "").split(whereSeparator: \.isWhitespace).compactMap { Int32($0) }
+    }
+
+    /// Every cgroup under `<root>/netshape` (including it), by relative path.
+    public func listNetshape() -> [String: ObservedCgroup] {
+        var out: [String: ObservedCgroup] = [:]
+        func walk(_ rel: String, depth: Int) {
+            guard depth <= 3, Files.isDirectory("\(root)/\(rel)") else { return }
+            out[rel] = ObservedCgroup(path: rel, classid: classid(rel) ?? .unspecified, pids: procs(rel))
+            for name in Files.list("\(root)/\(rel)") where Files.isDirectory("\(root)/\(rel)/\(name)") {
+                walk("\(rel)/\(name)", depth: depth + 1)
+            }
+        }
+        walk("netshape", depth: 1)
+        return out
+    }
+}

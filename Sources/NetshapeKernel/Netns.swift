@@ -1,0 +1,98 @@
+import Glibc
+internal import CNetshapeShim
+import NetshapeCore
+
+/// Runs `body` on a new OS thread and waits for it.
+///
+/// `setns(CLONE_NEWNET)` changes only the calling thread's namespace. Doing it on a thread that
+/// exits right after means no other code (Swift's runtime, a logger, a concurrency pool) can ever
+/// run in the wrong namespace, and nothing has to be switched back. Sockets opened there stay bound
+/// to that namespace for their whole life.
+func onDedicatedThread<T>(_ body: @escaping () throws -> T) throws -> T {
+    var result: Result<T, any Error>?
+    let box = ThreadBox { result = Result { try body() } }
+    var thread = pthread_t()
+    let ctx = Unmanaged.passRetained(box).toOpaque()
+    let rc = pthread_create(&thread, nil, { raw in
+        Unmanaged<ThreadBox>.fromOpaque(raw!).takeRetainedValue().run()
+        return nil
+    }, ctx)
+    guard rc == 0 else {
+        Unmanaged<ThreadBox>.fromOpaque(ctx).release()
+        throw KernelError.syscall("pthread_create", rc)
+    }
+    pthread_join(thread, nil)
+    guard let result else { throw KernelError(.state, "dedicated thread", reason: "produced no result") }
+    return try result.get()
+}
+
+/// The work handed to a dedicated thread (type-erased: a C thread entry cannot be generic).
+final class ThreadBox: @unchecked Sendable {
+    let run: () -> Void
+    init(_ run: @escaping () -> Void) { self.run = run }
+}
+
+/// An open network namespace: the file that names it, held open so the namespace cannot vanish
+/// under netshape while it works, and its identity (`st_dev:st_ino`).
+///
+/// Equivalent to what `ip netns exec NAME` enters, without the mount namespace and fresh /sys it
+/// adds (those would hide /sys/fs/cgroup).
+public final class NetworkNamespace {
+    public let target: NetnsTarget
+    /// `st_dev:st_ino` of the namespace, comparable with /proc/PID/ns/net of processes.
+    public let id: String
+    public let inode: UInt64
+    let fd: Int32
+
+    /// Opens `target`. Throws `.notFound` naming the file when it does not exist.
+    public init(_ target: NetnsTarget) throws {
+        self.target = target
+        // The host is the namespace netshape was started in: the main thread's, which is only
+        // ever changed by `netshape run` right before exec.
+        let path = target.path ?? "/proc/self/ns/net"
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            let e = errno
+            if e == ENOENT {
+                throw KernelError(.notFound, "open(\(path))", errno: e,
+                                  reason: "network namespace \(target) does not exist")
+            }
+            throw KernelError.syscall("open(\(path))", e)
+        }
+        var st = stat()
+        let fsType = netshape_fstatfs_type(fd)
+        guard fsType >= 0, fstat(fd, &st) == 0 else {
+            let e = errno
+            close(fd)
+            throw KernelError.syscall("fstat(\(path))", e)
+        }
+        // Refuse a path that is not a namespace file (a typo'd path to a regular file would
+        // otherwise surface as a confusing EINVAL from setns).
+        guard fsType == 0x6E73_6673 /* NSFS_MAGIC */ else {
+            close(fd)
+            throw KernelError(.notFound, "open(\(path))", errno: EINVAL,
+                              reason: "\(path) is not a network namespace file")
+        }
+        self.fd = fd
+        self.id = "\(st.st_dev):\(st.st_ino)"
+        self.inode = UInt64(st.st_ino)
+    }
+
+    deinit { close(fd) }
+
+    /// Runs `body` on a dedicated thread inside this namespace. Keep `body` synchronous: no
+    /// `await`, so it cannot hop to a thread in another namespace.
+    public func run<T>(_ body: @escaping () throws -> T) throws -> T {
+        let fd = self.fd
+        let target = self.target
+        return try onDedicatedThread {
+            try sys("setns(\(target), CLONE_NEWNET)") { netshape_setns_net(fd) }
+            return try body()
+        }
+    }
+
+    /// Moves the calling thread into this namespace for good (`netshape run`, right before exec).
+    public func enterForExec() throws {
+        try sys("setns(\(target), CLONE_NEWNET)") { netshape_setns_net(fd) }
+    }
+}

@@ -1,0 +1,52 @@
+import FoundationEssentials
+import Glibc
+import NetshapeCore
+
+/// netshape's own state under /run/netshape (tmpfs: it vanishes at boot together with the kernel
+/// objects it describes): the ownership record and the lock that serializes mutating commands.
+public final class StateStore {
+    public let directory: String
+    var lockFD: Int32 = -1
+
+    public init(directory: String = "/run/netshape") { self.directory = directory }
+
+    deinit { if lockFD >= 0 { close(lockFD) } }
+
+    var ownershipPath: String { "\(directory)/ownership.json" }
+
+    /// Takes the exclusive lock (`flock`), waiting for another netshape to finish.
+    public func lock() throws {
+        guard lockFD < 0 else { return }
+        try NetClsHierarchy.makeDirectories(directory)
+        let path = "\(directory)/lock"
+        let fd = try sys("open(\(path))") { open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600) }
+        do {
+            try sys("flock(\(path), LOCK_EX)") { flock(fd, LOCK_EX) }
+        } catch {
+            close(fd)
+            throw error
+        }
+        lockFD = fd
+    }
+
+    /// The ownership record (empty when none was written yet).
+    public func loadOwnership() throws -> OwnershipRecord {
+        guard let bytes = Files.read(ownershipPath) else { return OwnershipRecord() }
+        do {
+            return try JSONDecoder().decode(OwnershipRecord.self, from: Data(bytes))
+        } catch {
+            throw KernelError(.state, "read \(ownershipPath)", reason: "unreadable ownership record: \(error)")
+        }
+    }
+
+    /// Writes the record atomically (temp file + rename), so a crash never leaves half a record.
+    public func saveOwnership(_ record: OwnershipRecord) throws {
+        try NetClsHierarchy.makeDirectories(directory)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        let data = try encoder.encode(record)
+        let tmp = ownershipPath + ".tmp"
+        try Files.write(tmp, String(decoding: data, as: UTF8.self), flags: O_WRONLY | O_CREAT | O_TRUNC)
+        try sys("rename(\(tmp), \(ownershipPath))") { rename(tmp, ownershipPath) }
+    }
+}

@@ -1,0 +1,3 @@
+import NetshapeCLI
+
+Netshape.runMain()
