@@ -53,8 +53,11 @@ public enum Differ {
                 let ours = observed.ownership.owns(root, in: seen) || adoptable(root, ns, seen)
                 if ours {
                     if root.htbDefault != ns.qdisc.defaultMinor {
-                        ops.append(op(.changeRootQdisc(ns.qdisc, old: HTBQdiscSpec(handle: root.handle,
-                                                                                    defaultMinor: root.htbDefault ?? 0))))
+                        // sch_htb has no qdisc `change`: a tree with another default class (built by an
+                        // older netshape, or adopted) is rebuilt. netshape's own trees never need this.
+                        ops.append(op(.deleteRootQdisc(HTBQdiscSpec(handle: root.handle, defaultMinor: root.htbDefault ?? 0))))
+                        ops.append(op(.addRootQdisc(ns.qdisc)))
+                        fresh = true
                     }
                 } else if options.force {
                     ops.append(op(.replaceRootQdisc(ns.qdisc, replacing: root)))

@@ -21,8 +21,6 @@ public struct Operation: Sendable, Equatable {
         case addRootQdisc(HTBQdiscSpec)
         /// `tc qdisc replace dev D root handle M: htb default N` (only with `--force`)
         case replaceRootQdisc(HTBQdiscSpec, replacing: ObservedQdisc)
-        /// `tc qdisc change dev D root handle M: htb default N`
-        case changeRootQdisc(HTBQdiscSpec, old: HTBQdiscSpec)
         /// `tc qdisc del dev D root handle M:` (removes the whole tree)
         case deleteRootQdisc(HTBQdiscSpec)
         /// `tc class add dev D parent P classid C htb …`
@@ -60,7 +58,6 @@ public struct Operation: Sendable, Equatable {
             // A foreign qdisc replaced under --force cannot be rebuilt from a dump; removing ours gives
             // the device back its kernel default, which is the safest state netshape can restore.
             a = .deleteRootQdisc(q)
-        case .changeRootQdisc(let new, let old): a = .changeRootQdisc(old, old: new)
         case .deleteRootQdisc(let q): a = .addRootQdisc(q)
         case .addClass(let c): a = .deleteClass(c)
         case .changeClass(let new, let old): a = .changeClass(old, old: new)
@@ -83,7 +80,7 @@ public struct Operation: Sendable, Equatable {
         switch action {
         case .addRootQdisc, .addClass, .addLeaf, .addFilter: return "add"
         case .replaceRootQdisc, .replaceLeaf: return "replace"
-        case .changeRootQdisc, .changeClass: return "change"
+        case .changeClass: return "change"
         case .deleteRootQdisc, .deleteClass, .deleteLeaf, .deleteFilter: return "delete"
         case .createCgroup: return "create"
         case .setClassID: return "set"
@@ -95,7 +92,7 @@ public struct Operation: Sendable, Equatable {
     /// The kind of object touched.
     public var object: String {
         switch action {
-        case .addRootQdisc, .replaceRootQdisc, .changeRootQdisc, .deleteRootQdisc, .addLeaf, .replaceLeaf,
+        case .addRootQdisc, .replaceRootQdisc, .deleteRootQdisc, .addLeaf, .replaceLeaf,
             .deleteLeaf:
             return "qdisc"
         case .addClass, .changeClass, .deleteClass: return "class"
@@ -120,8 +117,6 @@ public struct Operation: Sendable, Equatable {
         case .replaceRootQdisc(let q, let old):
             return "tc qdisc replace \(dev) root handle \(q.handle) htb default \(String(q.defaultMinor, radix: 16))"
                 + "  # replaces \(old.kind) \(old.handle) (--force)"
-        case .changeRootQdisc(let q, _):
-            return "tc qdisc change \(dev) root handle \(q.handle) htb default \(String(q.defaultMinor, radix: 16))"
         case .deleteRootQdisc(let q):
             return "tc qdisc del \(dev) root handle \(q.handle)"
         case .addClass(let c):

@@ -27,7 +27,10 @@ public struct PlanError: Error, Sendable, Equatable, CustomStringConvertible {
 /// Numbering: every namespace gets an HTB major and every class a minor from a hash of its name
 /// (FNV-1a), probing forward on collision, unless `previous` already holds one. Majors stay below
 /// 0x8000 because the kernel hands out automatic qdisc handles from 8000: upwards, and netshape's
-/// leaf qdiscs use those. Minor 1 is the root class, 2 the implicit default class.
+/// leaf qdiscs use those. Minor 1 is the root class; minor 2 is always the default class (the one
+/// `default` names, or an implicit one), because HTB cannot change its default class in place
+/// (sch_htb has no qdisc `change` operation: `tc qdisc change … htb default N` is EINVAL), so the
+/// qdisc's `default` never has to change.
 public enum Planner {
     /// Lowest and highest minor given to a policy class.
     public static let classMinorRange: ClosedRange<UInt16> = 0x10...0xFFEF
@@ -35,8 +38,8 @@ public enum Planner {
     public static let majorRange: ClosedRange<UInt16> = 0x10...0x7FFF
     /// Minor of the HTB root class that carries the namespace egress.
     public static let rootMinor: UInt16 = 1
-    /// Minor of the implicit default class (a namespace without `default`).
-    public static let implicitDefaultMinor: UInt16 = 2
+    /// Minor of the default class (named by `default`, or implicit).
+    public static let defaultMinor: UInt16 = 2
     /// The most classes one namespace can hold.
     public static var maxClassesPerNamespace: Int { classMinorRange.count }
 
@@ -103,11 +106,13 @@ public enum Planner {
             burst: defaultBurst(for: ns.egress), cburst: defaultBurst(for: ns.egress),
             priority: 0, quantum: defaultQuantum(for: ns.egress))
 
-        var taken = Set(previous.values)
         var minors: [String: UInt16] = [:]
-        for c in ns.classes {
-            if let m = previous[c.name] { minors[c.name] = m }
+        if let d = ns.defaultClass { minors[d] = defaultMinor }
+        for c in ns.classes where minors[c.name] == nil {
+            // A class that used to be the default gives minor 2 up to the new default.
+            if let m = previous[c.name], m != defaultMinor { minors[c.name] = m }
         }
+        var taken = Set(minors.values).union([defaultMinor])
         for c in ns.classes where minors[c.name] == nil {
             let m = probe(hash: fnv1a(c.name), in: classMinorRange, taken: taken)
             minors[c.name] = m
@@ -127,17 +132,13 @@ public enum Planner {
             planned.append(PlannedClass(name: c.name, spec: spec, leaf: LeafQdiscSpec(parent: id, queue: queue),
                                         match: c.match, isDefault: c.name == ns.defaultClass))
         }
-        var defaultMinor: UInt16
-        if let d = ns.defaultClass, let m = minors[d] {
-            defaultMinor = m
-        } else {
+        if ns.defaultClass == nil {
             // No `default`: unmatched traffic still must meet a class, or HTB lets it bypass shaping
             // entirely (measured 9.6 Gbit/s through a 10 Mbit tree). It gets what the classes leave.
-            defaultMinor = implicitDefaultMinor
             let sum = ns.classes.reduce(UInt64(0)) { $0 + $1.rate.bytesPerSecond }
             let remainder = ns.egress.bytesPerSecond > sum ? ns.egress.bytesPerSecond - sum : 0
             let rate = Rate(bytesPerSecond: max(remainder, ns.egress.bytesPerSecond / 100, 125))
-            let id = TCHandle(major: major, minor: implicitDefaultMinor)
+            let id = TCHandle(major: major, minor: defaultMinor)
             let spec = HTBClassSpec(
                 classid: id, parent: rootID, rate: rate, ceil: ns.egress, burst: defaultBurst(for: rate),
                 cburst: defaultBurst(for: ns.egress), priority: 7, quantum: defaultQuantum(for: rate))

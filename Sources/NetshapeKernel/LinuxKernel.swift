@@ -168,7 +168,6 @@ public final class LinuxKernel: KernelPort {
         switch op.action {
         case .addRootQdisc(let q): try c.route.htbRoot(.add, ifindex: i, device: d, q)
         case .replaceRootQdisc(let q, _): try c.route.htbRoot(.replace, ifindex: i, device: d, q)
-        case .changeRootQdisc(let q, _): try c.route.htbRoot(.change, ifindex: i, device: d, q)
         case .deleteRootQdisc(let q): try c.route.deleteQdisc(ifindex: i, device: d, parent: .root, handle: q.handle)
         case .addClass(let spec): try c.route.htbClass(.add, ifindex: i, device: d, spec)
         case .changeClass(let spec, _): try c.route.htbClass(.change, ifindex: i, device: d, spec)

@@ -130,11 +130,6 @@ public final class FakeKernel: KernelPort {
             ns.qdiscs = [ObservedQdisc(handle: q.handle, parent: .root, kind: "htb", htbDefault: q.defaultMinor)]
             ns.classes = []
             ns.filters = []
-        case .changeRootQdisc(let q, _):
-            guard let i = ns.qdiscs.firstIndex(where: { $0.parent == .root && $0.handle == q.handle }) else {
-                throw fail(KernelErrno.ENOENT, "no root qdisc \(q.handle)")
-            }
-            ns.qdiscs[i].htbDefault = q.defaultMinor
         case .deleteRootQdisc(let q):
             guard ns.qdiscs.contains(where: { $0.parent == .root && $0.handle == q.handle }) else {
                 throw fail(KernelErrno.ENOENT, "no root qdisc \(q.handle)")

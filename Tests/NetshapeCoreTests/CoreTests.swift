@@ -85,6 +85,7 @@ func policy(_ classes: [ClassPolicy], default d: String? = nil, egress: Rate = .
         #expect(ns.classes.map(\.name) == ["frontend", "backup", "other"])
         #expect(ns.classes.allSatisfy { $0.spec.parent == ns.rootClass.classid })
         #expect(ns.qdisc.defaultMinor == ns.classes[2].spec.classid.minor)
+        #expect(ns.classes[2].spec.classid.minor == Planner.defaultMinor, "the default class always has minor 2")
         #expect(ns.classes[0].spec.ceil == .mbit(100), "ceil defaults to the namespace egress")
         #expect(ns.classes[1].spec.ceil == .mbit(20))
         #expect(ns.classifier == .cgroup)
@@ -136,9 +137,9 @@ func policy(_ classes: [ClassPolicy], default d: String? = nil, egress: Rate = .
         let implicit = try #require(ns.classes.last)
         #expect(implicit.name == nil)
         #expect(implicit.isDefault)
-        #expect(implicit.spec.classid.minor == Planner.implicitDefaultMinor)
+        #expect(implicit.spec.classid.minor == Planner.defaultMinor)
         #expect(implicit.spec.rate == .mbit(70), "what the classes leave of the egress")
-        #expect(ns.qdisc.defaultMinor == Planner.implicitDefaultMinor)
+        #expect(ns.qdisc.defaultMinor == Planner.defaultMinor)
         #expect(ns.cgroups.count == 1)
     }
 

@@ -119,6 +119,23 @@ struct Snapshot: Equatable {
         #expect(report.performed.contains { if case .moveProcess(101, _, _, "") = $0.action { true } else { false } })
     }
 
+    @Test func changingTheDefaultClassNeverRebuildsTheTree() throws {
+        let k = machine()
+        let engine = Engine(kernel: k)
+        try engine.apply(try load(webPolicy), policyPath: "/p")
+        let report = try engine.apply(
+            try load(webPolicy.replacingOccurrences(of: "default = \"other\"", with: "default = \"backup\"")), policyPath: "/p")
+        #expect(report.remaining.isEmpty)
+        #expect(!report.performed.contains { op in
+            switch op.action {
+            case .addRootQdisc, .deleteRootQdisc, .replaceRootQdisc: return true
+            default: return false
+            }
+        }, "HTB cannot change its default class in place, so netshape never has to")
+        #expect(k.cgroups["netshape/web/backup"]?.classid.minor == Planner.defaultMinor)
+        #expect(k.cgroups["netshape/web/other"]?.classid.minor != Planner.defaultMinor)
+    }
+
     @Test func aForeignRootQdiscIsRefusedUnlessForced() throws {
         let k = machine()
         k.namespaces["web"]?.qdiscs = [ObservedQdisc(handle: TCHandle(major: 1, minor: 0), parent: .root, kind: "tbf")]

@@ -1,0 +1,265 @@
+import Foundation
+import NetshapeCore
+import NetshapeKernel
+import Testing
+
+/// Result of running a command.
+struct Run {
+    var status: Int32
+    var out: String
+    var err: String
+}
+
+/// Runs `args[0]` with arguments, capturing output. Never through a shell.
+@discardableResult
+func run(_ args: [String], timeout: Double = 60) throws -> Run {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: args[0])
+    p.arguments = Array(args.dropFirst())
+    let out = Pipe()
+    let err = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    try p.run()
+    // Read before waiting: a full pipe would otherwise block the child forever.
+    let o = out.fileHandleForReading.readDataToEndOfFile()
+    let e = err.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return Run(status: p.terminationStatus, out: String(decoding: o, as: UTF8.self), err: String(decoding: e, as: UTF8.self))
+}
+
+/// Runs a command and fails the test (throws) when it exits non-zero.
+@discardableResult
+func must(_ args: [String]) throws -> String {
+    let r = try run(args)
+    if r.status != 0 { throw TestFailure("\(args.joined(separator: " ")) exited \(r.status): \(r.err)\(r.out)") }
+    return r.out
+}
+
+struct TestFailure: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
+}
+
+let ip = "/usr/sbin/ip"
+let tc = "/usr/sbin/tc"
+let iperf3 = "/usr/bin/iperf3"
+let ping = "/usr/bin/ping"
+
+/// The netshape binary under test: $NETSHAPE_BINARY, or the package's debug build.
+let netshapeBinary: String = {
+    if let b = ProcessInfo.processInfo.environment["NETSHAPE_BINARY"] { return b }
+    let pkg = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    return pkg.appendingPathComponent(".build/debug/netshape").path
+}()
+
+func cli(_ args: String...) throws -> Run { try run([netshapeBinary] + args, timeout: 120) }
+
+/// What the integration tests need from the machine, probed once, with the reason when missing.
+enum Capability {
+    /// Root that can create network namespaces, veth pairs and HTB trees.
+    static let netAdmin: (ok: Bool, why: String) = {
+        guard geteuid() == 0 else { return (false, "integration tests need root (CAP_NET_ADMIN, CAP_SYS_ADMIN): run scripts/test as root") }
+        let name = "nsprobe-\(UInt32.random(in: 0..<UInt32.max))"
+        guard (try? run([ip, "netns", "add", name]))?.status == 0 else { return (false, "cannot create a network namespace (ip netns add)") }
+        defer { _ = try? run([ip, "netns", "del", name]) }
+        let htb = try? run([ip, "netns", "exec", name, tc, "qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb"])
+        guard htb?.status == 0 else { return (false, "this kernel cannot create an HTB qdisc (sch_htb)") }
+        return (true, "")
+    }()
+
+    static let iperf: (ok: Bool, why: String) = FileManager.default.isExecutableFile(atPath: iperf3)
+        ? (true, "") : (false, "iperf3 is not installed (scripts/deps installs it)")
+
+    /// The kernel's classifiers and leaves, as netshape itself probes them.
+    static let kernel: KernelCapabilities? = try? LinuxKernel(settings: Settings()).capabilities()
+}
+
+extension Trait where Self == ConditionTrait {
+    /// Root that can create namespaces and HTB (skips with the reason otherwise).
+    static var requiresNetAdmin: Self {
+        .enabled(if: Capability.netAdmin.ok, Comment(rawValue: Capability.netAdmin.why))
+    }
+    /// iperf3 for throughput measurements.
+    static var requiresIperf3: Self { .enabled(if: Capability.iperf.ok, Comment(rawValue: Capability.iperf.why)) }
+    /// A classifier netshape can use ("cgroup" or "bpf").
+    static func requiresClassifier(_ kind: String) -> Self {
+        let k = Capability.kernel
+        let ok = kind == "cgroup" ? k?.clsCgroup == true : k?.clsBpf == true
+        return .enabled(if: ok, Comment(rawValue: "this kernel has no cls_\(kind)"))
+    }
+}
+
+/// Two throwaway namespaces joined by a veth pair: `client` (shaped; device `dev`) and `server`
+/// (runs iperf3). Names carry a random suffix; `close()` deletes exactly what `init` created,
+/// and every test calls it in a `defer`, so a failing test leaves nothing behind.
+final class Scratch {
+    let id: String
+    let client: String
+    let server: String
+    let dev = "veth0"
+    let serverDev = "veth1"
+    let subnet: Int
+    var serverIP: String { "198.19.\(subnet).1" }
+    var clientIP: String { "198.19.\(subnet).2" }
+    let dir: URL
+    var servers: [Process] = []
+
+    init() throws {
+        id = String(UInt32.random(in: 0..<UInt32.max), radix: 36)
+        client = "nst-\(id)-c"
+        server = "nst-\(id)-s"
+        subnet = Int.random(in: 0...255)
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("netshape-test-\(id)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true,
+                                                attributes: [.posixPermissions: 0o700])
+        do {
+            try must([ip, "netns", "add", client])
+            try must([ip, "netns", "add", server])
+            try must([ip, "-n", client, "link", "add", "name", dev, "type", "veth", "peer", "name", serverDev, "netns", server])
+            try must([ip, "-n", client, "addr", "add", "\(clientIP)/24", "dev", dev])
+            try must([ip, "-n", server, "addr", "add", "\(serverIP)/24", "dev", serverDev])
+            for (ns, d) in [(client, dev), (server, serverDev)] {
+                try must([ip, "-n", ns, "link", "set", d, "up"])
+                try must([ip, "-n", ns, "link", "set", "lo", "up"])
+            }
+        } catch {
+            close()
+            throw error
+        }
+    }
+
+    /// Deletes the namespaces (and with them the veth pair and every tc object on it), the policy
+    /// files, and any netshape cgroups of this scratch's policies.
+    func close() {
+        for p in servers where p.isRunning { p.terminate() }
+        for p in try! FileManager.default.contentsOfDirectory(atPath: dir.path) where p.hasSuffix(".toml") {
+            _ = try? cli("reset", dir.appendingPathComponent(p).path)
+        }
+        _ = try? run([ip, "netns", "del", client])
+        _ = try? run([ip, "netns", "del", server])
+        try? FileManager.default.removeItem(at: dir)
+    }
+
+    /// Writes a policy for the client namespace (mode 0600, as a root tool expects) and returns its path.
+    func policy(name: String = "p", _ body: String, settings: String = "") throws -> String {
+        let text = "version = 1\n\(settings)\n[[namespace]]\nname = \"\(client)\"\nnetns = \"\(client)\"\ndevice = \"\(dev)\"\n\(body)\n"
+        let url = dir.appendingPathComponent("\(name).toml")
+        try text.write(to: url, atomically: true, encoding: .utf8)
+        try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: url.path)
+        return url.path
+    }
+
+    /// Starts a one-shot iperf3 server on `port` in the server namespace.
+    func iperfServer(port: Int) throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: ip)
+        p.arguments = ["netns", "exec", server, iperf3, "-s", "-1", "-B", serverIP, "-p", String(port)]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        servers.append(p)
+        // Wait until it listens.
+        for _ in 0..<50 {
+            let r = try run([ip, "netns", "exec", server, "/usr/bin/ss", "-Hltn", "sport = :\(port)"])
+            if !r.out.isEmpty { return }
+            usleep(20_000)
+        }
+        throw TestFailure("iperf3 server on port \(port) did not start")
+    }
+
+    /// The argv of an iperf3 client to the server (for `ip netns exec` or `netshape run`).
+    func iperfClient(port: Int, seconds: Int, extra: [String] = []) -> [String] {
+        [iperf3, "-c", serverIP, "-p", String(port), "-t", String(seconds), "-J"] + extra
+    }
+
+    /// A class as `tc -s class show` prints it (iproute2 6.1 has no JSON for classes).
+    struct TCClass: Equatable {
+        var rate: Double  // bits/s
+        var ceil: Double
+        var bytes: Int
+    }
+
+    /// `tc -s class show dev veth0` in the client namespace, by classid: an independent view of
+    /// what netshape programmed.
+    func classes() throws -> [String: TCClass] {
+        let out = try must([tc, "-n", client, "-s", "class", "show", "dev", dev])
+        var result: [String: TCClass] = [:]
+        var current: String?
+        for line in out.split(separator: "\n") {
+            let f = line.split(separator: " ")
+            if f.first == "class", f.count > 2 {
+                current = String(f[2])
+                func value(after key: String) -> Double {
+                    guard let i = f.firstIndex(of: Substring(key)), i + 1 < f.count else { return 0 }
+                    return parseTcRate(String(f[i + 1]))
+                }
+                result[String(f[2])] = TCClass(rate: value(after: "rate"), ceil: value(after: "ceil"), bytes: 0)
+            } else if f.first == "Sent", f.count > 1, let c = current {
+                result[c]?.bytes = Int(f[1]) ?? -1
+            }
+        }
+        return result
+    }
+
+    /// Everything tc and cgroupfs say about the client side, for before/after equality.
+    func snapshot() throws -> String {
+        var s = try must([tc, "-n", client, "qdisc", "show"])
+        s += try must([tc, "-n", client, "class", "show", "dev", dev])
+        s += try must([tc, "-n", client, "filter", "show", "dev", dev])
+        let cg = "/sys/fs/cgroup/net_cls/netshape/\(client)"
+        s += FileManager.default.fileExists(atPath: cg) ? "cgroup \(cg) exists" : "no cgroup"
+        return s
+    }
+}
+
+/// Goodput (received bits/s) from iperf3's JSON.
+func goodput(_ json: String) throws -> Double {
+    let obj = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any]
+    guard let end = obj?["end"] as? [String: Any], let sum = end["sum_received"] as? [String: Any],
+        let bps = sum["bits_per_second"] as? Double
+    else { throw TestFailure("no goodput in iperf3 output: \(json.prefix(400))") }
+    return bps
+}
+
+/// Per-second sender rates from iperf3's JSON intervals.
+func intervals(_ json: String) throws -> [Double] {
+    let obj = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any]
+    let ivs = (obj?["intervals"] as? [[String: Any]]) ?? []
+    return ivs.compactMap { ($0["sum"] as? [String: Any])?["bits_per_second"] as? Double }
+}
+
+/// Runs several commands at once (one thread each, so all start together whatever the core
+/// count) and returns their outputs in order.
+func concurrently(_ commands: [[String]]) throws -> [Run] {
+    final class Box: @unchecked Sendable {
+        var results: [Result<Run, Error>?]
+        init(_ n: Int) { results = Array(repeating: nil, count: n) }
+    }
+    let box = Box(commands.count)
+    let lock = NSLock()
+    let group = DispatchGroup()
+    for (i, c) in commands.enumerated() {
+        group.enter()
+        Thread {
+            let r = Result { try run(c) }
+            lock.lock()
+            box.results[i] = r
+            lock.unlock()
+            group.leave()
+        }.start()
+    }
+    group.wait()
+    return try box.results.map { try $0!.get() }
+}
+
+func mbit(_ bps: Double) -> String { String(format: "%.1f Mbit/s", bps / 1e6) }
+
+/// tc's printed rates: "10Mbit", "1500Kbit", "2Gbit", "800bit".
+func parseTcRate(_ text: String) -> Double {
+    let units: [(String, Double)] = [("Gbit", 1e9), ("Mbit", 1e6), ("Kbit", 1e3), ("bit", 1)]
+    for (u, m) in units where text.hasSuffix(u) {
+        return (Double(text.dropLast(u.count)) ?? 0) * m
+    }
+    return Double(text) ?? 0
+}
