@@ -61,6 +61,7 @@ let package = Package(
             dependencies: ["NetshapeEngine", "NetshapeCore", "NetshapePolicy", "NetshapeTestSupport"]
         ),
         .testTarget(name: "NetshapeCLITests", dependencies: ["NetshapeCLI"]),
+        .testTarget(name: "NetshapeKernelTests", dependencies: ["NetshapeKernel", "NetshapeCore", "CNetshapeShim"]),
         .testTarget(
             name: "NetshapeIntegrationTests",
             dependencies: ["NetshapeCore", "NetshapeKernel"]

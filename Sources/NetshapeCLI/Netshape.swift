@@ -13,11 +13,12 @@ public struct Netshape: ParsableCommand {
         commandName: "netshape",
         abstract: "Shape the bandwidth of processes, namespaces and containers with HTB and net_cls cgroups.",
         discussion: """
-            A TOML policy names network namespaces, their egress (and ingress) rates, and classes
-            with guaranteed rates, ceilings, priorities and rules that pick processes. netshape gives
-            every class a net_cls cgroup and an HTB class on the namespace's device, and keeps the two
-            in step. Exit status: 0 success, 1 the machine refused something, 2 usage error,
-            65 invalid policy.
+            A TOML policy names network namespaces, their egress (and ingress) rates, and classes \
+            with guaranteed rates, ceilings, priorities and rules that pick processes. netshape gives \
+            every class a net_cls cgroup and an HTB class on the namespace's device, and keeps the two \
+            in step.
+
+            Exit status: 0 success, 1 the machine refused something, 2 usage error, 65 invalid policy.
             """,
         version: "0.1.0",
         subcommands: [Check.self, Plan.self, Apply.self, Status.self, Reset.self, Run.self, Classify.self]
@@ -56,8 +57,11 @@ public struct Netshape: ParsableCommand {
                 Glibc.exit(0)
             }
             if error is ExitCode { Glibc.exit(code.rawValue) }
-            // ArgumentParser's usage errors exit 64 (EX_USAGE); netshape's contract says 2.
-            FileHandleStderr.write(fullMessage(for: error) + "\n")
+            // ArgumentParser's usage errors exit 64 (EX_USAGE); netshape's contract says 2, and every
+            // error line starts with "netshape: error:".
+            var message = fullMessage(for: error)
+            if message.hasPrefix("Error: ") { message = "netshape: error: " + message.dropFirst(7) }
+            FileHandleStderr.write(message + "\n")
             Glibc.exit(code.rawValue == 64 ? 2 : code.rawValue)
         }
     }
@@ -150,8 +154,8 @@ struct Apply: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Converge the machine to the policy: create, change in place, or remove what differs.",
         discussion: """
-            Idempotent: a second apply of the same policy changes nothing. Never deletes or replaces an
-            object netshape did not create; a device whose root qdisc someone else set is refused unless
+            Idempotent: a second apply of the same policy changes nothing. Never deletes or replaces an \
+            object netshape did not create; a device whose root qdisc someone else set is refused unless \
             --force. A failure half-way rolls back what this run changed.
             """)
 

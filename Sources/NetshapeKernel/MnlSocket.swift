@@ -78,11 +78,17 @@ final class MnlSocket {
 
     var fd: Int32 { mnl_socket_get_fd(nl) }
 
-    /// Builds a request in a fresh buffer: `fill` receives the header (type, flags and seq set).
+    /// Builds a request with the next sequence number.
     func message(type: UInt16, flags: Int32, fill: (UnsafeMutablePointer<nlmsghdr>) -> Void) -> [UInt8] {
-        var buf = [UInt8](repeating: 0, count: 8192)
         seq &+= 1
-        let s = seq
+        return Self.message(type: type, flags: flags, seq: seq, fill: fill)
+    }
+
+    /// Builds a request in a fresh buffer: `fill` receives the header (type, flags and seq set).
+    /// Pure, so the wire format is pinned by golden-byte tests.
+    static func message(type: UInt16, flags: Int32, seq s: UInt32,
+                        fill: (UnsafeMutablePointer<nlmsghdr>) -> Void) -> [UInt8] {
+        var buf = [UInt8](repeating: 0, count: 8192)
         buf.withUnsafeMutableBytes { raw in
             let nlh = mnl_nlmsg_put_header(raw.baseAddress)!
             nlh.pointee.nlmsg_type = type
@@ -161,26 +167,31 @@ final class MnlSocket {
     /// direct-action: the program's return value is then the full 32-bit classid (0 = no match).
     func addBpfFilter(ifindex: Int32, device: String, _ f: FilterSpec, programFD: Int32) throws {
         let op = "tc filter add dev \(device) parent \(f.parent) protocol all prio \(f.priority) handle \(f.handle) bpf name \(FilterSpec.bpfProgramName)"
-        let req = filterMessage(type: UInt16(RTM_NEWTFILTER), flags: NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-                                ifindex: ifindex, f) { nlh in
-            let nest = mnl_attr_nest_start(nlh, UInt16(TCA_OPTIONS))
-            mnl_attr_put_u32(nlh, UInt16(TCA_BPF_FD), UInt32(bitPattern: programFD))
-            mnl_attr_put_strz(nlh, UInt16(TCA_BPF_NAME), FilterSpec.bpfProgramName)
-            mnl_attr_nest_end(nlh, nest)
-        }
-        try transact(req, op)
+        seq &+= 1
+        try transact(Self.addBpfFilterRequest(seq: seq, ifindex: ifindex, f, programFD: programFD), op)
     }
 
     /// `tc filter del dev D parent M: protocol all prio P handle H KIND`.
     func deleteFilter(ifindex: Int32, device: String, _ f: FilterSpec) throws {
         let op = "tc filter del dev \(device) parent \(f.parent) protocol all prio \(f.priority) handle \(f.handle) \(f.kind.kind)"
-        let req = filterMessage(type: UInt16(RTM_DELTFILTER), flags: NLM_F_ACK, ifindex: ifindex, f) { _ in }
-        try transact(req, op)
+        seq &+= 1
+        try transact(Self.filterMessage(type: UInt16(RTM_DELTFILTER), flags: NLM_F_ACK, seq: seq, ifindex: ifindex, f) { _ in }, op)
     }
 
-    private func filterMessage(type: UInt16, flags: Int32, ifindex: Int32, _ f: FilterSpec,
-                               options: (UnsafeMutablePointer<nlmsghdr>) -> Void) -> [UInt8] {
-        message(type: type, flags: flags) { nlh in
+    /// The RTM_NEWTFILTER request for netshape's cls_bpf filter.
+    static func addBpfFilterRequest(seq: UInt32, ifindex: Int32, _ f: FilterSpec, programFD: Int32) -> [UInt8] {
+        filterMessage(type: UInt16(RTM_NEWTFILTER), flags: NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, seq: seq,
+                      ifindex: ifindex, f) { nlh in
+            let nest = mnl_attr_nest_start(nlh, UInt16(TCA_OPTIONS))
+            mnl_attr_put_u32(nlh, UInt16(TCA_BPF_FD), UInt32(bitPattern: programFD))
+            mnl_attr_put_strz(nlh, UInt16(TCA_BPF_NAME), FilterSpec.bpfProgramName)
+            mnl_attr_nest_end(nlh, nest)
+        }
+    }
+
+    static func filterMessage(type: UInt16, flags: Int32, seq: UInt32, ifindex: Int32, _ f: FilterSpec,
+                              options: (UnsafeMutablePointer<nlmsghdr>) -> Void) -> [UInt8] {
+        message(type: type, flags: flags, seq: seq) { nlh in
             let tcm = mnl_nlmsg_put_extra_header(nlh, MemoryLayout<tcmsg>.size)!.assumingMemoryBound(to: tcmsg.self)
             tcm.pointee.tcm_family = UInt8(AF_UNSPEC)
             tcm.pointee.tcm_ifindex = ifindex

@@ -82,7 +82,7 @@ struct ApplyIntegrationTests {
         try s.iperfServer(port: 5310)
         let client = Process()
         client.executableURL = URL(fileURLWithPath: ip)
-        client.arguments = ["netns", "exec", s.client] + s.iperfClient(port: 5310, seconds: 7)
+        client.arguments = ["netns", "exec", s.client] + s.iperfClient(port: 5310, seconds: 8)
         let out = Pipe()
         client.standardOutput = out
         try client.run()
@@ -102,14 +102,23 @@ struct ApplyIntegrationTests {
         let applied = try cli("apply", limited)
         #expect(applied.status == 0, "\(applied.err)")
         #expect(applied.out.contains("echo \(client.processIdentifier) >"), "\(applied.out)")
+        // The capped class's own counter over two seconds while the process keeps sending: the
+        // wire rate through the class, not iperf3's sender-side estimate.
+        usleep(1_500_000)
+        let classid = try #require(try String(contentsOfFile: "/sys/fs/cgroup/net_cls/netshape/\(s.client)/capped/net_cls.classid",
+                                              encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines))
+        let handle = try #require(UInt32(classid)).classidString
+        let b0 = try #require(try s.classes()[handle]?.bytes)
+        usleep(2_000_000)
+        let b1 = try #require(try s.classes()[handle]?.bytes)
         let json = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         client.waitUntilExit()
         let perSecond = try intervals(json)
-        print("per-second rates: \(perSecond.map(mbit))")
-        try #require(perSecond.count >= 7)
+        let wire = Double(b1 - b0) * 8 / 2
+        print("before apply: \(perSecond.prefix(3).map(mbit)); after, through the class: \(mbit(wire))")
+        try #require(perSecond.count >= 3)
         #expect(perSecond[1] > 50e6, "unshaped before: \(mbit(perSecond[1]))")
-        let after = perSecond[5...6].reduce(0, +) / 2
-        #expect(after < 11.5e6 && after > 8e6, "after apply the running process is in its class: \(mbit(after))")
+        #expect(wire > 9e6 && wire < 11e6, "after apply the running process is shaped by its class: \(mbit(wire))")
     }
 
     @Test(.requiresIperf3) func reapplyAndRateEditsKeepCountersCounting() throws {

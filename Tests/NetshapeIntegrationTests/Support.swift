@@ -263,3 +263,8 @@ func parseTcRate(_ text: String) -> Double {
     }
     return Double(text) ?? 0
 }
+
+extension UInt32 {
+    /// A classid as tc prints it: `3811:fe2d`.
+    var classidString: String { "\(String(self >> 16, radix: 16)):\(String(self & 0xFFFF, radix: 16))" }
+}

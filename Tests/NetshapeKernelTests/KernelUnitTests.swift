@@ -1,0 +1,143 @@
+import CNetshapeShim
+import Foundation
+import NetshapeCore
+import Testing
+
+@testable import NetshapeKernel
+
+/// Wire formats, pinned byte for byte. Derived field by field from the kernel's UAPI headers
+/// (linux/netlink.h, linux/rtnetlink.h, linux/pkt_cls.h, linux/bpf.h) and checked against the
+/// running kernel by the integration tests, which load exactly these bytes.
+@Suite struct GoldenBytesTests {
+    @Test func bpfClassifierProgram() {
+        let insns = BPFClassifier.instructions()
+        let bytes = insns.flatMap { i in withUnsafeBytes(of: i) { Array($0) } }
+        #expect(netshape_bpf_insn_size() == 8)
+        #expect(bytes == [
+            // BPF_JMP|BPF_CALL, dst/src 0, off 0, imm = BPF_FUNC_get_cgroup_classid (17)
+            0x85, 0x00, 0x00, 0x00, 0x11, 0x00, 0x00, 0x00,
+            // BPF_JMP|BPF_EXIT: return r0 (the classid; 0 = no match)
+            0x95, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        ])
+    }
+
+    /// `tc filter add dev <ifindex 2> parent 3811: protocol all prio 16606 handle 1 bpf fd 7 name netshape_classid`
+    @Test func addBpfFilterRequest() {
+        let f = FilterSpec(parent: TCHandle(major: 0x3811, minor: 0), kind: .bpf, priority: 16606, handle: 1)
+        let bytes = MnlSocket.addBpfFilterRequest(seq: 1, ifindex: 2, f, programFD: 7)
+        let name = Array("netshape_classid".utf8)
+        let expected: [UInt8] = [
+            // struct nlmsghdr
+            0x50, 0x00, 0x00, 0x00,  // nlmsg_len = 80
+            0x2C, 0x00,  // nlmsg_type = RTM_NEWTFILTER (44)
+            0x05, 0x06,  // nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_EXCL | NLM_F_CREATE
+            0x01, 0x00, 0x00, 0x00,  // nlmsg_seq = 1 (masked in real use: a counter)
+            0x00, 0x00, 0x00, 0x00,  // nlmsg_pid = 0 (the kernel)
+            // struct tcmsg
+            0x00, 0x00, 0x00, 0x00,  // tcm_family = AF_UNSPEC, padding
+            0x02, 0x00, 0x00, 0x00,  // tcm_ifindex = 2
+            0x01, 0x00, 0x00, 0x00,  // tcm_handle = 1
+            0x00, 0x00, 0x11, 0x38,  // tcm_parent = 3811:0
+            0x00, 0x03, 0xDE, 0x40,  // tcm_info = prio 16606 << 16 | htons(ETH_P_ALL)
+            // TCA_KIND "bpf"
+            0x08, 0x00, 0x01, 0x00, 0x62, 0x70, 0x66, 0x00,
+            // TCA_OPTIONS, nested (NLA_F_NESTED), 36 bytes
+            0x24, 0x00, 0x02, 0x80,
+            //   TCA_BPF_FD = 7
+            0x08, 0x00, 0x06, 0x00, 0x07, 0x00, 0x00, 0x00,
+            //   TCA_BPF_NAME "netshape_classid\0" (21 bytes, padded to 24). No TCA_BPF_FLAGS:
+            //   not direct-action, so the program's return value is the whole classid.
+            0x15, 0x00, 0x07, 0x00,
+        ] + name + [0x00, 0x00, 0x00, 0x00]
+        #expect(bytes == expected)
+    }
+
+    @Test func filterInfoCarriesPriorityAndProtocol() {
+        #expect(MnlSocket.filterInfo(priority: 1) == 0x0001_0300)
+    }
+}
+
+@Suite struct ParsingTests {
+    @Test func mountinfoFindsNetCls() {
+        let text = """
+            22 28 0:21 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
+            30 22 0:25 / /sys/fs/cgroup rw,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
+            41 30 0:36 / /sys/fs/cgroup/net_cls,net_prio rw,nosuid,nodev,noexec,relatime shared:19 - cgroup cgroup rw,net_cls,net_prio
+            42 30 0:37 /docker /sys/fs/cgroup/cpu rw shared:20 - cgroup cgroup rw,cpu
+            """
+        let entries = MountInfoEntry.parse(text)
+        #expect(entries.count == 4)
+        #expect(MountInfoEntry.netClsMount(in: entries) == "/sys/fs/cgroup/net_cls,net_prio")
+        #expect(MountInfoEntry.netClsMount(in: Array(entries.prefix(2))) == nil)
+    }
+
+    @Test func mountinfoUnescapesBlanks() {
+        let e = MountInfoEntry.parse("1 2 0:1 / /mnt/with\\040space rw - cgroup cgroup rw,net_cls")
+        #expect(e.first?.mountPoint == "/mnt/with space")
+    }
+
+    @Test func procCgroupLines() {
+        let v1 = ProcScanner.cgroups("""
+            12:net_cls,net_prio:/netshape/web/frontend
+            4:cpu,cpuacct:/user.slice
+            1:name=systemd:/system.slice/nginx.service
+            0::/system.slice/nginx.service
+            """)
+        #expect(v1.netCls == "netshape/web/frontend")
+        #expect(v1.unified == "/system.slice/nginx.service")
+        let legacy = ProcScanner.cgroups("3:net_cls:/\n1:name=systemd:/user.slice/session-1.scope\n")
+        #expect(legacy.netCls == "")
+        #expect(legacy.unified == "/user.slice/session-1.scope")
+    }
+
+    @Test func kernelThreadsAreRecognised() {
+        // comm may hold spaces and parentheses; flags is the 7th field after it (PF_KTHREAD = 0x200000).
+        #expect(ProcScanner.isKernelThread("2 (kthreadd) S 0 0 0 0 -1 2129984 0 0"))
+        #expect(!ProcScanner.isKernelThread("1234 (my (odd) name) S 1 1234 1234 0 -1 4194560 100 0"))
+    }
+}
+
+/// cgroupfs code against a temp-dir fixture: directories behave like cgroupfs for mkdir/rmdir,
+/// and the control files are created by the test where the kernel would create them.
+@Suite struct NetClsFixtureTests {
+    func fixture() throws -> (URL, NetClsHierarchy) {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("netcls-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        return (dir, NetClsHierarchy(root: dir.path))
+    }
+
+    @Test func createWriteReadRemove() throws {
+        let (dir, h) = try fixture()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try h.create("netshape", classid: .unspecified)
+        try h.create("netshape/web", classid: .unspecified)
+        try h.create("netshape/web/frontend", classid: .unspecified)
+        let cls = dir.appendingPathComponent("netshape/web/frontend/net_cls.classid")
+        try "0\n".write(to: cls, atomically: false, encoding: .utf8)
+        try "".write(to: dir.appendingPathComponent("netshape/web/frontend/cgroup.procs"), atomically: false, encoding: .utf8)
+        try h.setClassID("netshape/web/frontend", TCHandle(major: 0x3811, minor: 0xFE2D))
+        #expect(try String(contentsOf: cls, encoding: .utf8) == String(0x3811_FE2D), "written in decimal")
+        #expect(h.classid("netshape/web/frontend") == TCHandle(major: 0x3811, minor: 0xFE2D))
+        let listed = h.listNetshape()
+        #expect(listed.keys.sorted() == ["netshape", "netshape/web", "netshape/web/frontend"])
+        try FileManager.default.removeItem(at: cls)
+        try FileManager.default.removeItem(at: dir.appendingPathComponent("netshape/web/frontend/cgroup.procs"))
+        try h.remove("netshape/web/frontend")
+        #expect(!FileManager.default.fileExists(atPath: dir.appendingPathComponent("netshape/web/frontend").path))
+    }
+
+    @Test func symlinksInsideTheTreeAreNeverFollowed() throws {
+        let (dir, h) = try fixture()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let outside = dir.appendingPathComponent("outside")
+        try FileManager.default.createDirectory(at: outside, withIntermediateDirectories: true)
+        let root = dir.appendingPathComponent("root")
+        try FileManager.default.createDirectory(at: root.appendingPathComponent("netshape"), withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(at: root.appendingPathComponent("netshape/evil"), withDestinationURL: outside)
+        let hier = NetClsHierarchy(root: root.path)
+        #expect(throws: KernelError.self) { try hier.create("netshape/evil/x", classid: .unspecified) }
+        #expect(throws: KernelError.self) { try hier.move(pid: 1, to: "netshape/evil") }
+        #expect(!FileManager.default.fileExists(atPath: outside.appendingPathComponent("x").path))
+        #expect(throws: KernelError.self) { try h.create("netshape/../../etc", classid: .unspecified) }
+    }
+}
