@@ -15,4 +15,9 @@
 #include <netlink/route/qdisc/sfq.h>
 #include <netlink/route/cls/cgroup.h>
 #include <netlink/route/route.h>
+#include <netlink/route/addr.h>
+#include <netlink/route/action.h>
+#include <netlink/route/link/veth.h>
+#include <netlink/route/cls/matchall.h>
+#include <netlink/route/act/mirred.h>
 #endif

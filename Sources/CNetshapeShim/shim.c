@@ -55,3 +55,5 @@ long netshape_statfs_type(const char *path) {
 int netshape_mount_cgroup_v1(const char *target, const char *options) {
     return mount("cgroup", target, "cgroup", MS_NOSUID | MS_NODEV | MS_NOEXEC, options);
 }
+int netshape_bind_mount(const char *src, const char *dst) { return mount(src, dst, "none", MS_BIND, NULL); }
+int netshape_umount_detach(const char *path) { return umount2(path, MNT_DETACH); }

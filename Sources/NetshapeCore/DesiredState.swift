@@ -138,6 +138,16 @@ public struct CgroupSpec: Sendable, Hashable, Codable {
     public var relativePath: String { "netshape/\(namespace)/\(className)" }
 }
 
+/// Ingress shaping of a namespace: one HTB class at the ingress rate on the device that carries the
+/// namespace's incoming traffic (its veth peer, or an IFB), `tc qdisc add dev PEER root handle M:
+/// htb default 1; tc class add … classid M:1 htb rate R ceil R`.
+public struct IngressPlan: Sendable, Equatable {
+    public var rate: Rate
+    public var qdisc: HTBQdiscSpec
+    public var rootClass: HTBClassSpec
+    public var leaf: LeafQdiscSpec
+}
+
 /// One class as the planner laid it out (for rendering, status and membership).
 public struct PlannedClass: Sendable, Equatable {
     /// The policy class name, or nil for the implicit default class.
@@ -166,6 +176,10 @@ public struct DesiredNamespace: Sendable, Equatable {
     public var classifier: ClassifierKind
     public var egress: Rate
     public var ingress: Rate?
+    /// The ingress tree, when the policy sets `ingress`.
+    public var ingressPlan: IngressPlan?
+    /// What to create when missing.
+    public var provision: Provision?
 
     /// The net_cls cgroups of the policy's classes (the implicit default class has none).
     public var cgroups: [CgroupSpec] {

@@ -94,6 +94,53 @@ public struct ProcessInfo: Sendable, Equatable {
     }
 }
 
+/// The device that carries a namespace's ingress shaping, as observed.
+public struct ObservedIngress: Sendable, Equatable {
+    public enum Placement: String, Sendable, Equatable, Codable {
+        /// The egress of the namespace device's veth peer in netshape's own (host) namespace.
+        case peer
+        /// An IFB inside the namespace, fed by an ingress qdisc and a mirred redirect.
+        case ifb
+    }
+    public var placement: Placement
+    /// The peer or the IFB.
+    public var device: String
+    /// Namespace of that device (`st_dev:st_ino`).
+    public var netnsID: String
+    /// 0 when the device does not exist yet (an IFB to create).
+    public var ifindex: Int32
+    public var qdiscs: [ObservedQdisc]
+    public var classes: [ObservedClass]
+    /// For an IFB: the ingress qdisc on the namespace device, if there is one.
+    public var ingressQdisc: ObservedQdisc?
+
+    public init(placement: Placement, device: String, netnsID: String, ifindex: Int32, qdiscs: [ObservedQdisc] = [],
+                classes: [ObservedClass] = [], ingressQdisc: ObservedQdisc? = nil) {
+        self.placement = placement
+        self.device = device
+        self.netnsID = netnsID
+        self.ifindex = ifindex
+        self.qdiscs = qdiscs
+        self.classes = classes
+        self.ingressQdisc = ingressQdisc
+    }
+
+    /// The configured root qdisc of the device (nil for the kernel default).
+    public var configuredRoot: ObservedQdisc? { qdiscs.first { $0.parent == .root && $0.handle != .unspecified } }
+}
+
+/// What exists of a namespace's `provision`.
+public struct ObservedProvision: Sendable, Equatable {
+    public var netnsExists: Bool
+    public var hostDeviceExists: Bool
+    public var bridgeExists: Bool
+    public init(netnsExists: Bool, hostDeviceExists: Bool, bridgeExists: Bool) {
+        self.netnsExists = netnsExists
+        self.hostDeviceExists = hostDeviceExists
+        self.bridgeExists = bridgeExists
+    }
+}
+
 /// A net_cls cgroup directory under `netshape/`.
 public struct ObservedCgroup: Sendable, Equatable {
     /// Relative to the net_cls mount, e.g. `netshape/web/frontend`.
@@ -124,10 +171,13 @@ public struct ObservedNamespace: Sendable, Equatable {
     public var filters: [ObservedFilter]
     /// Processes whose network namespace is this one.
     public var processes: [ProcessInfo]
+    /// Where and how ingress is shaped now (observed only when the policy asks for ingress).
+    public var ingress: ObservedIngress?
 
     public init(name: String, problem: String? = nil, netnsID: String = "", device: String = "", ifindex: Int32 = 0,
                 qdiscs: [ObservedQdisc] = [], classes: [ObservedClass] = [], filters: [ObservedFilter] = [],
-                processes: [ProcessInfo] = []) {
+                processes: [ProcessInfo] = [], ingress: ObservedIngress? = nil) {
+        self.ingress = ingress
         self.name = name
         self.problem = problem
         self.netnsID = netnsID
@@ -156,6 +206,8 @@ public struct ObservedState: Sendable, Equatable {
     public var groups: [String: UInt32]
     /// What netshape recorded as its own.
     public var ownership: OwnershipRecord
+    /// For namespaces with `provision`: what of it exists now.
+    public var provision: [String: ObservedProvision] = [:]
 
     public init(namespaces: [String: ObservedNamespace] = [:], cgroups: [String: ObservedCgroup] = [:],
                 users: [String: UInt32] = [:], groups: [String: UInt32] = [:],
@@ -178,8 +230,10 @@ public struct ObservedState: Sendable, Equatable {
                 result.majors[ns.name] = cg.classid.major
                 minors[c.name] = cg.classid.minor
             }
-            if result.majors[ns.name] == nil, let owned = ownership.namespaces[ns.name] {
-                result.majors[ns.name] = owned.rootHandle.major
+            if result.majors[ns.name] == nil, let owned = ownership.namespaces[ns.name],
+                let handle = owned.egress?.handle ?? owned.ingress?.tree?.handle
+            {
+                result.majors[ns.name] = handle.major
             }
             if !minors.isEmpty { result.minors[ns.name] = minors }
         }
@@ -190,30 +244,85 @@ public struct ObservedState: Sendable, Equatable {
 /// The objects netshape created, recorded before it creates them, so that `apply`, `reset` and
 /// `--force` only ever delete what is netshape's.
 public struct OwnershipRecord: Sendable, Equatable, Codable {
-    public struct Namespace: Sendable, Equatable, Codable {
-        /// Absolute path of the policy that created it.
-        public var policy: String
+    /// An HTB tree netshape built on one device.
+    public struct Tree: Sendable, Equatable, Codable {
+        /// `st_dev:st_ino` of the namespace the device lives in.
         public var netnsID: String
         public var device: String
         public var ifindex: Int32
-        public var rootHandle: TCHandle
+        public var handle: TCHandle
 
-        public init(policy: String, netnsID: String, device: String, ifindex: Int32, rootHandle: TCHandle) {
-            self.policy = policy
+        public init(netnsID: String, device: String, ifindex: Int32, handle: TCHandle) {
             self.netnsID = netnsID
             self.device = device
             self.ifindex = ifindex
-            self.rootHandle = rootHandle
+            self.handle = handle
         }
+
+        /// True when `root` on that device is this tree's root.
+        public func owns(_ root: ObservedQdisc, netnsID: String, ifindex: Int32) -> Bool {
+            root.kind == "htb" && root.handle == handle && self.ifindex == ifindex && self.netnsID == netnsID
+        }
+    }
+
+    /// Ingress shaping: the tree on the peer or IFB, and what was created to redirect into an IFB.
+    public struct Ingress: Sendable, Equatable, Codable {
+        public var tree: Tree?
+        /// The IFB netshape created inside the namespace.
+        public var ifb: String?
+        /// The device whose ingress qdisc (and redirect) netshape added.
+        public var redirectFrom: String?
+
+        public init(tree: Tree? = nil, ifb: String? = nil, redirectFrom: String? = nil) {
+            self.tree = tree
+            self.ifb = ifb
+            self.redirectFrom = redirectFrom
+        }
+    }
+
+    /// What `provision` created.
+    public struct Provisioned: Sendable, Equatable, Codable {
+        /// The `ip netns` name netshape created.
+        public var netns: String?
+        /// The host-side veth netshape created.
+        public var hostDevice: String?
+        /// The bridge netshape created (removed when no provisioned namespace uses it any more).
+        public var bridge: String?
+
+        public init(netns: String? = nil, hostDevice: String? = nil, bridge: String? = nil) {
+            self.netns = netns
+            self.hostDevice = hostDevice
+            self.bridge = bridge
+        }
+    }
+
+    public struct Namespace: Sendable, Equatable, Codable {
+        /// Absolute path of the policy that created it.
+        public var policy: String
+        public var egress: Tree?
+        public var ingress: Ingress?
+        public var provisioned: Provisioned?
+
+        public init(policy: String, egress: Tree? = nil, ingress: Ingress? = nil, provisioned: Provisioned? = nil) {
+            self.policy = policy
+            self.egress = egress
+            self.ingress = ingress
+            self.provisioned = provisioned
+        }
+
+        public var isEmpty: Bool { egress == nil && ingress == nil && provisioned == nil }
     }
 
     public var namespaces: [String: Namespace]
     public init(namespaces: [String: Namespace] = [:]) { self.namespaces = namespaces }
 
-    /// True when `root` on `observed` is the HTB qdisc netshape created there.
+    /// True when `root` on `observed`'s device is the HTB qdisc netshape created there.
     public func owns(_ root: ObservedQdisc, in observed: ObservedNamespace) -> Bool {
-        guard let n = namespaces[observed.name] else { return false }
-        return root.kind == "htb" && root.handle == n.rootHandle && n.ifindex == observed.ifindex
-            && n.netnsID == observed.netnsID
+        namespaces[observed.name]?.egress?.owns(root, netnsID: observed.netnsID, ifindex: observed.ifindex) == true
+    }
+
+    /// Bridges netshape created that a namespace other than `except` still uses.
+    public func bridgesInUse(except: String) -> Set<String> {
+        Set(namespaces.filter { $0.key != except }.compactMap { $0.value.provisioned?.bridge })
     }
 }

@@ -4,15 +4,27 @@
 /// Netlink flags follow the tc verb in one place (the kernel layer): add = CREATE|EXCL,
 /// replace = CREATE|REPLACE, change = 0, delete.
 public struct Operation: Sendable, Equatable {
+    /// Which device of the namespace a tc operation is for.
+    public enum Link: String, Sendable, Equatable {
+        /// The namespace's shaped device (egress, classes, classifier).
+        case namespace
+        /// The device carrying its ingress shaping (host-side veth peer, or IFB).
+        case ingress
+        /// netshape's own (host) namespace, for provisioning.
+        case host
+    }
+
     /// The policy namespace this operation belongs to.
     public var namespace: String
     /// The device it touches (empty for cgroupfs and process operations).
     public var device: String
+    public var link: Link
     public var action: Action
 
-    public init(namespace: String, device: String = "", action: Action) {
+    public init(namespace: String, device: String = "", link: Link = .namespace, action: Action) {
         self.namespace = namespace
         self.device = device
+        self.link = link
         self.action = action
     }
 
@@ -47,6 +59,47 @@ public struct Operation: Sendable, Equatable {
         case removeCgroup(path: String, classid: TCHandle)
         /// `echo PID > <net_cls>/TO/cgroup.procs`
         case moveProcess(pid: Int32, comm: String, from: String, to: String)
+
+        // Ingress through an IFB (no reachable veth peer).
+        /// `ip link add name IFB type ifb txqueuelen 1000 && ip link set IFB up` (inside the namespace)
+        case createIFB(String)
+        /// `ip link del IFB`
+        case deleteIFB(String)
+        /// `tc qdisc add dev D handle ffff: ingress && tc filter add dev D parent ffff: matchall action
+        /// mirred egress redirect dev IFB`
+        case addIngressRedirect(ifb: String)
+        /// `tc qdisc del dev D ingress` (removes the redirect with it)
+        case deleteIngressRedirect(ifb: String)
+
+        // Provisioning (`[namespace.provision]`).
+        /// `ip netns add NAME`
+        case createNetns(String)
+        /// `ip netns del NAME`
+        case deleteNetns(String)
+        /// `ip link add name HOST type veth peer name DEV netns NS`
+        case createVeth(host: String, peer: String, netns: String)
+        /// `ip link del HOST` (both ends go)
+        case deleteVeth(host: String)
+        /// `ip link add name BR type bridge && ip link set BR up`
+        case createBridge(String)
+        /// `ip link del BR`
+        case deleteBridge(String)
+        /// `ip link set DEV master BR`
+        case attachToBridge(bridge: String)
+        /// `ip link set DEV nomaster`
+        case detachFromBridge(bridge: String)
+        /// `ip addr add CIDR dev DEV` (on `link`: `.host` or `.namespace`)
+        case addAddress(String)
+        /// `ip addr del CIDR dev DEV`
+        case deleteAddress(String)
+        /// `ip link set DEV up`
+        case linkUp
+        /// `ip link set DEV down`
+        case linkDown
+        /// `ip route add default via GW` (inside the namespace)
+        case addDefaultRoute(gateway: String)
+        /// `ip route del default via GW`
+        case deleteDefaultRoute(gateway: String)
     }
 
     /// What undoes this operation.
@@ -71,8 +124,26 @@ public struct Operation: Sendable, Equatable {
         case .setClassID(let p, let id, let old): a = .setClassID(path: p, classid: old, old: id)
         case .removeCgroup(let p, let id): a = .createCgroup(path: p, classid: id)
         case .moveProcess(let pid, let comm, let from, let to): a = .moveProcess(pid: pid, comm: comm, from: to, to: from)
+        case .createIFB(let n): a = .deleteIFB(n)
+        case .deleteIFB(let n): a = .createIFB(n)
+        case .addIngressRedirect(let i): a = .deleteIngressRedirect(ifb: i)
+        case .deleteIngressRedirect(let i): a = .addIngressRedirect(ifb: i)
+        case .createNetns(let n): a = .deleteNetns(n)
+        case .deleteNetns(let n): a = .createNetns(n)
+        case .createVeth(let h, _, _): a = .deleteVeth(host: h)
+        case .deleteVeth(let h): a = .deleteVeth(host: h)  // cannot be recreated from its name alone
+        case .createBridge(let b): a = .deleteBridge(b)
+        case .deleteBridge(let b): a = .createBridge(b)
+        case .attachToBridge(let b): a = .detachFromBridge(bridge: b)
+        case .detachFromBridge(let b): a = .attachToBridge(bridge: b)
+        case .addAddress(let c): a = .deleteAddress(c)
+        case .deleteAddress(let c): a = .addAddress(c)
+        case .linkUp: a = .linkDown
+        case .linkDown: a = .linkUp
+        case .addDefaultRoute(let g): a = .deleteDefaultRoute(gateway: g)
+        case .deleteDefaultRoute(let g): a = .addDefaultRoute(gateway: g)
         }
-        return Operation(namespace: namespace, device: device, action: a)
+        return Operation(namespace: namespace, device: device, link: link, action: a)
     }
 
     /// The verb, as in `tc` (`add`, `change`, `replace`, `delete`) or the cgroupfs action.
@@ -86,6 +157,11 @@ public struct Operation: Sendable, Equatable {
         case .setClassID: return "set"
         case .removeCgroup: return "remove"
         case .moveProcess: return "move"
+        case .createIFB, .createNetns, .createVeth, .createBridge: return "create"
+        case .deleteIFB, .deleteNetns, .deleteVeth, .deleteBridge: return "delete"
+        case .addIngressRedirect, .addAddress, .addDefaultRoute: return "add"
+        case .deleteIngressRedirect, .deleteAddress, .deleteDefaultRoute: return "delete"
+        case .attachToBridge, .detachFromBridge, .linkUp, .linkDown: return "set"
         }
     }
 
@@ -99,6 +175,23 @@ public struct Operation: Sendable, Equatable {
         case .addFilter, .deleteFilter: return "filter"
         case .createCgroup, .setClassID, .removeCgroup: return "cgroup"
         case .moveProcess: return "process"
+        case .createIFB, .deleteIFB, .createVeth, .deleteVeth, .createBridge, .deleteBridge, .attachToBridge,
+            .detachFromBridge, .linkUp, .linkDown:
+            return "link"
+        case .addIngressRedirect, .deleteIngressRedirect: return "redirect"
+        case .createNetns, .deleteNetns: return "netns"
+        case .addAddress, .deleteAddress: return "address"
+        case .addDefaultRoute, .deleteDefaultRoute: return "route"
+        }
+    }
+
+    /// True for provisioning operations (namespaces, links, addresses, routes).
+    public var isProvisioning: Bool {
+        switch action {
+        case .createNetns, .deleteNetns, .createVeth, .deleteVeth, .createBridge, .deleteBridge, .attachToBridge,
+            .detachFromBridge, .addAddress, .deleteAddress, .linkUp, .linkDown, .addDefaultRoute, .deleteDefaultRoute:
+            return true
+        default: return false
         }
     }
 
@@ -110,6 +203,13 @@ public struct Operation: Sendable, Equatable {
 
     /// The equivalent command an operator could type.
     public var command: String {
+        let where_ = link == .ingress ? "  # ingress of \(namespace)" : ""
+        return baseCommand + where_
+    }
+
+    var ipPrefix: String { link == .host ? "ip" : "ip -n <\(namespace)>" }
+
+    var baseCommand: String {
         let dev = "dev \(device)"
         switch action {
         case .addRootQdisc(let q):
@@ -146,6 +246,26 @@ public struct Operation: Sendable, Equatable {
             return "rmdir <net_cls>/\(p)"
         case .moveProcess(let pid, let comm, _, let to):
             return "echo \(pid) > <net_cls>/\(to.isEmpty ? "" : to + "/")cgroup.procs  # \(comm)"
+        case .createIFB(let n): return "\(ipPrefix) link add name \(n) txqueuelen 1000 up type ifb"
+        case .deleteIFB(let n): return "\(ipPrefix) link del \(n)"
+        case .addIngressRedirect(let i):
+            return "tc qdisc add \(dev) handle ffff: ingress && tc filter add \(dev) parent ffff: protocol all matchall "
+                + "action mirred egress redirect dev \(i)"
+        case .deleteIngressRedirect: return "tc qdisc del \(dev) ingress"
+        case .createNetns(let n): return "ip netns add \(n)"
+        case .deleteNetns(let n): return "ip netns del \(n)"
+        case .createVeth(let h, let p, let n): return "ip link add name \(h) type veth peer name \(p) netns \(n)"
+        case .deleteVeth(let h): return "ip link del \(h)"
+        case .createBridge(let b): return "ip link add name \(b) up type bridge"
+        case .deleteBridge(let b): return "ip link del \(b)"
+        case .attachToBridge(let b): return "ip link set \(device) master \(b)"
+        case .detachFromBridge: return "ip link set \(device) nomaster"
+        case .addAddress(let c): return "\(ipPrefix) addr add \(c) dev \(device)"
+        case .deleteAddress(let c): return "\(ipPrefix) addr del \(c) dev \(device)"
+        case .linkUp: return "\(ipPrefix) link set \(device) up"
+        case .linkDown: return "\(ipPrefix) link set \(device) down"
+        case .addDefaultRoute(let g): return "\(ipPrefix) route add default via \(g)"
+        case .deleteDefaultRoute(let g): return "\(ipPrefix) route del default via \(g)"
         }
     }
 }

@@ -147,12 +147,23 @@ public enum Planner {
             planned.append(PlannedClass(name: nil, spec: spec, leaf: LeafQdiscSpec(parent: id, queue: queue),
                                         match: MatchRules(), isDefault: true))
         }
+        var ingressPlan: IngressPlan?
+        if let rate = ns.ingress {
+            let q = HTBQdiscSpec(handle: TCHandle(major: major, minor: 0), defaultMinor: 1)
+            let cls = HTBClassSpec(
+                classid: TCHandle(major: major, minor: 1), parent: q.handle, rate: rate, ceil: rate,
+                burst: defaultBurst(for: rate), cburst: defaultBurst(for: rate), priority: 0,
+                quantum: defaultQuantum(for: rate))
+            let queue = try leafQueue(ns.leaf ?? settings.leaf, ceil: rate, capabilities, &notes, &fallbackNoted)
+            ingressPlan = IngressPlan(rate: rate, qdisc: q, rootClass: cls, leaf: LeafQdiscSpec(parent: cls.classid, queue: queue))
+        }
         return DesiredNamespace(
-            name: ns.name, target: ns.netns, device: ns.device,
+            name: ns.name, target: ns.netns, device: ns.device ?? (ns.provision != nil ? "eth0" : nil),
             qdisc: HTBQdiscSpec(handle: TCHandle(major: major, minor: 0), defaultMinor: defaultMinor),
             rootClass: root, classes: planned,
             filter: FilterSpec(parent: TCHandle(major: major, minor: 0), kind: classifier),
-            classifier: classifier, egress: ns.egress, ingress: ns.ingress)
+            classifier: classifier, egress: ns.egress, ingress: ns.ingress, ingressPlan: ingressPlan,
+            provision: ns.provision)
     }
 
     /// The leaf queue for `choice` on this kernel.

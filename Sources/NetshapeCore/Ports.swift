@@ -4,11 +4,22 @@ public struct NamespaceRequest: Sendable, Equatable {
     public var target: NetnsTarget
     /// nil = the namespace's default-route device.
     public var device: String?
-    public init(name: String, target: NetnsTarget, device: String?) {
+    /// Observe where the ingress is (or would be) shaped.
+    public var ingress: Bool
+    /// Observe what exists of this provisioning.
+    public var provision: Provision?
+
+    public init(name: String, target: NetnsTarget, device: String?, ingress: Bool = false, provision: Provision? = nil) {
         self.name = name
         self.target = target
         self.device = device
+        self.ingress = ingress
+        self.provision = provision
     }
+
+    /// The IFB netshape creates for this namespace's ingress when the device has no reachable
+    /// veth peer: a name derived from the namespace name, within IFNAMSIZ.
+    public var ifbName: String { "nsifb" + String(Planner.fnv1a(name), radix: 16) }
 }
 
 /// One observation: the namespaces of a policy, the user and group names its rules use.
@@ -36,7 +47,10 @@ public struct ObservationRequest: Sendable, Equatable {
                 for case .name(let n) in c.match.group { groups.insert(n) }
             }
         }
-        self.init(namespaces: policy.namespaces.map { NamespaceRequest(name: $0.name, target: $0.netns, device: $0.device) },
+        self.init(namespaces: policy.namespaces.map {
+                      NamespaceRequest(name: $0.name, target: $0.netns, device: $0.device ?? ($0.provision != nil ? "eth0" : nil),
+                                       ingress: $0.ingress != nil, provision: $0.provision)
+                  },
                   users: users.sorted(), groups: groups.sorted(), processes: processes)
     }
 }

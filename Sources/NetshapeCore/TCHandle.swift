@@ -4,6 +4,21 @@
 /// and operators compare the two. The net_cls `net_cls.classid` file holds the same 32-bit value,
 /// printed in decimal by the kernel.
 public struct TCHandle: Hashable, Comparable, Sendable, Codable, CustomStringConvertible {
+    /// Encoded as tc spells it (`"3811:fe2d"`), so state files and JSON read like `tc` output.
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.singleValueContainer()
+        try c.encode(description)
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        let text = try c.decode(String.self)
+        guard let h = TCHandle(parsing: text) else {
+            throw DecodingError.dataCorruptedError(in: c, debugDescription: "not a tc handle: \(text)")
+        }
+        self = h
+    }
+
     /// The wire value: `major << 16 | minor` (`TC_H_MAKE`).
     public var raw: UInt32
 
@@ -49,6 +64,7 @@ public struct TCHandle: Hashable, Comparable, Sendable, Codable, CustomStringCon
         switch text {
         case "root": self = .root
         case "ingress": self = .ingress
+        case "none": self = .unspecified
         default:
             let parts = text.split(separator: ":", omittingEmptySubsequences: false)
             guard parts.count == 2, !parts[0].isEmpty,

@@ -65,42 +65,84 @@ public final class Engine {
         self.logger = logger
     }
 
-    /// Observes the machine and computes what `apply` would do, changing nothing.
+    /// Observes the machine and computes what `apply` would do, changing nothing. Namespaces that
+    /// `provision` will create are planned as if they existed with a bare device.
     public func plan(_ policy: Policy, options: ApplyOptions = ApplyOptions()) throws -> PlanResult {
         let caps = try kernel.capabilities()
-        let observed = try kernel.observe(ObservationRequest(policy: policy, processes: options.memberships))
-        let desired = try Planner.plan(policy, capabilities: caps, previous: observed.previousAssignments(for: policy))
+        var observed = try kernel.observe(ObservationRequest(policy: policy, processes: options.memberships))
+        var desired = try Planner.plan(policy, capabilities: caps, previous: observed.previousAssignments(for: policy))
+        let (provisioning, notes) = Differ.provisioning(desired, observed)
+        desired.notes += notes
+        if !provisioning.isEmpty { observed = Self.assumingProvisioned(observed, desired, provisioning) }
         let ops = try Differ.diff(desired, observed, matcher: Self.matcher(policy, observed),
                                   options: DiffOptions(force: options.force, memberships: options.memberships))
-        return PlanResult(capabilities: caps, observed: observed, desired: desired, operations: ops)
+        return PlanResult(capabilities: caps, observed: observed, desired: desired, operations: provisioning + ops)
+    }
+
+    /// `observed` with the namespaces `provisioning` creates stood in by empty ones.
+    static func assumingProvisioned(_ observed: ObservedState, _ desired: DesiredState,
+                                    _ provisioning: [Operation]) -> ObservedState {
+        var o = observed
+        for case let op in provisioning {
+            guard case .createVeth(let host, let peer, _) = op.action, let ns = desired.namespace(op.namespace) else { continue }
+            o.namespaces[ns.name] = ObservedNamespace(
+                name: ns.name, device: peer,
+                ingress: ns.ingressPlan == nil ? nil : ObservedIngress(placement: .peer, device: host, netnsID: "", ifindex: 0))
+        }
+        return o
     }
 
     /// Converges the machine to `policy`. `policyPath` (absolute) is recorded as the owner of what
     /// this creates. On failure, undoes this run's changes and throws `ApplyError`.
     public func apply(_ policy: Policy, policyPath: String, options: ApplyOptions = ApplyOptions()) throws -> ApplyReport {
-        let plan = try self.plan(policy, options: options)
+        var plan = try self.plan(policy, options: options)
         var report = ApplyReport(performed: [], vanished: [], notes: plan.desired.notes, remaining: [])
         guard !plan.operations.isEmpty else { return report }
-
-        // 1. Record ownership before creating anything, so a crash half-way still leaves the
-        //    objects attributable (and removable by `reset`).
         let before = plan.observed.ownership
         var record = before
-        for op in plan.operations {
-            switch op.action {
-            case .addRootQdisc(let q), .replaceRootQdisc(let q, _):
-                guard let seen = plan.observed.namespaces[op.namespace] else { continue }
-                record.namespaces[op.namespace] = OwnershipRecord.Namespace(
-                    policy: policyPath, netnsID: seen.netnsID, device: seen.device, ifindex: seen.ifindex,
-                    rootHandle: q.handle)
-            default: continue
+        var done: [Operation] = []
+        func fail(_ op: Operation, _ error: any Error) -> ApplyError {
+            let rollback = self.rollback(done)
+            if record != before { try? kernel.saveOwnership(before) }
+            return ApplyError(failed: op, underlying: error, rolledBack: rollback.undone, rollbackFailures: rollback.failures)
+        }
+
+        // 1. Provisioning first: shaping needs the namespaces and links to exist. Ownership is
+        //    recorded before anything is created, so a crash still leaves it removable by `reset`.
+        let provisioning = plan.operations.filter(\.isProvisioning)
+        if !provisioning.isEmpty {
+            Self.recordProvisioning(provisioning, policyPath: policyPath, into: &record)
+            try kernel.saveOwnership(record)
+            if let (op, error) = perform(provisioning, &done, &report) { throw fail(op, error) }
+            do {
+                plan = try self.plan(policy, options: options)
+            } catch {
+                throw fail(provisioning[provisioning.count - 1], error)
             }
         }
-        if record != before { try kernel.saveOwnership(record) }
 
-        // 2. Perform, in order; undo newest-first on the first failure.
-        var done: [Operation] = []
-        for op in plan.operations {
+        // 2. Shaping: record the trees this run creates, then build them.
+        let shaping = plan.operations.filter { !$0.isProvisioning }
+        Self.recordTrees(shaping, plan.observed, policyPath: policyPath, into: &record)
+        if record != before { try kernel.saveOwnership(record) }
+        if let (op, error) = perform(shaping, &done, &report) { throw fail(op, error) }
+        report.performed = done
+
+        // 3. Devices created in this run (an IFB, a provisioned veth) get their real ifindex into the
+        //    ownership record now that they exist; then verify: dump again and diff. Configuration
+        //    must match exactly; processes may have come and gone meanwhile, so memberships are not
+        //    part of the check.
+        let after = try kernel.observe(ObservationRequest(policy: policy, processes: false))
+        if Self.refreshIfindexes(&record, after) { try kernel.saveOwnership(record) }
+        let verify = try self.plan(policy, options: ApplyOptions(force: false, memberships: false))
+        report.remaining = verify.operations
+        return report
+    }
+
+    /// Performs `ops` in order, appending each to `done`. Returns the operation that failed and why,
+    /// leaving the rollback to the caller.
+    func perform(_ ops: [Operation], _ done: inout [Operation], _ report: inout ApplyReport) -> (Operation, any Error)? {
+        for op in ops {
             do {
                 try kernel.execute(op)
                 done.append(op)
@@ -109,19 +151,75 @@ public final class Engine {
                 // The process exited between the /proc scan and the move: nothing to classify.
                 if case .moveProcess(let pid, _, _, _) = op.action { report.vanished.append(pid) }
             } catch {
-                let rollback = self.rollback(done)
-                if record != before { try? kernel.saveOwnership(before) }
-                throw ApplyError(failed: op, underlying: error, rolledBack: rollback.undone,
-                                 rollbackFailures: rollback.failures)
+                return (op, error)
             }
         }
-        report.performed = done
+        return nil
+    }
 
-        // 3. Verify: dump again and diff. Configuration must match exactly; processes may have come
-        //    and gone meanwhile, so memberships are not part of the check.
-        let verify = try self.plan(policy, options: ApplyOptions(force: false, memberships: false))
-        report.remaining = verify.operations
-        return report
+    static func recordProvisioning(_ ops: [Operation], policyPath: String, into record: inout OwnershipRecord) {
+        for op in ops {
+            var entry = record.namespaces[op.namespace] ?? OwnershipRecord.Namespace(policy: policyPath)
+            var prov = entry.provisioned ?? OwnershipRecord.Provisioned()
+            switch op.action {
+            case .createNetns(let n): prov.netns = n
+            case .createVeth(let h, _, _): prov.hostDevice = h
+            case .createBridge(let b): prov.bridge = b
+            case .attachToBridge(let b): if prov.bridge == nil, record.namespaces.values.contains(where: { $0.provisioned?.bridge == b }) { prov.bridge = b }
+            default: continue
+            }
+            entry.provisioned = prov
+            record.namespaces[op.namespace] = entry
+        }
+    }
+
+    static func recordTrees(_ ops: [Operation], _ observed: ObservedState, policyPath: String,
+                            into record: inout OwnershipRecord) {
+        for op in ops {
+            guard let seen = observed.namespaces[op.namespace] else { continue }
+            var entry = record.namespaces[op.namespace] ?? OwnershipRecord.Namespace(policy: policyPath)
+            switch (op.action, op.link) {
+            case (.addRootQdisc(let q), .namespace), (.replaceRootQdisc(let q, _), .namespace):
+                entry.egress = OwnershipRecord.Tree(netnsID: seen.netnsID, device: seen.device, ifindex: seen.ifindex, handle: q.handle)
+            case (.addRootQdisc(let q), .ingress), (.replaceRootQdisc(let q, _), .ingress):
+                let ing = seen.ingress
+                var i = entry.ingress ?? OwnershipRecord.Ingress()
+                i.tree = OwnershipRecord.Tree(netnsID: ing?.netnsID ?? "", device: op.device, ifindex: ing?.ifindex ?? 0, handle: q.handle)
+                entry.ingress = i
+            case (.createIFB(let name), _):
+                var i = entry.ingress ?? OwnershipRecord.Ingress()
+                i.ifb = name
+                entry.ingress = i
+            case (.addIngressRedirect, _):
+                var i = entry.ingress ?? OwnershipRecord.Ingress()
+                i.redirectFrom = op.device
+                entry.ingress = i
+            default: continue
+            }
+            record.namespaces[op.namespace] = entry
+        }
+    }
+
+    /// Fills in the namespace id and ifindex of trees recorded before their device existed.
+    static func refreshIfindexes(_ record: inout OwnershipRecord, _ observed: ObservedState) -> Bool {
+        var changed = false
+        for (name, entry) in record.namespaces {
+            guard let seen = observed.namespaces[name], seen.problem == nil else { continue }
+            var e = entry
+            if let t = e.egress, t.ifindex == 0 || t.netnsID.isEmpty, t.device == seen.device {
+                e.egress?.ifindex = seen.ifindex
+                e.egress?.netnsID = seen.netnsID
+            }
+            if let t = e.ingress?.tree, let ing = seen.ingress, t.ifindex == 0 || t.netnsID.isEmpty, t.device == ing.device {
+                e.ingress?.tree?.ifindex = ing.ifindex
+                e.ingress?.tree?.netnsID = ing.netnsID
+            }
+            if e != entry {
+                record.namespaces[name] = e
+                changed = true
+            }
+        }
+        return changed
     }
 
     func rollback(_ done: [Operation]) -> (undone: [Operation], failures: [(Operation, any Error)]) {
@@ -163,7 +261,7 @@ public final class Engine {
             }
         }
         var record = observed.ownership
-        for n in names { record.namespaces[n] = nil }
+        for n in names where failures.isEmpty || record.namespaces[n]?.isEmpty == true { record.namespaces[n] = nil }
         if record != observed.ownership { try kernel.saveOwnership(record) }
         if let (op, error) = failures.first {
             throw ApplyError(failed: op, underlying: error, rolledBack: [], rollbackFailures: failures.dropFirst().map { $0 })

@@ -2,33 +2,48 @@ internal import CNetshapeShim
 import Glibc
 import NetshapeCore
 
-/// The kernel port for real: one netlink handle pair per namespace (libnl-route for qdiscs,
-/// classes and cls_cgroup; libmnl for cls_bpf and filter dumps), cgroupfs for net_cls, /proc for
-/// processes, and the state store for ownership.
+/// The kernel port for real: netlink handles per namespace (libnl-route for qdiscs, classes,
+/// cls_cgroup, links, addresses and routes; libmnl for cls_bpf and filter dumps), cgroupfs for
+/// net_cls, /proc for processes, and the state store for ownership.
 ///
-/// Privileges: CAP_NET_ADMIN (tc), CAP_SYS_ADMIN (setns, mounting net_cls, bpf), write access to
-/// cgroupfs. Not thread-safe: one engine drives it at a time (the CLI holds the state lock).
+/// Privileges: CAP_NET_ADMIN (tc, links), CAP_SYS_ADMIN (setns, mounting net_cls and netns files,
+/// bpf), write access to cgroupfs. Not thread-safe: one engine drives it at a time (the CLI holds
+/// the state lock).
 public final class LinuxKernel: KernelPort {
-    /// An opened namespace with its sockets and resolved device.
-    final class Context {
+    /// Sockets opened inside one network namespace.
+    final class Sockets {
         let netns: NetworkNamespace
         let route: RouteSocket
         let mnl: MnlSocket
-        var device: String
-        var ifindex: Int32
-
-        init(netns: NetworkNamespace, route: RouteSocket, mnl: MnlSocket, device: String, ifindex: Int32) {
+        init(netns: NetworkNamespace, route: RouteSocket, mnl: MnlSocket) {
             self.netns = netns
             self.route = route
             self.mnl = mnl
+        }
+    }
+
+    /// A policy namespace's sockets and its resolved device.
+    final class Context {
+        let sockets: Sockets
+        let device: String
+        let ifindex: Int32
+        init(sockets: Sockets, device: String, ifindex: Int32) {
+            self.sockets = sockets
             self.device = device
             self.ifindex = ifindex
         }
+        var route: RouteSocket { sockets.route }
+        var mnl: MnlSocket { sockets.mnl }
+        var netns: NetworkNamespace { sockets.netns }
     }
 
     let settings: Settings
     public let state: StateStore
+    var requests: [String: NamespaceRequest] = [:]
+    var sockets: [String: Sockets] = [:]
     var contexts: [String: Context] = [:]
+    /// Where each namespace's ingress is shaped, from the last observation.
+    var ingressPlacement: [String: ObservedIngress.Placement] = [:]
     var hierarchy: NetClsHierarchy?
     var cachedCapabilities: KernelCapabilities?
     let procs = ProcScanner()
@@ -56,59 +71,80 @@ public final class LinuxKernel: KernelPort {
             let route = try RouteSocket(namespace: "probe")
             let mnl = try MnlSocket(bus: NETLINK_ROUTE, namespace: "probe")
             let lo: Int32 = 1
-            let major: UInt16 = 1
-            try route.htbRoot(.add, ifindex: lo, device: "lo", HTBQdiscSpec(handle: TCHandle(major: major, minor: 0), defaultMinor: 1))
+            let qdisc = TCHandle(major: 1, minor: 0)
+            let leafClass = TCHandle(major: 1, minor: 1)
+            try route.htbRoot(.add, ifindex: lo, device: "lo", HTBQdiscSpec(handle: qdisc, defaultMinor: 1))
             let rate = Rate.mbit(10)
             try route.htbClass(.add, ifindex: lo, device: "lo", HTBClassSpec(
-                classid: TCHandle(major: major, minor: 1), parent: TCHandle(major: major, minor: 0), rate: rate, ceil: rate,
-                burst: Planner.defaultBurst(for: rate), cburst: Planner.defaultBurst(for: rate), priority: 0, quantum: 1514))
+                classid: leafClass, parent: qdisc, rate: rate, ceil: rate, burst: Planner.defaultBurst(for: rate),
+                cburst: Planner.defaultBurst(for: rate), priority: 0, quantum: 1514))
             func leafWorks(_ q: LeafQueue) -> Bool {
-                (try? route.leaf(.replace, ifindex: lo, device: "lo", LeafQdiscSpec(parent: TCHandle(major: major, minor: 1), queue: q))) != nil
+                (try? route.leaf(.replace, ifindex: lo, device: "lo", LeafQdiscSpec(parent: leafClass, queue: q))) != nil
             }
             let fq = leafWorks(.fqCodel)
             let sfq = leafWorks(.sfq)
-            let parent = TCHandle(major: major, minor: 0)
             let cgroup = (try? route.cgroupFilter(add: true, ifindex: lo, device: "lo",
-                                                  FilterSpec(parent: parent, kind: .cgroup, priority: 1))) != nil
+                                                  FilterSpec(parent: qdisc, kind: .cgroup, priority: 1))) != nil
             var bpf = false
             if let fd = try? BPFClassifier.load() {
                 defer { close(fd) }
-                bpf = (try? mnl.addBpfFilter(ifindex: lo, device: "lo", FilterSpec(parent: parent, kind: .bpf, priority: 2),
+                bpf = (try? mnl.addBpfFilter(ifindex: lo, device: "lo", FilterSpec(parent: qdisc, kind: .bpf, priority: 2),
                                             programFD: fd)) != nil
             }
             return KernelCapabilities(clsCgroup: cgroup, clsBpf: bpf, fqCodel: fq, sfq: sfq)
         }
     }
 
-    // MARK: - Observation
+    // MARK: - Sockets and contexts
+
+    /// Sockets inside `target`, opened once.
+    func sockets(_ target: NetnsTarget, label: String) throws -> Sockets {
+        let key = target.path ?? "host"
+        if let s = sockets[key] { return s }
+        let ns = try NetworkNamespace(target)
+        let (route, mnl) = try ns.run { () -> (RouteSocket, MnlSocket) in
+            (try RouteSocket(namespace: label), try MnlSocket(bus: NETLINK_ROUTE, namespace: label))
+        }
+        let s = Sockets(netns: ns, route: route, mnl: mnl)
+        sockets[key] = s
+        return s
+    }
+
+    /// netshape's own namespace.
+    func host() throws -> Sockets { try sockets(.host, label: "host") }
 
     func context(_ r: NamespaceRequest) throws -> Context {
         if let c = contexts[r.name] { return c }
-        let ns = try NetworkNamespace(r.target)
-        let (route, mnl) = try ns.run { () -> (RouteSocket, MnlSocket) in
-            (try RouteSocket(namespace: r.name), try MnlSocket(bus: NETLINK_ROUTE, namespace: r.name))
-        }
+        let s = try sockets(r.target, label: r.name)
         let ifindex: Int32
         let device: String
         if let d = r.device {
-            guard let i = try route.ifindex(of: d) else {
+            guard let i = try s.route.ifindex(of: d) else {
                 throw KernelError(.notFound, "ip link show \(d)", errno: ENODEV,
                                   reason: "device \(d) does not exist in network namespace \(r.target)")
             }
             ifindex = i
             device = d
         } else {
-            guard let i = try route.defaultRouteIfindex(), let d = try route.name(of: i) else {
+            guard let i = try s.route.defaultRouteIfindex(), let d = try s.route.name(of: i) else {
                 throw KernelError(.notFound, "ip route show default", errno: ENODEV,
                                   reason: "network namespace \(r.target) has no default route, so no device to shape: set device")
             }
             ifindex = i
             device = d
         }
-        let c = Context(netns: ns, route: route, mnl: mnl, device: device, ifindex: ifindex)
+        let c = Context(sockets: s, device: device, ifindex: ifindex)
         contexts[r.name] = c
         return c
     }
+
+    /// Forgets cached handles of a namespace whose namespace or devices were created or deleted.
+    func forget(_ name: String) {
+        contexts[name] = nil
+        if let r = requests[name] { sockets[r.target.path ?? "host"] = nil }
+    }
+
+    // MARK: - Observation
 
     public func observe(_ request: ObservationRequest) throws -> ObservedState {
         var state = ObservedState(ownership: try self.state.loadOwnership())
@@ -116,6 +152,8 @@ public final class LinuxKernel: KernelPort {
         if let h = hierarchy { state.cgroups = h.listNetshape() }
         let byNamespace = request.processes ? procs.scan() : [:]
         for r in request.namespaces {
+            requests[r.name] = r
+            if let p = r.provision { state.provision[r.name] = try observeProvision(r, p) }
             do {
                 let c = try context(r)
                 let qdiscs = try c.route.qdiscs(ifindex: c.ifindex, device: c.device)
@@ -126,9 +164,10 @@ public final class LinuxKernel: KernelPort {
                 }
                 state.namespaces[r.name] = ObservedNamespace(
                     name: r.name, netnsID: c.netns.id, device: c.device, ifindex: c.ifindex, qdiscs: qdiscs,
-                    classes: classes, filters: filters, processes: byNamespace[c.netns.id] ?? [])
+                    classes: classes, filters: filters, processes: byNamespace[c.netns.id] ?? [],
+                    ingress: r.ingress ? try observeIngress(r, c, qdiscs) : nil)
             } catch let e as KernelError where e.code == .notFound {
-                contexts[r.name] = nil
+                forget(r.name)
                 state.namespaces[r.name] = ObservedNamespace(name: r.name, problem: e.reason)
             }
         }
@@ -139,6 +178,39 @@ public final class LinuxKernel: KernelPort {
             if let p = getgrnam(g) { state.groups[g] = p.pointee.gr_gid }
         }
         return state
+    }
+
+    func observeProvision(_ r: NamespaceRequest, _ p: Provision) throws -> ObservedProvision {
+        let links = Set(try host().route.links().map(\.name))
+        return ObservedProvision(netnsExists: r.target.path.flatMap(Files.identity) != nil,
+                                 hostDeviceExists: links.contains(p.hostDevice),
+                                 bridgeExists: p.bridge.map(links.contains) ?? false)
+    }
+
+    /// Where this namespace's incoming traffic can be queued: the egress of its device's veth peer
+    /// when that peer lives in netshape's own namespace (no IFB needed: real queueing, nothing to
+    /// redirect), else an IFB inside the namespace fed by a mirred redirect.
+    func observeIngress(_ r: NamespaceRequest, _ c: Context, _ qdiscs: [ObservedQdisc]) throws -> ObservedIngress {
+        let h = try host()
+        if h.netns.id != c.netns.id, let mine = try c.route.links().first(where: { $0.ifindex == c.ifindex }),
+            mine.type == "veth", mine.peerIfindex > 0, mine.peerInOtherNamespace,
+            let peer = try h.route.links().first(where: { $0.ifindex == mine.peerIfindex }),
+            peer.type == "veth", peer.peerIfindex == c.ifindex
+        {
+            ingressPlacement[r.name] = .peer
+            return ObservedIngress(
+                placement: .peer, device: peer.name, netnsID: h.netns.id, ifindex: peer.ifindex,
+                qdiscs: try h.route.qdiscs(ifindex: peer.ifindex, device: peer.name),
+                classes: try h.route.classes(ifindex: peer.ifindex, device: peer.name))
+        }
+        ingressPlacement[r.name] = .ifb
+        let ifb = r.ifbName
+        let idx = try c.route.ifindex(of: ifb) ?? 0
+        return ObservedIngress(
+            placement: .ifb, device: ifb, netnsID: c.netns.id, ifindex: idx,
+            qdiscs: idx == 0 ? [] : try c.route.qdiscs(ifindex: idx, device: ifb),
+            classes: idx == 0 ? [] : try c.route.classes(ifindex: idx, device: ifb),
+            ingressQdisc: qdiscs.first { $0.parent == .ingress })
     }
 
     public func saveOwnership(_ record: OwnershipRecord) throws { try state.saveOwnership(record) }
@@ -160,42 +232,131 @@ public final class LinuxKernel: KernelPort {
         case .moveProcess(let pid, _, _, let to): return try cgroups().move(pid: pid, to: to)
         default: break
         }
-        guard let c = contexts[op.namespace] else {
+        if op.isProvisioning { return try provision(op) }
+        guard let r = requests[op.namespace] else {
             throw KernelError(.state, op.command, reason: "namespace \(op.namespace) was not observed before this change")
         }
-        let i = c.ifindex
-        let d = c.device
         switch op.action {
-        case .addRootQdisc(let q): try c.route.htbRoot(.add, ifindex: i, device: d, q)
-        case .replaceRootQdisc(let q, _): try c.route.htbRoot(.replace, ifindex: i, device: d, q)
-        case .deleteRootQdisc(let q): try c.route.deleteQdisc(ifindex: i, device: d, parent: .root, handle: q.handle)
-        case .addClass(let spec): try c.route.htbClass(.add, ifindex: i, device: d, spec)
-        case .changeClass(let spec, _): try c.route.htbClass(.change, ifindex: i, device: d, spec)
-        case .deleteClass(let spec): try c.route.deleteClass(ifindex: i, device: d, spec)
-        case .addLeaf(let l): try c.route.leaf(.add, ifindex: i, device: d, l)
-        case .replaceLeaf(let l, _): try c.route.leaf(.replace, ifindex: i, device: d, l)
-        case .deleteLeaf(let l): try c.route.deleteQdisc(ifindex: i, device: d, parent: l.parent, handle: nil)
+        case .createIFB(let name):
+            try context(r).route.createLink(name, type: "ifb", txqueuelen: 1000)
+            return
+        case .deleteIFB(let name):
+            try context(r).route.deleteLink(name)
+            return
+        case .addIngressRedirect(let ifb):
+            let c = try context(r)
+            try c.route.addIngressRedirect(ifindex: c.ifindex, device: c.device, ifb: ifb)
+            return
+        case .deleteIngressRedirect:
+            let c = try context(r)
+            try c.route.deleteQdisc(ifindex: c.ifindex, device: c.device, parent: .ingress, handle: TCHandle(raw: 0xFFFF_0000))
+            return
+        default: break
+        }
+        // tc on the namespace device, or on the device carrying its ingress (peer in the host, or IFB).
+        let route: RouteSocket
+        let mnl: MnlSocket
+        let i: Int32
+        let d = op.device
+        if op.link == .ingress {
+            // A namespace being provisioned in this run was planned with its host-side peer.
+            let onHost = (ingressPlacement[op.namespace] ?? .peer) == .peer
+            let s = onHost ? try host() : try context(r).sockets
+            route = s.route
+            mnl = s.mnl
+            i = try s.route.requireIfindex(d)
+        } else {
+            let c = try context(r)
+            route = c.route
+            mnl = c.mnl
+            i = c.ifindex
+        }
+        switch op.action {
+        case .addRootQdisc(let q): try route.htbRoot(.add, ifindex: i, device: d, q)
+        case .replaceRootQdisc(let q, _): try route.htbRoot(.replace, ifindex: i, device: d, q)
+        case .deleteRootQdisc(let q): try route.deleteQdisc(ifindex: i, device: d, parent: .root, handle: q.handle)
+        case .addClass(let spec): try route.htbClass(.add, ifindex: i, device: d, spec)
+        case .changeClass(let spec, _): try route.htbClass(.change, ifindex: i, device: d, spec)
+        case .deleteClass(let spec): try route.deleteClass(ifindex: i, device: d, spec)
+        case .addLeaf(let l): try route.leaf(.add, ifindex: i, device: d, l)
+        case .replaceLeaf(let l, _): try route.leaf(.replace, ifindex: i, device: d, l)
+        case .deleteLeaf(let l): try route.deleteQdisc(ifindex: i, device: d, parent: l.parent, handle: nil)
         case .addFilter(let f):
             switch f.kind {
-            case .cgroup: try c.route.cgroupFilter(add: true, ifindex: i, device: d, f)
+            case .cgroup: try route.cgroupFilter(add: true, ifindex: i, device: d, f)
             case .bpf:
                 let fd = try BPFClassifier.load()
                 defer { close(fd) }  // the filter holds its own reference to the program
-                try c.mnl.addBpfFilter(ifindex: i, device: d, f, programFD: fd)
+                try mnl.addBpfFilter(ifindex: i, device: d, f, programFD: fd)
             }
-        case .deleteFilter(let f): try c.mnl.deleteFilter(ifindex: i, device: d, f)
-        case .createCgroup, .setClassID, .removeCgroup, .moveProcess: break
+        case .deleteFilter(let f): try mnl.deleteFilter(ifindex: i, device: d, f)
+        default:
+            throw KernelError(.state, op.command, reason: "not a tc operation")
         }
     }
 
-    /// The open namespace of a policy namespace (for `run` and `classify`).
-    public func namespace(for request: NamespaceRequest) throws -> NetworkNamespace {
-        try context(request).netns
+    /// Creates or removes what `provision` describes. Namespace files are made the way `ip netns add`
+    /// makes them: an empty file under /run/netns with a fresh namespace bind-mounted onto it.
+    func provision(_ op: Operation) throws {
+        let r = requests[op.namespace]
+        func inside() throws -> Sockets {
+            guard let r else { throw KernelError(.state, op.command, reason: "namespace \(op.namespace) was not observed") }
+            return try sockets(r.target, label: op.namespace)
+        }
+        let onHost = op.link == .host
+        switch op.action {
+        case .createNetns(let name):
+            try NetClsHierarchy.makeDirectories("/run/netns")
+            let path = "/run/netns/\(name)"
+            let fd = try sys("create \(path)") { open(path, O_RDONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o444) }
+            close(fd)
+            do {
+                try onDedicatedThread {
+                    try sys("unshare(CLONE_NEWNET) for ip netns add \(name)") { netshape_unshare_net() }
+                    try sys("mount --bind /proc/thread-self/ns/net \(path)") { netshape_bind_mount("/proc/thread-self/ns/net", path) }
+                }
+            } catch {
+                unlink(path)
+                throw error
+            }
+            forget(op.namespace)
+        case .deleteNetns(let name):
+            let path = "/run/netns/\(name)"
+            forget(op.namespace)
+            try sys("umount \(path)") { netshape_umount_detach(path) }
+            try sys("rm \(path)") { unlink(path) }
+        case .createVeth(let host, let peer, let netns):
+            let ns = try NetworkNamespace(.named(netns))
+            try self.host().route.createVeth(host: host, peer: peer, peerNamespaceFD: ns.fd)
+            forget(op.namespace)
+        case .deleteVeth(let host):
+            try self.host().route.deleteLink(host)
+            forget(op.namespace)
+        case .createBridge(let b): try host().route.createLink(b, type: "bridge", txqueuelen: nil)
+        case .deleteBridge(let b): try host().route.deleteLink(b)
+        case .attachToBridge(let b): try host().route.setLink(op.device, master: .some(b))
+        case .detachFromBridge: try host().route.setLink(op.device, master: .some(nil))
+        case .addAddress(let cidr): try (onHost ? host() : inside()).route.address(cidr, device: op.device, add: true)
+        case .deleteAddress(let cidr): try (onHost ? host() : inside()).route.address(cidr, device: op.device, add: false)
+        case .linkUp: try (onHost ? host() : inside()).route.setLink(op.device, up: true)
+        case .linkDown: try (onHost ? host() : inside()).route.setLink(op.device, up: false)
+        case .addDefaultRoute(let g): try inside().route.defaultRoute(via: g, add: true)
+        case .deleteDefaultRoute(let g): try inside().route.defaultRoute(via: g, add: false)
+        default: throw KernelError(.state, op.command, reason: "not a provisioning operation")
+        }
     }
 
-    /// The net_cls hierarchy, mounting it if needed (for `run` and `classify`).
+    // MARK: - For run and classify
+
+    /// The open namespace of a policy namespace.
+    public func namespace(for request: NamespaceRequest) throws -> NetworkNamespace {
+        requests[request.name] = request
+        return try sockets(request.target, label: request.name).netns
+    }
+
+    /// The net_cls hierarchy, mounting it if needed.
     public func netCls() throws -> NetClsHierarchy { try cgroups() }
 
-    /// Reads one process (for `classify`): its namespace id and details.
+    /// Reads one process: its namespace id and details.
     public func process(_ pid: Int32) -> (String, ProcessInfo)? { procs.process(pid) }
 }

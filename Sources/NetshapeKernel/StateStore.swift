@@ -43,7 +43,7 @@ public final class StateStore {
     public func saveOwnership(_ record: OwnershipRecord) throws {
         try NetClsHierarchy.makeDirectories(directory)
         let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         let data = try encoder.encode(record)
         let tmp = ownershipPath + ".tmp"
         try Files.write(tmp, String(decoding: data, as: UTF8.self), flags: O_WRONLY | O_CREAT | O_TRUNC)

@@ -22,7 +22,7 @@ public struct PolicyError: Error, Sendable, Equatable, CustomStringConvertible {
 /// TOML text → validated `Policy`. Nothing here touches the machine.
 public enum PolicyParser {
     /// Parses and validates the policy text; `file` names it in diagnostics.
-    public static func parse(_ text: String, file: String) throws(PolicyError) -> Policy {
+    public static func parse(_ text: String, file: String) throws -> Policy {
         let table: TOMLTable
         do {
             table = try TOMLTable(string: text)
@@ -196,6 +196,11 @@ struct Validator {
             }
         }
 
+        var provisionable = true
+        if case .named = target {} else { provisionable = false }
+        if provision != nil && !provisionable {
+            error(path + ["netns"], "\(label): provision creates an `ip netns` namespace, so netns must be such a name (not host, a path or pid:N)")
+        }
         var classes: [ClassPolicy] = []
         // Names as written, including those of classes rejected for another reason, so that one
         // mistake in a class does not also report `default` as naming no class.

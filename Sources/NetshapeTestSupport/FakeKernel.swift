@@ -25,7 +25,20 @@ public final class FakeKernel: KernelPort {
         public var classes: [ObservedClass] = []
         public var filters: [ObservedFilter] = []
         public var processes: [ProcessInfo] = []
+        /// The host-side veth peer of `device`, if any (the ingress goes there).
+        public var peer: String?
+        /// Links inside the namespace other than `device` (IFBs).
+        public var links: Set<String> = []
+        /// Whether the device has an ingress qdisc.
+        public var ingressQdisc = false
+        /// Name of the `ip netns` file, for provisioning.
+        public var netnsName: String?
     }
+
+    /// tc objects on a host device (veth peers), by device name.
+    public var hostDevices: [String: (qdiscs: [ObservedQdisc], classes: [ObservedClass])] = [:]
+    /// Other host links (bridges).
+    public var hostLinks: Set<String> = []
 
     public var caps: KernelCapabilities
     /// Keyed by the policy namespace name (the fake resolves targets by name).
@@ -43,11 +56,13 @@ public final class FakeKernel: KernelPort {
     public init(capabilities: KernelCapabilities = .minimal) { self.caps = capabilities }
 
     /// Adds a namespace with a device whose root qdisc is the kernel default (`noqueue`).
-    public func addNamespace(_ name: String, device: String = "eth0", processes: [ProcessInfo] = []) {
+    public func addNamespace(_ name: String, device: String = "eth0", processes: [ProcessInfo] = [], peer: String? = nil) {
         var ns = Namespace(netnsID: "4:\(4_026_531_000 + namespaces.count)", device: device,
                            ifindex: Int32(2 + namespaces.count))
         ns.qdiscs = [ObservedQdisc(handle: .unspecified, parent: .root, kind: "noqueue")]
         ns.processes = processes
+        ns.peer = peer
+        if let p = peer { hostDevices[p] = ([ObservedQdisc(handle: .unspecified, parent: .root, kind: "noqueue")], []) }
         namespaces[name] = ns
     }
 
@@ -56,6 +71,11 @@ public final class FakeKernel: KernelPort {
     public func observe(_ request: ObservationRequest) throws -> ObservedState {
         var state = ObservedState(cgroups: cgroups, ownership: ownership)
         for r in request.namespaces {
+            if let p = r.provision {
+                state.provision[r.name] = ObservedProvision(
+                    netnsExists: namespaces[r.name] != nil, hostDeviceExists: hostDevices[p.hostDevice] != nil,
+                    bridgeExists: p.bridge.map(hostLinks.contains) ?? false)
+            }
             guard let ns = namespaces[r.name] else {
                 state.namespaces[r.name] = ObservedNamespace(name: r.name, problem: "network namespace \(r.target) does not exist")
                 continue
@@ -68,9 +88,23 @@ public final class FakeKernel: KernelPort {
             for i in procs.indices {
                 procs[i].netCls = cgroups.values.first { $0.pids.contains(procs[i].pid) }?.path ?? ""
             }
+            var ingress: ObservedIngress?
+            if r.ingress {
+                if let p = ns.peer, let dev = hostDevices[p] {
+                    ingress = ObservedIngress(placement: .peer, device: p, netnsID: "4:host", ifindex: 100, qdiscs: dev.qdiscs,
+                                              classes: dev.classes)
+                } else {
+                    let exists = ns.links.contains(r.ifbName)
+                    let dev = hostDevices["\(r.name)/\(r.ifbName)"]
+                    ingress = ObservedIngress(
+                        placement: .ifb, device: r.ifbName, netnsID: ns.netnsID, ifindex: exists ? 200 : 0,
+                        qdiscs: dev?.qdiscs ?? [], classes: dev?.classes ?? [],
+                        ingressQdisc: ns.ingressQdisc ? ObservedQdisc(handle: TCHandle(raw: 0xFFFF_0000), parent: .ingress, kind: "ingress") : nil)
+                }
+            }
             state.namespaces[r.name] = ObservedNamespace(
                 name: r.name, netnsID: ns.netnsID, device: ns.device, ifindex: ns.ifindex, qdiscs: ns.qdiscs,
-                classes: ns.classes, filters: ns.filters, processes: request.processes ? procs : [])
+                classes: ns.classes, filters: ns.filters, processes: request.processes ? procs : [], ingress: ingress)
         }
         for u in request.users { if let id = users[u] { state.users[u] = id } }
         for g in request.groups { if let id = groups[g] { state.groups[g] = id } }
@@ -114,11 +148,56 @@ public final class FakeKernel: KernelPort {
             }
             cgroups[path] = nil
             return
+        case .createNetns(let n):
+            guard namespaces[op.namespace] == nil else { throw fail(KernelErrno.EEXIST, "netns \(n) exists") }
+            var ns = Namespace(netnsID: "4:\(5_000_000 + namespaces.count)", device: "", ifindex: 0)
+            ns.netnsName = n
+            namespaces[op.namespace] = ns
+            return
+        case .deleteNetns:
+            guard let ns = namespaces.removeValue(forKey: op.namespace) else { throw fail(KernelErrno.ENOENT, "no netns") }
+            if let p = ns.peer { hostDevices[p] = nil }
+            return
+        case .createVeth(let host, let peer, _):
+            guard hostDevices[host] == nil else { throw fail(KernelErrno.EEXIST, "\(host) exists") }
+            namespaces[op.namespace]?.device = peer
+            namespaces[op.namespace]?.ifindex = 2
+            namespaces[op.namespace]?.peer = host
+            namespaces[op.namespace]?.qdiscs = [ObservedQdisc(handle: .unspecified, parent: .root, kind: "noqueue")]
+            hostDevices[host] = ([ObservedQdisc(handle: .unspecified, parent: .root, kind: "noqueue")], [])
+            return
+        case .deleteVeth(let host):
+            hostDevices[host] = nil
+            return
+        case .createBridge(let b):
+            guard hostLinks.insert(b).inserted else { throw fail(KernelErrno.EEXIST, "\(b) exists") }
+            return
+        case .deleteBridge(let b):
+            guard hostLinks.remove(b) != nil else { throw fail(KernelErrno.ENOENT, "no \(b)") }
+            return
+        case .attachToBridge, .detachFromBridge, .addAddress, .deleteAddress, .linkUp, .linkDown, .addDefaultRoute,
+            .deleteDefaultRoute:
+            return
         default: break
+        }
+        if op.link == .ingress {
+            try applyIngress(op)
+            return
         }
         guard var ns = namespaces[op.namespace] else { throw fail(KernelErrno.ENOENT, "no namespace \(op.namespace)") }
         defer { namespaces[op.namespace] = ns }
         switch op.action {
+        case .createIFB(let n):
+            guard ns.links.insert(n).inserted else { throw fail(KernelErrno.EEXIST, "\(n) exists") }
+            hostDevices["\(op.namespace)/\(n)"] = ([ObservedQdisc(handle: .unspecified, parent: .root, kind: "noqueue")], [])
+        case .deleteIFB(let n):
+            guard ns.links.remove(n) != nil else { throw fail(KernelErrno.ENOENT, "no \(n)") }
+            hostDevices["\(op.namespace)/\(n)"] = nil
+        case .addIngressRedirect:
+            guard !ns.ingressQdisc else { throw fail(KernelErrno.EEXIST, "ingress qdisc exists") }
+            ns.ingressQdisc = true
+        case .deleteIngressRedirect:
+            ns.ingressQdisc = false
         case .addRootQdisc(let q):
             if ns.qdiscs.contains(where: { $0.parent == .root && $0.handle != .unspecified }) {
                 throw fail(KernelErrno.EEXIST, "root qdisc exists")
@@ -179,6 +258,35 @@ public final class FakeKernel: KernelPort {
         case .deleteFilter(let f):
             ns.filters.removeAll { $0.parent == f.parent && $0.priority == f.priority && $0.handle == f.handle }
         default: break
+        }
+    }
+
+    /// tc on the device carrying a namespace's ingress: its host-side peer or its IFB.
+    private func applyIngress(_ op: Operation) throws {
+        let key = hostDevices[op.device] != nil ? op.device : "\(op.namespace)/\(op.device)"
+        guard var dev = hostDevices[key] else { throw fail(KernelErrno.ENOENT, "no device \(op.device)") }
+        defer { hostDevices[key] = dev }
+        switch op.action {
+        case .addRootQdisc(let q), .replaceRootQdisc(let q, _):
+            if case .addRootQdisc = op.action, dev.qdiscs.contains(where: { $0.parent == .root && $0.handle != .unspecified }) {
+                throw fail(KernelErrno.EEXIST, "root qdisc exists")
+            }
+            dev.qdiscs = [ObservedQdisc(handle: q.handle, parent: .root, kind: "htb", htbDefault: q.defaultMinor)]
+            dev.classes = []
+        case .deleteRootQdisc:
+            dev.qdiscs = [ObservedQdisc(handle: .unspecified, parent: .root, kind: "noqueue")]
+            dev.classes = []
+        case .addClass(let c): dev.classes.append(ObservedClass(spec: c))
+        case .changeClass(let c, _):
+            guard let i = dev.classes.firstIndex(where: { $0.spec.classid == c.classid }) else { throw fail(KernelErrno.ENOENT, "no class") }
+            dev.classes[i].spec = c
+        case .deleteClass(let c): dev.classes.removeAll { $0.spec.classid == c.classid }
+        case .addLeaf(let l), .replaceLeaf(let l, _):
+            dev.qdiscs.removeAll { $0.parent == l.parent }
+            dev.qdiscs.append(ObservedQdisc(handle: TCHandle(major: nextAutoHandle, minor: 0), parent: l.parent, kind: l.queue.kind, queue: l.queue))
+            nextAutoHandle += 1
+        case .deleteLeaf(let l): dev.qdiscs.removeAll { $0.parent == l.parent }
+        default: throw fail(KernelErrno.EINVAL, "not an ingress tc operation")
         }
     }
 

@@ -132,7 +132,12 @@ struct ApplyIntegrationTests {
         func bytes(_ c: [String: Scratch.TCClass]) -> [String: Int] { c.mapValues(\.bytes) }
         let reapply = try cli("apply", policy)
         #expect(reapply.out.contains("no changes"))
-        #expect(bytes(try s.classes()) == bytes(before), "a no-op apply re-creates nothing")
+        // Counters only grow (background traffic such as IPv6 neighbour discovery may add a few
+        // bytes); a re-created class would start again from zero.
+        func kept(_ now: [String: Scratch.TCClass]) -> Bool {
+            before.allSatisfy { id, c in (now[id]?.bytes ?? -1) >= c.bytes } && (before.values.map(\.bytes).max() ?? 0) > 1_000_000
+        }
+        #expect(kept(try s.classes()), "a no-op apply re-creates nothing")
 
         let edited = try s.policy(Self.capped.replacingOccurrences(of: "rate = \"40mbit\"\nceil = \"40mbit\"",
                                                                     with: "rate = \"30mbit\"\nceil = \"30mbit\""))
@@ -141,7 +146,7 @@ struct ApplyIntegrationTests {
         let lines = change.out.split(separator: "\n").filter { $0.hasPrefix("~") || $0.hasPrefix("+") || $0.hasPrefix("-") }
         #expect(lines.count == 1 && lines[0].contains("tc class change"), "exactly one in-place change: \(lines)")
         let after = try s.classes()
-        #expect(bytes(after) == bytes(before), "every counter kept its value")
+        #expect(kept(after), "every counter kept its value: \(bytes(after)) vs \(bytes(before))")
         #expect(after.values.contains { $0.rate == 30e6 && $0.ceil == 30e6 }, "tc shows the new 30mbit class")
         #expect(!after.values.contains { $0.rate == 40e6 })
     }

@@ -44,6 +44,11 @@ long netshape_statfs_type(const char *path);
 /// mount(2) with the flags netshape uses for a cgroup v1 hierarchy: nosuid, nodev, noexec.
 int netshape_mount_cgroup_v1(const char *target, const char *options);
 
+/// mount --bind SRC DST (how `ip netns add` pins a namespace to a file).
+int netshape_bind_mount(const char *src, const char *dst);
+/// umount2(path, MNT_DETACH).
+int netshape_umount_detach(const char *path);
+
 /// Writes the sizes of the proc connector's structures (cn_msg, proc_event) for layout checks.
 size_t netshape_cn_msg_size(void);
 size_t netshape_proc_event_size(void);

@@ -1,0 +1,190 @@
+internal import CLibnlRoute
+import Glibc
+import NetshapeCore
+
+/// What netshape needs to know about a link.
+struct LinkInfo {
+    var name: String
+    var ifindex: Int32
+    /// `IFLA_INFO_KIND` ("veth", "ifb", "bridge"…), empty for plain devices.
+    var type: String
+    /// `IFLA_LINK`: for a veth, the peer's ifindex (in the peer's namespace).
+    var peerIfindex: Int32
+    /// `IFLA_LINK_NETNSID` is set: the peer lives in another namespace.
+    var peerInOtherNamespace: Bool
+}
+
+/// Links, addresses and routes: what `provision` and IFB ingress need. Each mutation is named after
+/// the `ip` command it stands for and keeps the kernel's errno (`transact`).
+extension RouteSocket {
+    /// Every link in this socket's namespace.
+    func links() throws -> [LinkInfo] {
+        var cache: OpaquePointer?
+        let rc = rtnl_link_alloc_cache(sock, AF_UNSPEC, &cache)
+        guard rc == 0, let cache else { throw Self.nlError("ip link show (in \(namespace))", rc) }
+        defer { nl_cache_free(cache) }
+        var out: [LinkInfo] = []
+        var obj = nl_cache_get_first(cache)
+        while let o = obj {
+            var nsid: Int32 = 0
+            out.append(LinkInfo(
+                name: rtnl_link_get_name(o).map { String(cString: $0) } ?? "",
+                ifindex: rtnl_link_get_ifindex(o),
+                type: rtnl_link_get_type(o).map { String(cString: $0) } ?? "",
+                peerIfindex: Int32(rtnl_link_get_link(o)),
+                peerInOtherNamespace: rtnl_link_get_link_netnsid(o, &nsid) == 0))
+            obj = nl_cache_get_next(o)
+        }
+        return out
+    }
+
+    private func withLink(_ body: (OpaquePointer) throws -> Void) throws {
+        guard let link = rtnl_link_alloc() else { throw KernelError(.netlink, "rtnl_link_alloc", errno: ENOMEM, reason: "out of memory") }
+        defer { rtnl_link_put(link) }
+        try body(link)
+    }
+
+    private func send(_ op: String, _ make: (inout OpaquePointer?) -> Int32) throws {
+        var msg: OpaquePointer?
+        let rc = make(&msg)
+        guard rc == 0, let msg else { throw Self.nlError(op, rc) }
+        try transact(msg, op)
+    }
+
+    /// `ip link add name HOST type veth peer name PEER netns <fd>`.
+    func createVeth(host: String, peer: String, peerNamespaceFD: Int32) throws {
+        guard let link = rtnl_link_veth_alloc() else { throw KernelError(.netlink, "rtnl_link_veth_alloc", errno: ENOMEM, reason: "out of memory") }
+        defer { rtnl_link_put(link) }
+        rtnl_link_set_name(link, host)
+        if let p = rtnl_link_veth_get_peer(link) {
+            rtnl_link_set_name(p, peer)
+            rtnl_link_set_ns_fd(p, peerNamespaceFD)
+            rtnl_link_put(p)
+        }
+        try send("ip link add name \(host) type veth peer name \(peer)") { rtnl_link_build_add_request(link, NLM_F_CREATE | NLM_F_EXCL, &$0) }
+    }
+
+    /// `ip link add name NAME [txqueuelen N] up type TYPE` (ifb, bridge). An IFB left at txqueuelen 0
+    /// behind an HTB leaf drops everything, so netshape always sets it.
+    func createLink(_ name: String, type: String, txqueuelen: UInt32?) throws {
+        try withLink { link in
+            rtnl_link_set_name(link, name)
+            if rtnl_link_set_type(link, type) < 0 {
+                throw KernelError(.netlink, "ip link add type \(type)", errno: EOPNOTSUPP, reason: "libnl knows no link type \(type)")
+            }
+            if let q = txqueuelen { rtnl_link_set_txqlen(link, q) }
+            rtnl_link_set_flags(link, 0x1 /* IFF_UP */)
+            try send("ip link add name \(name) up type \(type)") { rtnl_link_build_add_request(link, NLM_F_CREATE | NLM_F_EXCL, &$0) }
+        }
+    }
+
+    /// `ip link del NAME`.
+    func deleteLink(_ name: String) throws {
+        try withLink { link in
+            rtnl_link_set_name(link, name)
+            try send("ip link del \(name)") { rtnl_link_build_delete_request(link, &$0) }
+        }
+    }
+
+    func requireIfindex(_ name: String) throws -> Int32 {
+        guard let i = try ifindex(of: name) else {
+            throw KernelError(.notFound, "ip link show \(name)", errno: ENODEV, reason: "device \(name) does not exist in \(namespace)")
+        }
+        return i
+    }
+
+    /// `ip link set NAME up|down` and `ip link set NAME master BR|nomaster`.
+    func setLink(_ name: String, up: Bool? = nil, master: String?? = nil) throws {
+        let idx = try requireIfindex(name)
+        var masterIdx: Int32?
+        if case .some(let m) = master { masterIdx = try m.map(requireIfindex) ?? 0 }
+        try withLink { link in
+            rtnl_link_set_ifindex(link, idx)
+            if let up { up ? rtnl_link_set_flags(link, 0x1) : rtnl_link_unset_flags(link, 0x1) }
+            if let m = masterIdx { rtnl_link_set_master(link, m) }
+            try send("ip link set \(name)\(up.map { $0 ? " up" : " down" } ?? "")\(masterIdx.map { $0 == 0 ? " nomaster" : " master" } ?? "")") {
+                rtnl_link_build_add_request(link, 0, &$0)
+            }
+        }
+    }
+
+    /// `ip addr add|del CIDR dev NAME`.
+    func address(_ cidr: String, device: String, add: Bool) throws {
+        let idx = try requireIfindex(device)
+        guard let a = rtnl_addr_alloc() else { throw KernelError(.netlink, "rtnl_addr_alloc", errno: ENOMEM, reason: "out of memory") }
+        defer { rtnl_addr_put(a) }
+        var local: OpaquePointer?
+        let rc = nl_addr_parse(cidr, AF_UNSPEC, &local)
+        guard rc == 0, let local else { throw Self.nlError("parse address \(cidr)", rc) }
+        defer { nl_addr_put(local) }
+        rtnl_addr_set_ifindex(a, idx)
+        _ = rtnl_addr_set_local(a, local)
+        rtnl_addr_set_prefixlen(a, Int32(nl_addr_get_prefixlen(local)))
+        let op = "ip addr \(add ? "add" : "del") \(cidr) dev \(device)"
+        if add {
+            try send(op) { rtnl_addr_build_add_request(a, NLM_F_CREATE | NLM_F_EXCL, &$0) }
+        } else {
+            try send(op) { rtnl_addr_build_delete_request(a, 0, &$0) }
+        }
+    }
+
+    /// `ip route add|del default via GATEWAY`.
+    func defaultRoute(via gateway: String, add: Bool) throws {
+        var gw: OpaquePointer?
+        let rc = nl_addr_parse(gateway, AF_UNSPEC, &gw)
+        guard rc == 0, let gw else { throw Self.nlError("parse gateway \(gateway)", rc) }
+        defer { nl_addr_put(gw) }
+        let family = nl_addr_get_family(gw)
+        var dst: OpaquePointer?
+        _ = nl_addr_parse(family == AF_INET6 ? "::/0" : "0.0.0.0/0", family, &dst)
+        guard let dst else { throw KernelError(.netlink, "parse default", reason: "cannot build the default destination") }
+        defer { nl_addr_put(dst) }
+        guard let route = rtnl_route_alloc(), let nh = rtnl_route_nh_alloc() else {
+            throw KernelError(.netlink, "rtnl_route_alloc", errno: ENOMEM, reason: "out of memory")
+        }
+        defer { rtnl_route_put(route) }
+        _ = rtnl_route_set_family(route, UInt8(family))
+        rtnl_route_set_table(route, 254)
+        _ = rtnl_route_set_dst(route, dst)
+        rtnl_route_nh_set_gateway(nh, gw)
+        rtnl_route_add_nexthop(route, nh)  // the route owns the nexthop from here
+        let op = "ip route \(add ? "add" : "del") default via \(gateway)"
+        if add {
+            try send(op) { rtnl_route_build_add_request(route, NLM_F_CREATE | NLM_F_EXCL, &$0) }
+        } else {
+            try send(op) { rtnl_route_build_del_request(route, 0, &$0) }
+        }
+    }
+
+    /// `tc qdisc add dev D handle ffff: ingress` + `tc filter add dev D parent ffff: protocol all prio P
+    /// matchall action mirred egress redirect dev IFB`.
+    func addIngressRedirect(ifindex: Int32, device: String, ifb: String) throws {
+        let ifbIndex = try requireIfindex(ifb)
+        guard let q = rtnl_qdisc_alloc() else { throw KernelError(.netlink, "rtnl_qdisc_alloc", errno: ENOMEM, reason: "out of memory") }
+        defer { rtnl_qdisc_put(q) }
+        rtnl_tc_set_ifindex(q, ifindex)
+        rtnl_tc_set_parent(q, TCHandle.ingress.raw)
+        rtnl_tc_set_handle(q, 0xFFFF_0000)
+        _ = rtnl_tc_set_kind(q, "ingress")
+        try send("tc qdisc add dev \(device) handle ffff: ingress") { rtnl_qdisc_build_add_request(q, NLM_F_CREATE | NLM_F_EXCL, &$0) }
+
+        guard let cls = rtnl_cls_alloc(), let act = rtnl_act_alloc() else {
+            throw KernelError(.netlink, "rtnl_cls_alloc", errno: ENOMEM, reason: "out of memory")
+        }
+        defer { rtnl_cls_put(cls) }
+        rtnl_tc_set_ifindex(cls, ifindex)
+        rtnl_tc_set_parent(cls, 0xFFFF_0000)
+        rtnl_cls_set_prio(cls, FilterSpec.netshapePriority)
+        rtnl_cls_set_protocol(cls, 0x0003)  // ETH_P_ALL, host order
+        _ = rtnl_tc_set_kind(cls, "matchall")
+        _ = rtnl_tc_set_kind(act, "mirred")
+        _ = rtnl_mirred_set_action(act, 1 /* TCA_EGRESS_REDIR */)
+        _ = rtnl_mirred_set_policy(act, 4 /* TC_ACT_STOLEN */)
+        _ = rtnl_mirred_set_ifindex(act, UInt32(ifbIndex))
+        _ = rtnl_mall_append_action(cls, act)  // takes its own reference
+        rtnl_act_put(act)
+        try send("tc filter add dev \(device) parent ffff: protocol all matchall action mirred egress redirect dev \(ifb)") {
+            rtnl_cls_build_add_request(cls, NLM_F_CREATE | NLM_F_EXCL, &$0)
+        }
+    }
+}
