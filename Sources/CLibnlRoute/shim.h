@@ -18,6 +18,6 @@
 #include <netlink/route/addr.h>
 #include <netlink/route/action.h>
 #include <netlink/route/link/veth.h>
-#include <netlink/route/cls/matchall.h>
+#include <netlink/route/cls/u32.h>
 #include <netlink/route/act/mirred.h>
 #endif

@@ -95,6 +95,11 @@ enum Render {
                              "\(c.spec.ceil)", "\(c.spec.priority)", c.leaf.queue.description])
             }
             out.append(table(rows))
+            if let i = ns.ingressPlan {
+                let seen = plan.observed.namespaces[ns.name]?.ingress
+                let where_ = seen.map { $0.placement == .peer ? "on \($0.device), the veth peer in the host namespace" : "on IFB \($0.device) (ingress of \(dev) redirected)" } ?? "(no device found yet)"
+                out.append("  ingress \(i.rate) \(where_)")
+            }
             let ops = plan.operations.filter { $0.namespace == ns.name }
             if ops.isEmpty {
                 out.append("  no changes")
@@ -167,6 +172,12 @@ enum Render {
                 ])
             }
             out.append(table(rows))
+            if let i = ns.ingressShaping {
+                let where_ = i.placement == "peer" ? "egress of \(i.device), its veth peer in the host namespace"
+                    : "IFB \(i.device) inside the namespace (ingress of \(ns.device) redirected)"
+                out.append("  ingress \(bits(i.rate)) on the \(where_)\(i.applied ? "" : " (NOT APPLIED)"): now "
+                           + "\(i.throughput.map(throughput) ?? "-"), \(human(i.bytes)), \(i.packets) packets, \(i.drops) drops")
+            }
         }
         return out.joined(separator: "\n")
     }

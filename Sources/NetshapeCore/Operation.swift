@@ -65,8 +65,8 @@ public struct Operation: Sendable, Equatable {
         case createIFB(String)
         /// `ip link del IFB`
         case deleteIFB(String)
-        /// `tc qdisc add dev D handle ffff: ingress && tc filter add dev D parent ffff: matchall action
-        /// mirred egress redirect dev IFB`
+        /// `tc qdisc add dev D handle ffff: ingress && tc filter add dev D parent ffff: u32 match u32 0 0
+        /// action mirred egress redirect dev IFB`
         case addIngressRedirect(ifb: String)
         /// `tc qdisc del dev D ingress` (removes the redirect with it)
         case deleteIngressRedirect(ifb: String)
@@ -249,7 +249,7 @@ public struct Operation: Sendable, Equatable {
         case .createIFB(let n): return "\(ipPrefix) link add name \(n) txqueuelen 1000 up type ifb"
         case .deleteIFB(let n): return "\(ipPrefix) link del \(n)"
         case .addIngressRedirect(let i):
-            return "tc qdisc add \(dev) handle ffff: ingress && tc filter add \(dev) parent ffff: protocol all matchall "
+            return "tc qdisc add \(dev) handle ffff: ingress && tc filter add \(dev) parent ffff: protocol all u32 match u32 0 0 "
                 + "action mirred egress redirect dev \(i)"
         case .deleteIngressRedirect: return "tc qdisc del \(dev) ingress"
         case .createNetns(let n): return "ip netns add \(n)"

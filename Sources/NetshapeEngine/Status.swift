@@ -21,6 +21,21 @@ public struct ClassStatus: Sendable, Codable, Equatable {
     public var present: Bool
 }
 
+/// The ingress side of a namespace in `netshape status`.
+public struct IngressStatus: Sendable, Codable, Equatable {
+    /// The device whose egress carries the namespace's incoming traffic.
+    public var device: String
+    /// "peer" (the veth peer in the host namespace) or "ifb" (an IFB inside the namespace).
+    public var placement: String
+    /// Bits per second.
+    public var rate: UInt64
+    public var bytes: UInt64
+    public var packets: UInt64
+    public var drops: UInt64
+    public var throughput: UInt64?
+    public var applied: Bool
+}
+
 /// One namespace in `netshape status`.
 public struct NamespaceStatus: Sendable, Codable, Equatable {
     public var name: String
@@ -34,6 +49,8 @@ public struct NamespaceStatus: Sendable, Codable, Equatable {
     public var applied: Bool
     public var problem: String?
     public var classes: [ClassStatus]
+    /// Where and how incoming traffic is shaped (nil without `ingress`).
+    public var ingressShaping: IngressStatus?
 }
 
 /// The whole status report.
@@ -66,7 +83,8 @@ extension Engine {
                 out.append(NamespaceStatus(
                     name: ns.name, netns: ns.target.description, device: ns.device ?? "?", handle: "\(ns.qdisc.handle)",
                     classifier: "none", egress: ns.egress.bitsPerSecond, ingress: ns.ingress?.bitsPerSecond,
-                    applied: false, problem: second.namespaces[ns.name]?.problem ?? "not observed", classes: []))
+                    applied: false, problem: second.namespaces[ns.name]?.problem ?? "not observed", classes: [],
+                    ingressShaping: nil))
                 continue
             }
             let before = first.namespaces[ns.name]
@@ -91,10 +109,25 @@ extension Engine {
                     drops: (now?.stats.drops ?? 0) + (leaf?.stats.drops ?? 0), overlimits: now?.stats.overlimits ?? 0,
                     throughput: tput, pids: pids.sorted(), isDefault: c.isDefault, present: now != nil))
             }
+            var ingress: IngressStatus?
+            if let plan = ns.ingressPlan, let ing = seen.ingress {
+                let now = ing.classes.first { $0.spec.classid == plan.rootClass.classid }
+                let then = before?.ingress?.classes.first { $0.spec.classid == plan.rootClass.classid }
+                var tput: UInt64?
+                if interval > 0, let n = now, let t = then, n.stats.bytes >= t.stats.bytes {
+                    tput = UInt64(Double(n.stats.bytes - t.stats.bytes) * 8 / interval)
+                }
+                let leaf = ing.qdiscs.first { $0.parent == plan.rootClass.classid }
+                ingress = IngressStatus(
+                    device: ing.device, placement: ing.placement.rawValue, rate: plan.rate.bitsPerSecond,
+                    bytes: now?.stats.bytes ?? 0, packets: now?.stats.packets ?? 0,
+                    drops: (now?.stats.drops ?? 0) + (leaf?.stats.drops ?? 0), throughput: tput,
+                    applied: ing.configuredRoot?.handle == plan.qdisc.handle && now != nil)
+            }
             out.append(NamespaceStatus(
                 name: ns.name, netns: ns.target.description, device: seen.device, handle: "\(ns.qdisc.handle)",
                 classifier: filter?.kind ?? "none", egress: ns.egress.bitsPerSecond, ingress: ns.ingress?.bitsPerSecond,
-                applied: applied, problem: nil, classes: classes))
+                applied: applied, problem: nil, classes: classes, ingressShaping: ingress))
         }
         return StatusReport(namespaces: out, interval: interval)
     }

@@ -157,7 +157,9 @@ extension RouteSocket {
     }
 
     /// `tc qdisc add dev D handle ffff: ingress` + `tc filter add dev D parent ffff: protocol all prio P
-    /// matchall action mirred egress redirect dev IFB`.
+    /// u32 match u32 0 0 action mirred egress redirect dev IFB`. u32 rather than matchall because
+    /// u32 is in every kernel (this project's VM kernel has no cls_matchall), as the CNI bandwidth
+    /// plugin does. One operation for the caller: if the filter fails, the ingress qdisc goes too.
     func addIngressRedirect(ifindex: Int32, device: String, ifb: String) throws {
         let ifbIndex = try requireIfindex(ifb)
         guard let q = rtnl_qdisc_alloc() else { throw KernelError(.netlink, "rtnl_qdisc_alloc", errno: ENOMEM, reason: "out of memory") }
@@ -176,15 +178,22 @@ extension RouteSocket {
         rtnl_tc_set_parent(cls, 0xFFFF_0000)
         rtnl_cls_set_prio(cls, FilterSpec.netshapePriority)
         rtnl_cls_set_protocol(cls, 0x0003)  // ETH_P_ALL, host order
-        _ = rtnl_tc_set_kind(cls, "matchall")
+        _ = rtnl_tc_set_kind(cls, "u32")
+        _ = rtnl_u32_add_key_uint32(cls, 0, 0, 0, 0)  // match u32 0 0: every packet
+        _ = rtnl_u32_set_cls_terminal(cls)
         _ = rtnl_tc_set_kind(act, "mirred")
         _ = rtnl_mirred_set_action(act, 1 /* TCA_EGRESS_REDIR */)
         _ = rtnl_mirred_set_policy(act, 4 /* TC_ACT_STOLEN */)
         _ = rtnl_mirred_set_ifindex(act, UInt32(ifbIndex))
-        _ = rtnl_mall_append_action(cls, act)  // takes its own reference
+        _ = rtnl_u32_add_action(cls, act)  // takes its own reference
         rtnl_act_put(act)
-        try send("tc filter add dev \(device) parent ffff: protocol all matchall action mirred egress redirect dev \(ifb)") {
-            rtnl_cls_build_add_request(cls, NLM_F_CREATE | NLM_F_EXCL, &$0)
+        do {
+            try send("tc filter add dev \(device) parent ffff: protocol all u32 match u32 0 0 action mirred egress redirect dev \(ifb)") {
+                rtnl_cls_build_add_request(cls, NLM_F_CREATE | NLM_F_EXCL, &$0)
+            }
+        } catch {
+            try? deleteQdisc(ifindex: ifindex, device: device, parent: .ingress, handle: TCHandle(raw: 0xFFFF_0000))
+            throw error
         }
     }
 }

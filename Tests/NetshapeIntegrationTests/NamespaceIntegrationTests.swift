@@ -1,0 +1,169 @@
+import Foundation
+import Testing
+
+/// Issue 4: every way of naming a namespace, ingress both ways, provisioning, vanished namespaces.
+/// An extension of the serialized suite, so no two measurements share the cores.
+extension ApplyIntegrationTests {
+    func rootQdisc(_ s: Scratch) throws -> String {
+        try must([tc, "-n", s.client, "qdisc", "show", "dev", s.dev, "root"])
+    }
+
+    @Test func targetsByNamePathAndPid() throws {
+        let s = try Scratch()
+        defer { s.close() }
+        let sleeper = Process()
+        sleeper.executableURL = URL(fileURLWithPath: ip)
+        sleeper.arguments = ["netns", "exec", s.client, "/bin/sleep", "30"]
+        try sleeper.run()
+        defer { sleeper.terminate() }
+        usleep(200_000)
+        for target in ["/run/netns/\(s.client)", "pid:\(sleeper.processIdentifier)"] {
+            let text = "version = 1\n[[namespace]]\nname = \"t\(s.id)\"\nnetns = \"\(target)\"\ndevice = \"\(s.dev)\"\negress = \"50mbit\"\n"
+            let path = s.dir.appendingPathComponent("target.toml").path
+            try text.write(toFile: path, atomically: true, encoding: .utf8)
+            let applied = try cli("apply", path)
+            #expect(applied.status == 0, "\(target): \(applied.err)")
+            #expect(try rootQdisc(s).contains("htb"), "shaped through \(target)")
+            #expect(try cli("apply", path).out.contains("no changes"))
+            #expect(try cli("reset", path).status == 0)
+            #expect(!(try rootQdisc(s).contains("htb")), "reset through \(target)")
+        }
+        let missing = try s.policy(name: "missing", "egress = \"1mbit\"")
+        let text = try String(contentsOfFile: missing, encoding: .utf8).replacingOccurrences(of: "netns = \"\(s.client)\"", with: "netns = \"pid:999999999\"")
+        try text.write(toFile: missing, atomically: true, encoding: .utf8)
+        let r = try cli("apply", missing)
+        #expect(r.status == 1 && r.err.contains("pid:999999999") && r.err.contains("does not exist"), "\(r.err)")
+    }
+
+    @Test func theHostTargetIsTheNamespaceNetshapeRunsIn() throws {
+        let s = try Scratch()
+        defer { s.close() }
+        // A default route makes veth0 the default-route device, so `device` can be left out.
+        try must([ip, "-n", s.client, "route", "add", "default", "via", s.serverIP])
+        let path = s.dir.appendingPathComponent("host.toml").path
+        try "version = 1\n[[namespace]]\nname = \"h\(s.id)\"\nnetns = \"host\"\negress = \"30mbit\"\n"
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        // nsenter changes only the network namespace (unlike ip netns exec, which also remounts /sys).
+        let nsenter = ["/usr/bin/nsenter", "--net=/run/netns/\(s.client)", netshapeBinary]
+        let applied = try run(nsenter + ["apply", path])
+        #expect(applied.status == 0, "\(applied.err)")
+        #expect(applied.out.contains("dev veth0"), "the default-route device was chosen: \(applied.out)")
+        #expect(try rootQdisc(s).contains("htb"))
+        let hostRoot = try must([tc, "qdisc", "show", "dev", "lo"])
+        #expect(!hostRoot.contains("htb"), "the real host was not touched")
+        #expect(try run(nsenter + ["reset", path]).status == 0)
+        #expect(!(try rootQdisc(s).contains("htb")))
+    }
+
+    @Test(.requiresIperf3) func ingressThroughAnIFBWhenThePeerIsNotInTheHost() throws {
+        let s = try Scratch()
+        defer { s.close() }
+        // The scratch pair's peer lives in the server namespace, not netshape's: an IFB is needed.
+        let policy = try s.policy("egress = \"100mbit\"\ningress = \"15mbit\"")
+        let applied = try cli("apply", policy)
+        #expect(applied.status == 0, "\(applied.err)")
+        #expect(applied.out.contains("type ifb") && applied.out.contains("mirred egress redirect"), "\(applied.out)")
+        let links = try must([ip, "-n", s.client, "-d", "link", "show", "type", "ifb"])
+        #expect(links.contains("qlen 1000"), "the IFB has a queue: \(links)")
+        try s.iperfServer(port: 5340)
+        let r = try run([ip, "netns", "exec", s.client] + s.iperfClient(port: 5340, seconds: 4, extra: ["-R"]))
+        let bps = try goodput(r.out)
+        print("ingress through IFB: \(mbit(bps)) for a 15mbit limit")
+        #expect(bps > 15e6 * 0.88 && bps < 15e6 * 1.03)
+        let status = try cli("status", policy, "--interval", "0")
+        #expect(status.out.contains("IFB"), "\(status.out)")
+        #expect(try cli("reset", policy).status == 0)
+        #expect(!(try must([ip, "-n", s.client, "link", "show"]).contains("nsifb")), "the IFB is gone")
+        #expect(!(try must([tc, "-n", s.client, "qdisc", "show", "dev", s.dev]).contains("ingress")))
+    }
+
+    @Test(.requiresIperf3) func provisionedNamespacesOnABridgeAreShapedIndependently() throws {
+        let id = String(UInt32.random(in: 0..<UInt32.max), radix: 36).prefix(6)
+        let subnet = Int.random(in: 0...255)
+        let names = ["p\(id)a", "p\(id)b", "p\(id)c", "p\(id)s"]
+        let bridge = "nb\(id)"
+        let rates = [10, 20, 30]
+        var text = "version = 1\n"
+        for (i, n) in names.enumerated() {
+            let egress = i < 3 ? "\(rates[i])mbit" : "10gbit"
+            text += "[[namespace]]\nname = \"\(n)\"\negress = \"\(egress)\"\n"
+            if i == 0 { text += "ingress = \"8mbit\"\n" }
+            text += "[namespace.provision]\naddress = \"198.19.\(subnet).\(i + 2)/24\"\nbridge = \"\(bridge)\"\n"
+        }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("netshape-prov-\(id)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let policy = dir.appendingPathComponent("p.toml").path
+        try text.write(toFile: policy, atomically: true, encoding: .utf8)
+        var servers: [Process] = []
+        defer {
+            for p in servers where p.isRunning { p.terminate() }
+            _ = try? cli("reset", policy)
+            for n in names { _ = try? run([ip, "netns", "del", n]) }
+            _ = try? run([ip, "link", "del", bridge])
+            try? FileManager.default.removeItem(at: dir)
+        }
+        let before = try must([ip, "-br", "link", "show"])
+        let applied = try cli("apply", policy)
+        #expect(applied.status == 0, "\(applied.err)")
+        #expect(try cli("apply", policy).out.contains("no changes"))
+        let srv = names[3]
+        let srvIP = "198.19.\(subnet).5"
+        for port in 5350...5353 {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: ip)
+            p.arguments = ["netns", "exec", srv, iperf3, "-s", "-1", "-B", srvIP, "-p", String(port)]
+            p.standardOutput = FileHandle.nullDevice
+            p.standardError = FileHandle.nullDevice
+            try p.run()
+            servers.append(p)
+        }
+        usleep(500_000)
+        let results = try concurrently((0..<3).map { i in
+            [ip, "netns", "exec", names[i], iperf3, "-c", srvIP, "-p", String(5350 + i), "-t", "4", "-J"]
+        })
+        let measured = try results.map { try goodput($0.out) }
+        print("three namespaces at once: \(measured.map(mbit)) for 10/20/30 mbit")
+        for (bps, want) in zip(measured, rates.map { Double($0) * 1e6 }) {
+            #expect(bps > want * 0.88 && bps < want * 1.03, "\(mbit(bps)) for \(mbit(want))")
+        }
+        let ingress = try goodput(try run([ip, "netns", "exec", names[0], iperf3, "-c", srvIP, "-p", "5353", "-t", "3", "-J", "-R"]).out)
+        print("ingress into \(names[0]) on its host-side peer: \(mbit(ingress)) for 8mbit")
+        #expect(ingress > 8e6 * 0.88 && ingress < 8e6 * 1.03)
+        let status = try cli("status", policy, "--interval", "0")
+        #expect(status.out.contains("veth peer in the host namespace"), "\(status.out)")
+
+        let reset = try cli("reset", policy)
+        #expect(reset.status == 0, "\(reset.err)")
+        let netns = try must([ip, "netns", "list"])
+        #expect(names.allSatisfy { !netns.contains($0) }, "no namespace left: \(netns)")
+        #expect(try must([ip, "-br", "link", "show"]) == before, "no link left")
+        #expect(!FileManager.default.fileExists(atPath: "/sys/fs/cgroup/net_cls/netshape/\(names[0])"))
+        let owned = (try? String(contentsOfFile: "/run/netshape/ownership.json", encoding: .utf8)) ?? ""
+        #expect(!owned.contains(String(id)), "no ownership left")
+    }
+
+    @Test func aNamespaceDeletedUnderNetshapeIsReportedAndDisturbsNothingElse() throws {
+        let a = try Scratch()
+        defer { a.close() }
+        let b = try Scratch()
+        defer { b.close() }
+        var text = "version = 1\n"
+        for s in [a, b] {
+            text += "[[namespace]]\nname = \"\(s.client)\"\ndevice = \"\(s.dev)\"\negress = \"20mbit\"\n"
+        }
+        let policy = a.dir.appendingPathComponent("two.toml").path
+        try text.write(toFile: policy, atomically: true, encoding: .utf8)
+        #expect(try cli("apply", policy).status == 0)
+        let bBefore = try b.snapshot()
+        try must([ip, "netns", "del", a.client])
+        let again = try cli("apply", policy)
+        #expect(again.status == 1 && again.err.contains(a.client) && again.err.contains("does not exist"), "\(again.err)")
+        #expect(try b.snapshot() == bBefore, "the other namespace is untouched")
+        let status = try cli("status", policy, "--interval", "0")
+        #expect(status.status == 0)
+        #expect(status.out.contains("does not exist"), "\(status.out)")
+        let reset = try cli("reset", policy)
+        #expect(reset.status == 0, "\(reset.err)")
+        #expect(!(try rootQdisc(b).contains("htb")), "reset still cleans the namespace that is left")
+    }
+}
