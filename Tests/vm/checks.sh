@@ -1,0 +1,118 @@
+#!/bin/sh
+# The checks of the stock-kernel lane (busybox sh inside the VM). Each prints
+# "CHECK <name> ok" or "CHECK <name> FAIL <why>"; the exit status is the number of failures.
+# Under software emulation absolute rates are low and noisy: classification is checked through
+# class counters, and rates as caps and ratios.
+mode=$1
+IP=/usr/sbin/ip
+TC=/usr/sbin/tc
+NS=/usr/bin/netshape
+fails=0
+ok() { echo "CHECK $1 ok${2:+ ($2)}"; }
+fail() { echo "CHECK $1 FAIL $2"; fails=$((fails + 1)); }
+
+$IP netns add c && $IP netns add s
+$IP -n c link add name veth0 type veth peer name veth1 netns s
+$IP -n c addr add 198.18.50.2/24 dev veth0
+$IP -n s addr add 198.18.50.1/24 dev veth1
+for n in c s; do $IP -n $n link set lo up; done
+$IP -n c link set veth0 up
+$IP -n s link set veth1 up
+
+policy() {  # policy FILE [settings]
+    cat >"$1" <<TOML
+version = 1
+$2
+[[namespace]]
+name = "c"
+device = "veth0"
+egress = "50mbit"
+default = "fast"
+[[namespace.class]]
+name = "slow"
+rate = "${SLOW:-2mbit}"
+ceil = "${SLOW:-2mbit}"
+[[namespace.class]]
+name = "fast"
+rate = "40mbit"
+TOML
+}
+policy /etc/netshape/p.toml ""
+policy /etc/netshape/bpf.toml '[settings]
+classifier = "bpf"'
+
+netcls() { grep ' cgroup .*net_cls' /proc/mounts | head -1 | cut -d' ' -f2; }
+classid() {  # classid CLASS -> tc spelling, from the class cgroup
+    id=$(cat "$(netcls)/netshape/c/$1/net_cls.classid")
+    printf '%x:%x' $((id >> 16)) $((id & 65535))
+}
+bytes() { $TC -n c -s class show dev veth0 | awk -v id="$1" '$1 == "class" { cur = $3 } $1 == "Sent" && cur == id { print $2 }'; }
+goodput() { sed -n '/"sum_received"/,/}/p' "$1" | grep bits_per_second | head -1 | tr -dc '0-9.'; }
+flow() {  # flow CLASS POLICY SECONDS OUT: an iperf3 flow started inside CLASS by netshape run
+    $IP netns exec s iperf3 -s -1 -D -B 198.18.50.1 >/dev/null 2>&1
+    sleep 1
+    $NS run "$2" "$1" -- iperf3 -c 198.18.50.1 -t "$3" -J >"$4" 2>/dev/null
+}
+lt() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a < b) }'; }
+
+classified() {  # classified NAME POLICY CEILBPS: the class's flow lands in the class and is capped
+    before=$(bytes "$(classid slow)")
+    flow slow "$2" 3 /tmp/slow.json
+    after=$(bytes "$(classid slow)")
+    g=$(goodput /tmp/slow.json)
+    if [ $((${after:-0} - ${before:-0})) -gt 200000 ] && lt "${g:-0}" "$3" && lt 100000 "${g:-0}"; then
+        ok "$1" "slow class counted $((after - before)) bytes, goodput ${g} bit/s"
+    else
+        fail "$1" "slow class bytes ${before}->${after}, goodput ${g} (cap $3)"
+    fi
+}
+
+if [ "$mode" = v1 ]; then
+    plan=$($NS plan /etc/netshape/p.toml --json 2>&1)
+    if echo "$plan" | grep -q '"classifier" : "cgroup"' && echo "$plan" | grep -q '"clsCgroup" : true' \
+        && echo "$plan" | grep -q '"fqCodel" : true'; then ok auto-picks-cls_cgroup; else fail auto-picks-cls_cgroup "$plan"; fi
+
+    out=$($NS apply /etc/netshape/p.toml 2>&1) && ok apply || fail apply "$out"
+    $TC -n c filter show dev veth0 | grep -q cgroup && ok filter-is-cls_cgroup || fail filter-is-cls_cgroup "$($TC -n c filter show dev veth0)"
+    [ "$($TC -n c qdisc show dev veth0 | grep -c fq_codel)" -eq 2 ] && ok leaves-are-fq_codel || fail leaves-are-fq_codel "$($TC -n c qdisc show dev veth0)"
+    classified slow-class-classified-and-capped /etc/netshape/p.toml 2300000
+    slow=$(goodput /tmp/slow.json)
+    fb=$(bytes "$(classid fast)")
+    flow fast /etc/netshape/p.toml 3 /tmp/fast.json
+    fa=$(bytes "$(classid fast)")
+    fast=$(goodput /tmp/fast.json)
+    if [ $((${fa:-0} - ${fb:-0})) -gt 200000 ] && lt "$(awk -v s="$slow" 'BEGIN { print s * 2 }')" "${fast:-0}"; then
+        ok fast-class-faster "fast ${fast} vs slow ${slow} bit/s"
+    else
+        fail fast-class-faster "fast ${fast} (bytes ${fb}->${fa}) vs slow ${slow}"
+    fi
+
+    out=$($NS apply /etc/netshape/p.toml 2>&1)
+    echo "$out" | grep -q "no changes" && ok apply-is-idempotent || fail apply-is-idempotent "$out"
+
+    SLOW=4mbit policy /etc/netshape/p.toml ""
+    out=$($NS apply /etc/netshape/p.toml 2>&1)
+    n=$(echo "$out" | grep -c '^[-+~>] ')
+    if [ "$n" -eq 1 ] && echo "$out" | grep -q "tc class change"; then ok rate-edit-in-place; else fail rate-edit-in-place "$out"; fi
+
+    out=$($NS reset /etc/netshape/p.toml 2>&1)
+    if [ $? -eq 0 ] && $TC -n c qdisc show dev veth0 | grep -q "noqueue" && [ ! -d "$(netcls)/netshape/c" ]; then
+        ok reset-is-clean
+    else
+        fail reset-is-clean "$out; $($TC -n c qdisc show dev veth0)"
+    fi
+
+    out=$($NS apply /etc/netshape/bpf.toml 2>&1) && ok apply-forced-bpf || fail apply-forced-bpf "$out"
+    $TC -n c filter show dev veth0 | grep -q "bpf" && ok filter-is-cls_bpf || fail filter-is-cls_bpf "$($TC -n c filter show dev veth0)"
+    classified bpf-classifies-and-caps /etc/netshape/bpf.toml 2300000
+    $NS reset /etc/netshape/bpf.toml >/dev/null 2>&1 && ok bpf-reset || fail bpf-reset "reset failed"
+else
+    grep -q ' /sys/fs/cgroup cgroup2 ' /proc/mounts && ok host-has-only-cgroup2 || fail host-has-only-cgroup2 "$(cat /proc/mounts)"
+    out=$($NS apply /etc/netshape/p.toml 2>&1) && ok apply-on-cgroup2-host || fail apply-on-cgroup2-host "$out"
+    where=$(netcls)
+    [ "$where" = /run/netshape/net_cls ] && ok net_cls-mounted-beside-cgroup2 "$where" || fail net_cls-mounted-beside-cgroup2 "mounted at '$where'"
+    classified slow-class-classified-on-cgroup2-host /etc/netshape/p.toml 2300000
+    $NS reset /etc/netshape/p.toml >/dev/null 2>&1 && ok reset-on-cgroup2-host || fail reset-on-cgroup2-host "reset failed"
+fi
+echo "NOTE $fails failed check(s) in $mode"
+exit $fails
