@@ -6,6 +6,7 @@ import PackageDescription
 //   NetshapePolicy          TOML text -> validated Policy (TOMLKit stays in here)
 //   NetshapeEngine          observe -> plan -> apply -> verify, through Core's ports only
 //   NetshapeKernel          the ports for real: libnl-route-3, libmnl, bpf(), cgroupfs, /proc
+//   NetshapeDaemon          long-running services (exec events, reconcile, reload, sd_notify)
 //   NetshapeCLI             argument parsing and rendering
 //   netshape                the executable: one line calling NetshapeCLI
 let package = Package(
@@ -18,6 +19,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
     ],
     targets: [
         .target(name: "NetshapeCore"),
@@ -45,9 +47,18 @@ let package = Package(
             dependencies: ["NetshapeCore", "CLibnlRoute", "CLibmnl", "CNetshapeShim"]
         ),
         .target(
-            name: "NetshapeCLI",
+            name: "NetshapeDaemon",
             dependencies: [
                 "NetshapeCore", "NetshapePolicy", "NetshapeEngine", "NetshapeKernel",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "NetshapeCLI",
+            dependencies: [
+                "NetshapeCore", "NetshapePolicy", "NetshapeEngine", "NetshapeKernel", "NetshapeDaemon",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -3,6 +3,9 @@
 #include <sched.h>
 #include <sys/vfs.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <errno.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/syscall.h>
@@ -57,3 +60,21 @@ int netshape_mount_cgroup_v1(const char *target, const char *options) {
 }
 int netshape_bind_mount(const char *src, const char *dst) { return mount(src, dst, "none", MS_BIND, NULL); }
 int netshape_umount_detach(const char *path) { return umount2(path, MNT_DETACH); }
+
+int netshape_sd_notify(const char *socket_path, const char *state) {
+    struct sockaddr_un addr;
+    size_t len = strlen(socket_path);
+    if (len == 0 || len >= sizeof(addr.sun_path)) { errno = EINVAL; return -1; }
+    memset(&addr, 0, sizeof(addr));
+    addr.sun_family = AF_UNIX;
+    memcpy(addr.sun_path, socket_path, len);
+    if (addr.sun_path[0] == '@') addr.sun_path[0] = 0;
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    ssize_t n = sendto(fd, state, strlen(state), MSG_NOSIGNAL, (struct sockaddr *)&addr,
+                       (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len));
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return n < 0 ? -1 : 0;
+}

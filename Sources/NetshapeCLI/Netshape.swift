@@ -2,7 +2,9 @@ import ArgumentParser
 import FoundationEssentials
 import Glibc
 import Logging
+import Dispatch
 import NetshapeCore
+import NetshapeDaemon
 import NetshapeEngine
 import NetshapeKernel
 import NetshapePolicy
@@ -21,7 +23,7 @@ public struct Netshape: ParsableCommand {
             Exit status: 0 success, 1 the machine refused something, 2 usage error, 65 invalid policy.
             """,
         version: "0.1.0",
-        subcommands: [Check.self, Plan.self, Apply.self, Status.self, Reset.self, Run.self, Classify.self]
+        subcommands: [Check.self, Plan.self, Apply.self, Status.self, Reset.self, Run.self, Classify.self, DaemonCommand.self]
     )
 
     public init() {}
@@ -338,4 +340,54 @@ struct Classify: ParsableCommand {
             print("moved \(pid) to \(ns.name)/\(cls.name)")
         }
     }
+}
+
+// MARK: - daemon
+
+struct DaemonCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "daemon",
+        abstract: "Apply, then keep new processes classified and the machine converged (systemd: Type=notify).",
+        discussion: """
+            Classifies every new process the moment it execs (netlink proc connector), re-verifies and \
+            repairs the kernel state every --interval seconds, applies to namespaces when they appear, \
+            reloads the policy on SIGHUP (an invalid one is logged and the running policy stays), and \
+            stops on SIGTERM leaving the shaping in place.
+            """)
+
+    @OptionGroup var options: PolicyOptions
+    @Option(help: "Seconds between re-verifications (drift repair, namespaces that appeared, missed processes).")
+    var interval: Double = 30
+    @Flag(name: .shortAndLong, help: "Log every classification and change (info level).")
+    var verbose = false
+    @Flag(inversion: .prefixedNo, help: "Keep cgroup migrations fast while running (a favordynmods cgroup hierarchy; Linux 6.0+).")
+    var favorDynmods = true
+
+    func validate() throws {
+        if interval < 0.2 { throw ValidationError("--interval must be at least 0.2 seconds") }
+    }
+
+    func run() throws {
+        let (policy, path) = try PolicyLoader.load(options.policy, trusted: true)
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = verbose ? .info : .notice
+            return h
+        }
+        let daemon = Daemon(policy: policy, path: path, interval: interval, favorDynmods: favorDynmods,
+                            logger: Logger(label: "netshape"))
+        let done = DispatchSemaphore(value: 0)
+        let failure = FailureBox()
+        Task {
+            do { try await daemon.run() } catch { failure.error = error }
+            done.signal()
+        }
+        done.wait()
+        if let e = failure.error { throw e }
+    }
+}
+
+/// The daemon's outcome, handed from its task to the waiting main thread.
+final class FailureBox: @unchecked Sendable {
+    var error: (any Error)?
 }

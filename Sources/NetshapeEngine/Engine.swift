@@ -7,6 +7,8 @@ public struct PlanResult: Sendable {
     public var observed: ObservedState
     public var desired: DesiredState
     public var operations: [Operation]
+    /// Namespaces left out because they are not there (yet), with why (`skipUnreachable` only).
+    public var skipped: [String: String] = [:]
 }
 
 /// What an `apply` (or `reset`) did.
@@ -18,6 +20,10 @@ public struct ApplyReport: Sendable {
     public var notes: [String]
     /// Differences found by the verification pass after applying (empty: converged).
     public var remaining: [Operation]
+    /// Namespaces left out because they are not there (yet) (`skipUnreachable` only).
+    public var skipped: [String: String] = [:]
+    /// The machine as the last pass saw it, and what it should be.
+    public var state: PlanResult?
 }
 
 /// A failed `apply`: which operation failed, why, and how the rollback went.
@@ -44,9 +50,12 @@ public struct ApplyError: Error, CustomStringConvertible {
 public struct ApplyOptions: Sendable {
     public var force: Bool
     public var memberships: Bool
-    public init(force: Bool = false, memberships: Bool = true) {
+    /// Leave out namespaces that do not exist (yet) instead of failing: the daemon waits for them.
+    public var skipUnreachable: Bool
+    public init(force: Bool = false, memberships: Bool = true, skipUnreachable: Bool = false) {
         self.force = force
         self.memberships = memberships
+        self.skipUnreachable = skipUnreachable
     }
 }
 
@@ -70,13 +79,22 @@ public final class Engine {
     public func plan(_ policy: Policy, options: ApplyOptions = ApplyOptions()) throws -> PlanResult {
         let caps = try kernel.capabilities()
         var observed = try kernel.observe(ObservationRequest(policy: policy, processes: options.memberships))
+        var policy = policy
+        var skipped: [String: String] = [:]
+        if options.skipUnreachable {
+            for ns in policy.namespaces where ns.provision == nil {
+                if let problem = observed.namespaces[ns.name]?.problem { skipped[ns.name] = problem }
+            }
+            policy.namespaces.removeAll { skipped[$0.name] != nil }
+        }
         var desired = try Planner.plan(policy, capabilities: caps, previous: observed.previousAssignments(for: policy))
         let (provisioning, notes) = Differ.provisioning(desired, observed)
         desired.notes += notes
         if !provisioning.isEmpty { observed = Self.assumingProvisioned(observed, desired, provisioning) }
         let ops = try Differ.diff(desired, observed, matcher: Self.matcher(policy, observed),
                                   options: DiffOptions(force: options.force, memberships: options.memberships))
-        return PlanResult(capabilities: caps, observed: observed, desired: desired, operations: provisioning + ops)
+        return PlanResult(capabilities: caps, observed: observed, desired: desired, operations: provisioning + ops,
+                          skipped: skipped)
     }
 
     /// `observed` with the namespaces `provisioning` creates stood in by empty ones.
@@ -96,7 +114,8 @@ public final class Engine {
     /// this creates. On failure, undoes this run's changes and throws `ApplyError`.
     public func apply(_ policy: Policy, policyPath: String, options: ApplyOptions = ApplyOptions()) throws -> ApplyReport {
         var plan = try self.plan(policy, options: options)
-        var report = ApplyReport(performed: [], vanished: [], notes: plan.desired.notes, remaining: [])
+        var report = ApplyReport(performed: [], vanished: [], notes: plan.desired.notes, remaining: [],
+                                 skipped: plan.skipped, state: plan)
         guard !plan.operations.isEmpty else { return report }
         let before = plan.observed.ownership
         var record = before
@@ -134,8 +153,10 @@ public final class Engine {
         //    part of the check.
         let after = try kernel.observe(ObservationRequest(policy: policy, processes: false))
         if Self.refreshIfindexes(&record, after) { try kernel.saveOwnership(record) }
-        let verify = try self.plan(policy, options: ApplyOptions(force: false, memberships: false))
+        let verify = try self.plan(policy, options: ApplyOptions(force: false, memberships: false,
+                                                                 skipUnreachable: options.skipUnreachable))
         report.remaining = verify.operations
+        report.state = verify
         return report
     }
 

@@ -218,3 +218,38 @@ public final class NetClsHierarchy {
         return out
     }
 }
+
+/// Fast cgroup migrations for the daemon.
+///
+/// Moving a process between cgroups takes the kernel's global cgroup_threadgroup_rwsem for writing;
+/// after an idle period that waits for an RCU grace period: 6–15 ms per move on the project's
+/// machines, against ~0.1 ms while moves follow each other closely. Any cgroup hierarchy mounted
+/// with `favordynmods` (Linux 6.0+) keeps that lock in its fast mode (measured 0.25–0.43 ms per move
+/// after idle), at the price of a slightly dearer fork and exit (within noise here). The daemon
+/// mounts an empty named v1 hierarchy with the option while it runs and unmounts it when it stops.
+public enum FastMigrations {
+    public static let mountPoint = "/run/netshape/dynmods"
+
+    /// True when some cgroup hierarchy already has `favordynmods`.
+    public static var active: Bool {
+        MountInfoEntry.parse(Files.readString("/proc/self/mountinfo") ?? "").contains {
+            ($0.fsType == "cgroup" || $0.fsType == "cgroup2") && $0.superOptions.contains("favordynmods")
+        }
+    }
+
+    /// Mounts the helper hierarchy unless fast mode is on already. Returns whether netshape mounted it.
+    public static func enable() throws -> Bool {
+        if active { return false }
+        try NetClsHierarchy.makeDirectories(mountPoint)
+        try sys("mount -t cgroup -o none,name=netshape-dynmods,favordynmods cgroup \(mountPoint)") {
+            netshape_mount_cgroup_v1(mountPoint, "none,name=netshape-dynmods,favordynmods")
+        }
+        return true
+    }
+
+    /// Unmounts the helper hierarchy; the kernel leaves fast mode when its root goes away.
+    public static func disable() {
+        _ = netshape_umount_detach(mountPoint)
+        rmdir(mountPoint)
+    }
+}

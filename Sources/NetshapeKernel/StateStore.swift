@@ -29,6 +29,13 @@ public final class StateStore {
         lockFD = fd
     }
 
+    /// Releases the lock (the daemon holds it only while it changes the machine).
+    public func unlock() {
+        guard lockFD >= 0 else { return }
+        close(lockFD)
+        lockFD = -1
+    }
+
     /// The ownership record (empty when none was written yet).
     public func loadOwnership() throws -> OwnershipRecord {
         guard let bytes = Files.read(ownershipPath) else { return OwnershipRecord() }

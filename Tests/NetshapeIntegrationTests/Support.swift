@@ -105,8 +105,11 @@ final class Scratch {
     let dir: URL
     var servers: [Process] = []
 
-    init() throws {
-        id = String(UInt32.random(in: 0..<UInt32.max), radix: 36)
+    /// A fresh id for a scratch pair that is created later (to name it in a policy first).
+    static func newID() -> String { String(UInt32.random(in: 0..<UInt32.max), radix: 36) }
+
+    init(id: String = Scratch.newID()) throws {
+        self.id = id
         client = "nst-\(id)-c"
         server = "nst-\(id)-s"
         subnet = Int.random(in: 0...255)

@@ -49,6 +49,10 @@ int netshape_bind_mount(const char *src, const char *dst);
 /// umount2(path, MNT_DETACH).
 int netshape_umount_detach(const char *path);
 
+/// sd_notify without libsystemd: one datagram to the AF_UNIX socket named by $NOTIFY_SOCKET
+/// (a leading '@' is the abstract namespace). Returns 0 or -1 with errno set.
+int netshape_sd_notify(const char *socket_path, const char *state);
+
 /// Writes the sizes of the proc connector's structures (cn_msg, proc_event) for layout checks.
 size_t netshape_cn_msg_size(void);
 size_t netshape_proc_event_size(void);

@@ -1,0 +1,325 @@
+import Foundation
+import Logging
+import NetshapeCore
+import NetshapeEngine
+import NetshapeKernel
+import NetshapePolicy
+import ServiceLifecycle
+import Synchronization
+import UnixSignals
+
+/// What the exec fast path needs, built after every apply and swapped whole: which policy namespace
+/// a network namespace id belongs to, the rules, and where the net_cls hierarchy is.
+struct ClassifierSnapshot: Sendable {
+    var namespaces: [String: DesiredNamespace]
+    var matcher: ProcessMatcher
+    var netClsRoot: String
+}
+
+/// Moves a process into its class the moment the kernel reports its exec (or a uid/gid/comm
+/// change). Runs on the connector's reader thread; touches only /proc and cgroupfs, never netlink.
+final class ExecClassifier: @unchecked Sendable {
+    let snapshot: Mutex<ClassifierSnapshot?>
+    let scanner = ProcScanner()
+    let logger: Logger
+    /// Moves made, for `status`-style accounting in logs and tests.
+    let moves = Atomic<Int>(0)
+
+    init(logger: Logger) {
+        self.snapshot = Mutex(nil)
+        self.logger = logger
+    }
+
+    func update(_ s: ClassifierSnapshot) { snapshot.withLock { $0 = s } }
+
+    /// Classifies `tgid`; returns the class path it was moved to, if any.
+    @discardableResult
+    func handle(tgid: Int32, reason: String, timestampNS: UInt64?) -> String? {
+        guard let snap = snapshot.withLock({ $0 }), let (nsid, info) = scanner.process(tgid),
+            let ns = snap.namespaces[nsid], let cls = snap.matcher.classify(info, in: ns), let name = cls.name
+        else { return nil }
+        let path = "netshape/\(ns.name)/\(name)"
+        guard info.netCls != path else { return nil }
+        do {
+            try NetClsHierarchy(root: snap.netClsRoot).move(pid: tgid, to: path)
+            moves.add(1, ordering: .relaxed)
+            var meta: Logger.Metadata = ["pid": "\(tgid)", "comm": "\(info.comm)", "class": "\(ns.name)/\(name)", "on": "\(reason)"]
+            if let ts = timestampNS {
+                let now = ProcConnector.monotonicNanoseconds()
+                if now > ts { meta["latency_us"] = "\((now - ts) / 1000)" }
+            }
+            logger.info("classified \(tgid) (\(info.comm)) into \(ns.name)/\(name)", metadata: meta)
+            return path
+        } catch let e as KernelError where e.errno == ESRCH {
+            return nil  // exited already
+        } catch {
+            logger.warning("could not classify \(tgid) (\(info.comm)) into \(ns.name)/\(name): \(error)")
+            return nil
+        }
+    }
+}
+
+/// The daemon's serialized core: the running policy, the engine, and reconciliation.
+actor DaemonCore {
+    private(set) var policy: Policy
+    let path: String
+    let engine: Engine
+    let state: StateStore
+    let classifier: ExecClassifier
+    let logger: Logger
+    var waiting: [String: String] = [:]
+
+    init(policy: Policy, path: String, engine: Engine, state: StateStore, classifier: ExecClassifier, logger: Logger) {
+        self.policy = policy
+        self.path = path
+        self.engine = engine
+        self.state = state
+        self.classifier = classifier
+        self.logger = logger
+    }
+
+    /// Converges the machine to the running policy: repairs drift, applies to namespaces that
+    /// appeared, classifies processes whose events were missed. Namespaces that are not there are
+    /// waited for, without disturbing the others.
+    @discardableResult
+    func reconcile(_ reason: String) throws -> ApplyReport {
+        // The same lock as the CLI's mutating commands, held only while changing the machine.
+        try state.lock()
+        defer { state.unlock() }
+        let report = try engine.apply(policy, policyPath: path, options: ApplyOptions(skipUnreachable: true))
+        let config = report.performed.filter { !$0.isMembership }
+        if !config.isEmpty {
+            logger.notice("\(reason): made \(config.count) change(s) to converge to \(policy.source)")
+        }
+        let moved = report.performed.count - config.count
+        if moved > 0 { logger.info("\(reason): classified \(moved) process(es) found in /proc") }
+        for (name, problem) in report.skipped where waiting[name] != problem {
+            logger.warning("namespace \(name) is not there; waiting for it: \(problem)")
+        }
+        for name in waiting.keys where report.skipped[name] == nil {
+            logger.notice("namespace \(name) appeared and is shaped")
+        }
+        waiting = report.skipped
+        if !report.remaining.isEmpty {
+            logger.error("after \(reason), \(report.remaining.count) difference(s) remain: \(report.remaining.map(\.command))")
+        }
+        if let state = report.state { classifier.update(Self.snapshot(state, policy: policy)) }
+        return report
+    }
+
+    /// Reads the policy file again. A valid policy replaces the running one and is applied as a
+    /// diff; an invalid one is logged with FILE:LINE:COL and the running policy stays in force.
+    func reload() -> Bool {
+        do {
+            let text = try String(contentsOfFile: path, encoding: .utf8)
+            let new = try PolicyParser.parse(text, file: path)
+            let old = policy
+            policy = new
+            do {
+                try reconcile("reload")
+                logger.notice("reloaded \(path)")
+                return true
+            } catch {
+                policy = old
+                logger.error("reload of \(path) failed, keeping the running policy: \(error)")
+                _ = try? reconcile("restore after failed reload")
+                return false
+            }
+        } catch let e as PolicyError {
+            for d in e.diagnostics { logger.error("\(d.description)") }
+            logger.error("reload rejected: \(path) is invalid; the running policy stays in force")
+            return false
+        } catch {
+            logger.error("reload rejected: cannot read \(path): \(error); the running policy stays in force")
+            return false
+        }
+    }
+
+    static func snapshot(_ state: PlanResult, policy: Policy) -> ClassifierSnapshot {
+        var byNetns: [String: DesiredNamespace] = [:]
+        for ns in state.desired.namespaces {
+            if let id = state.observed.namespaces[ns.name]?.netnsID, !id.isEmpty { byNetns[id] = ns }
+        }
+        let root = NetClsHierarchy.find(configured: policy.settings.cgroupRoot)?.root ?? "/sys/fs/cgroup/net_cls"
+        return ClassifierSnapshot(namespaces: byNetns, matcher: Engine.matcher(policy, state.observed), netClsRoot: root)
+    }
+}
+
+/// Exec events → classification, on a dedicated thread (the connector read blocks); lost events
+/// (ENOBUFS) trigger a full rescan instead of only a log line.
+struct ProcEventService: Service {
+    let core: DaemonCore
+    let classifier: ExecClassifier
+    let logger: Logger
+
+    func run() async throws {
+        let connector = try ProcConnector()
+        let stop = Atomic<Bool>(false)
+        let overflow = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        let classifier = self.classifier
+        let box = UncheckedBox(connector)
+        let thread = Thread {
+            while !stop.load(ordering: .relaxed) {
+                switch try? box.value.next(timeoutMilliseconds: 200) {
+                case .events(let events):
+                    for e in events {
+                        switch e {
+                        case .exec(let t, let ts): classifier.handle(tgid: t, reason: "exec", timestampNS: ts)
+                        case .identity(let t, let ts): classifier.handle(tgid: t, reason: "uid/gid change", timestampNS: ts)
+                        case .comm(let t, let ts): classifier.handle(tgid: t, reason: "comm change", timestampNS: ts)
+                        }
+                    }
+                case .overflow: overflow.continuation.yield()
+                case .timeout, .none: continue
+                }
+            }
+        }
+        thread.name = "netshape-proc-events"
+        thread.start()
+        logger.info("listening for exec events (netlink proc connector)")
+        defer { stop.store(true, ordering: .relaxed) }
+        for await _ in overflow.stream.cancelOnGracefulShutdown() {
+            logger.warning("proc connector overflowed (events lost): rescanning /proc")
+            do { try await core.reconcile("rescan after lost events") } catch { logger.error("rescan failed: \(error)") }
+        }
+    }
+}
+
+/// A periodic cheap re-verify (dump and diff) that repairs drift and picks up namespaces; a new
+/// file in /run/netns wakes it at once.
+struct ReconcileService: Service {
+    let core: DaemonCore
+    let interval: Double
+    let logger: Logger
+
+    func run() async throws {
+        let changes = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        let stop = Atomic<Bool>(false)
+        if let watcher = try? DirectoryWatcher(["/run/netns"]) {
+            let box = UncheckedBox(watcher)
+            let t = Thread {
+                while !stop.load(ordering: .relaxed) {
+                    if box.value.wait(timeoutMilliseconds: 250) { changes.continuation.yield() }
+                }
+            }
+            t.name = "netshape-netns-watch"
+            t.start()
+        }
+        defer { stop.store(true, ordering: .relaxed) }
+        let ticker = AsyncStream<Void> { c in
+            let task = Task {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .milliseconds(Int(interval * 1000)))
+                    c.yield()
+                }
+            }
+            c.onTermination = { _ in task.cancel() }
+        }
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for await _ in ticker.cancelOnGracefulShutdown() { await self.tick("periodic check") }
+            }
+            group.addTask {
+                for await _ in changes.stream.cancelOnGracefulShutdown() {
+                    // Let the creator finish moving the device in before looking.
+                    try? await Task.sleep(for: .milliseconds(300))
+                    await self.tick("namespaces changed")
+                }
+            }
+            await group.waitForAll()
+        }
+    }
+
+    func tick(_ reason: String) async {
+        do { try await core.reconcile(reason) } catch { logger.error("\(reason) failed: \(error)") }
+    }
+}
+
+/// SIGHUP reloads the policy; systemd hears RELOADING=1 then READY=1.
+struct ReloadService: Service {
+    let core: DaemonCore
+    let logger: Logger
+
+    func run() async throws {
+        for await _ in await UnixSignalsSequence(trapping: .sighup).cancelOnGracefulShutdown() {
+            let usec = ProcConnector.monotonicNanoseconds() / 1000
+            SystemdNotify.send("RELOADING=1\nMONOTONIC_USEC=\(usec)")
+            logger.notice("SIGHUP: reloading")
+            _ = await core.reload()
+            SystemdNotify.send("READY=1")
+        }
+    }
+}
+
+/// Pings systemd's watchdog at half its interval while the core answers.
+struct WatchdogService: Service {
+    let core: DaemonCore
+    let microseconds: UInt64
+
+    func run() async throws {
+        let period = Duration.microseconds(Int64(microseconds / 2))
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            _ = await core.waiting  // the actor answers: the daemon is not wedged
+            SystemdNotify.send("WATCHDOG=1")
+            try? await Task.sleep(for: period)
+        }
+    }
+}
+
+/// A value handed to a thread that owns it from then on.
+final class UncheckedBox<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
+}
+
+/// `netshape daemon POLICY`: apply, then keep the machine converged.
+public struct Daemon {
+    public let policy: Policy
+    public let path: String
+    public let interval: Double
+    /// Keep cgroup migrations fast (see `FastMigrations`).
+    public let favorDynmods: Bool
+    public let logger: Logger
+
+    public init(policy: Policy, path: String, interval: Double, favorDynmods: Bool = true, logger: Logger) {
+        self.policy = policy
+        self.path = path
+        self.interval = interval
+        self.favorDynmods = favorDynmods
+        self.logger = logger
+    }
+
+    /// Runs until SIGTERM or SIGINT; the shaping stays in place (it is kernel state; `reset` removes it).
+    public func run() async throws {
+        var mountedDynmods = false
+        if favorDynmods {
+            do {
+                mountedDynmods = try FastMigrations.enable()
+                if mountedDynmods {
+                    logger.notice("cgroup migrations in fast mode (favordynmods hierarchy at \(FastMigrations.mountPoint)); --no-favor-dynmods turns this off")
+                }
+            } catch {
+                logger.warning("cannot enable fast cgroup migrations (favordynmods needs Linux 6.0): \(error); moves after idle periods will take an RCU grace period")
+            }
+        }
+        defer { if mountedDynmods { FastMigrations.disable() } }
+        let kernel = LinuxKernel(settings: policy.settings)
+        let classifier = ExecClassifier(logger: logger)
+        let core = DaemonCore(policy: policy, path: path, engine: Engine(kernel: kernel, logger: logger),
+                              state: kernel.state, classifier: classifier, logger: logger)
+        let report = try await core.reconcile("start")
+        logger.notice("applied \(path): \(report.performed.count) change(s); watching for new processes")
+        var services: [any Service] = [
+            ProcEventService(core: core, classifier: classifier, logger: logger),
+            ReconcileService(core: core, interval: interval, logger: logger),
+            ReloadService(core: core, logger: logger),
+        ]
+        if let usec = SystemdNotify.watchdogMicroseconds { services.append(WatchdogService(core: core, microseconds: usec)) }
+        let group = ServiceGroup(configuration: ServiceGroupConfiguration(
+            services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        SystemdNotify.send("READY=1\nSTATUS=shaping \(policy.namespaces.count) namespace(s)")
+        try await group.run()
+        SystemdNotify.send("STOPPING=1")
+        logger.notice("stopped; the shaping stays in place (netshape reset removes it)")
+    }
+}
