@@ -28,6 +28,15 @@ public struct Netshape: ParsableCommand {
 
     public init() {}
 
+    /// True when started by a container runtime as a CNI plugin (CNI_COMMAND set, or argv[0] is
+    /// `netshape-cni`).
+    public static var isCNIInvocation: Bool {
+        getenv("CNI_COMMAND") != nil || CommandLine.arguments.first.map { $0.hasSuffix("netshape-cni") } == true
+    }
+
+    /// Runs the CNI command in the environment (see `CNIPlugin`).
+    public static func runCNI() -> Never { CNIPlugin.main() }
+
     /// Entry point: runs the command and maps every failure to the documented exit status.
     public static func runMain() -> Never {
         do {

@@ -76,6 +76,18 @@ public enum Differ {
             // 4. Ingress: one class at the ingress rate on the veth peer or an IFB.
             if let plan = ns.ingressPlan {
                 try diffIngress(ns, plan, seen, owned, options, &ops, &removals)
+            } else if let ing = seen.ingress, ing.ifindex != 0, let mine = owned?.ingress {
+                // `ingress` was removed from the policy: take down what netshape built for it.
+                if let root = ing.configuredRoot, mine.tree?.owns(root, netnsID: ing.netnsID, ifindex: ing.ifindex) == true {
+                    removals.append(Operation(namespace: ns.name, device: ing.device, link: .ingress, action: .deleteRootQdisc(
+                        HTBQdiscSpec(handle: root.handle, defaultMinor: root.htbDefault ?? 0))))
+                }
+                if ing.placement == .ifb, ing.ingressQdisc != nil, mine.redirectFrom == seen.device {
+                    removals.append(Operation(namespace: ns.name, device: seen.device, action: .deleteIngressRedirect(ifb: ing.device)))
+                }
+                if ing.placement == .ifb, mine.ifb == ing.device {
+                    removals.append(Operation(namespace: ns.name, device: ing.device, action: .deleteIFB(ing.device)))
+                }
             }
 
             // 5. cgroups: netshape/, netshape/<ns>/, one per class with its classid.

@@ -48,8 +48,9 @@ public struct ObservationRequest: Sendable, Equatable {
             }
         }
         self.init(namespaces: policy.namespaces.map {
+                      // Ingress is always observed: a policy that dropped `ingress` must find what to remove.
                       NamespaceRequest(name: $0.name, target: $0.netns, device: $0.device ?? ($0.provision != nil ? "eth0" : nil),
-                                       ingress: $0.ingress != nil, provision: $0.provision)
+                                       ingress: true, provision: $0.provision)
                   },
                   users: users.sorted(), groups: groups.sorted(), processes: processes)
     }

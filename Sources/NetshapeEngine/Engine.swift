@@ -215,6 +215,12 @@ public final class Engine {
                 var i = entry.ingress ?? OwnershipRecord.Ingress()
                 i.redirectFrom = op.device
                 entry.ingress = i
+            case (.deleteRootQdisc, .ingress):
+                entry.ingress?.tree = nil
+            case (.deleteIFB, _):
+                entry.ingress?.ifb = nil
+            case (.deleteIngressRedirect, _):
+                entry.ingress?.redirectFrom = nil
             default: continue
             }
             record.namespaces[op.namespace] = entry
@@ -266,6 +272,8 @@ public final class Engine {
     /// Foreign objects are never touched. Continues past individual failures and reports them.
     public func reset(_ policy: Policy) throws -> ApplyReport {
         let names = policy.namespaces.map(\.name)
+        // Ingress is always observed (ObservationRequest): the policy may have dropped `ingress`
+        // since it was applied, or (CNI DEL) be rebuilt without it; the ownership record says what is ours.
         let observed = try kernel.observe(ObservationRequest(policy: policy, processes: true))
         let ops = Differ.resetOperations(namespaces: names, observed)
         var report = ApplyReport(performed: [], vanished: [], notes: [], remaining: [])

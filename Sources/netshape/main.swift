@@ -1,3 +1,8 @@
 import NetshapeCLI
 
-Netshape.runMain()
+// A CNI runtime runs plugins with CNI_COMMAND set (and often under the plugin's own name).
+if Netshape.isCNIInvocation {
+    Netshape.runCNI()
+} else {
+    Netshape.runMain()
+}

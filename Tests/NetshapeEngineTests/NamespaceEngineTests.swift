@@ -51,6 +51,24 @@ let ingressPolicy = """
         #expect(k.namespaces["web"]?.ingressQdisc == false)
     }
 
+    @Test func removingIngressFromThePolicyRemovesItsShaping() throws {
+        for peer in [true, false] {
+            let k = FakeKernel()
+            k.addNamespace("web", peer: peer ? "veth-web" : nil)
+            let engine = Engine(kernel: k)
+            try engine.apply(try load(ingressPolicy), policyPath: "/p")
+            let report = try engine.apply(try load(ingressPolicy.replacingOccurrences(of: "ingress = \"40mbit\"", with: "")), policyPath: "/p")
+            #expect(report.remaining.isEmpty)
+            if peer {
+                #expect(k.hostDevices["veth-web"]?.qdiscs.first?.kind == "noqueue")
+            } else {
+                #expect(k.namespaces["web"]?.links.isEmpty == true, "the IFB is gone")
+                #expect(k.namespaces["web"]?.ingressQdisc == false, "the redirect is gone")
+            }
+            #expect(k.ownership.namespaces["web"]?.ingress?.tree == nil)
+        }
+    }
+
     @Test func aForeignIngressQdiscIsRefused() throws {
         let k = FakeKernel()
         k.addNamespace("web")

@@ -1,0 +1,251 @@
+import FoundationEssentials
+import Glibc
+import NetshapeCore
+import NetshapeEngine
+import NetshapeKernel
+import NetshapePolicy
+
+/// Any JSON value, to pass `prevResult` through untouched and read loosely typed config.
+indirect enum JSONValue: Codable, Equatable, Sendable {
+    case null, bool(Bool), number(Double), string(String), array([JSONValue]), object([String: JSONValue])
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        if c.decodeNil() { self = .null }
+        else if let b = try? c.decode(Bool.self) { self = .bool(b) }
+        else if let n = try? c.decode(Double.self) { self = .number(n) }
+        else if let s = try? c.decode(String.self) { self = .string(s) }
+        else if let a = try? c.decode([JSONValue].self) { self = .array(a) }
+        else { self = .object(try c.decode([String: JSONValue].self)) }
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        var c = encoder.singleValueContainer()
+        switch self {
+        case .null: try c.encodeNil()
+        case .bool(let b): try c.encode(b)
+        case .number(let n):
+            if n == n.rounded(), abs(n) < 1e15 { try c.encode(Int64(n)) } else { try c.encode(n) }
+        case .string(let s): try c.encode(s)
+        case .array(let a): try c.encode(a)
+        case .object(let o): try c.encode(o)
+        }
+    }
+
+    subscript(_ key: String) -> JSONValue? {
+        if case .object(let o) = self { return o[key] }
+        return nil
+    }
+    var number: Double? { if case .number(let n) = self { return n } else { return nil } }
+    var string: String? { if case .string(let s) = self { return s } else { return nil } }
+}
+
+/// A CNI error object (spec section "Error"): printed on stdout, exit 1.
+struct CNIError: Error {
+    /// 1 incompatible version, 4 invalid environment, 6 decoding, 7 invalid network config,
+    /// 11 try again later; 100+ netshape's own (100: CHECK found the shaping changed).
+    var code: Int
+    var msg: String
+    var details: String = ""
+}
+
+/// `netshape` as a chained CNI plugin, where the `bandwidth` plugin sits today. The CNI transport
+/// is only a harness: it turns the network config into a one-namespace policy and calls the same
+/// engine as `netshape apply` (ADD), `netshape reset` (DEL) and `netshape plan` (CHECK).
+///
+/// Accepts the bandwidth plugin's keys in its units (bits per second and bits), top-level or in
+/// `runtimeConfig.bandwidth`, treating containerd's 4294967295-bit burst as "unset", plus an
+/// optional `netshape` block: `{"classes": [{"name", "rate", "ceil", "priority", "match": {…}}],
+/// "default": "…"}` in the policy file's own format.
+enum CNIPlugin {
+    static let supportedVersions = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
+    /// The "unlimited" burst containerd and Kubernetes send when a pod sets none.
+    static let unsetBurst: Double = 4_294_967_295
+
+    /// Runs one CNI command from the environment and stdin; never returns.
+    static func main() -> Never {
+        let env = ProcessEnvironment()
+        let command = env["CNI_COMMAND"] ?? ""
+        var version = "1.0.0"
+        do {
+            if command == "VERSION" {
+                let stdin = readStdin()
+                if let v = (try? JSONDecoder().decode(JSONValue.self, from: Data(stdin)))?["cniVersion"]?.string { version = v }
+                try emit(.object(["cniVersion": .string(version), "supportedVersions": .array(supportedVersions.map(JSONValue.string))]))
+                exit(0)
+            }
+            let stdin = readStdin()
+            guard let config = try? JSONDecoder().decode(JSONValue.self, from: Data(stdin)) else {
+                throw CNIError(code: 6, msg: "cannot decode the network configuration on stdin")
+            }
+            version = config["cniVersion"]?.string ?? version
+            guard supportedVersions.contains(version) else {
+                throw CNIError(code: 1, msg: "netshape does not support CNI version \(version)", details: "supported: \(supportedVersions)")
+            }
+            guard let containerID = env["CNI_CONTAINERID"], !containerID.isEmpty else {
+                throw CNIError(code: 4, msg: "CNI_CONTAINERID is not set")
+            }
+            let ifname = env["CNI_IFNAME"] ?? "eth0"
+            let name = namespaceName(containerID: containerID, ifname: ifname)
+            switch command {
+            case "ADD":
+                guard let netns = env["CNI_NETNS"], !netns.isEmpty else { throw CNIError(code: 4, msg: "CNI_NETNS is not set") }
+                let policy = try self.policy(config, name: name, netns: netns, ifname: ifname)
+                let engine = try engineFor(policy, lock: true)
+                let report = try engine.apply(policy, policyPath: "cni:\(containerID)")
+                guard report.remaining.isEmpty else {
+                    throw CNIError(code: 100, msg: "shaping did not converge", details: report.remaining.map(\.command).joined(separator: "; "))
+                }
+                try emit(config["prevResult"] ?? .object(["cniVersion": .string(version)]))
+            case "DEL":
+                // Works without prevResult and after the namespace is gone: ownership is keyed by the
+                // container id, and everything inside a deleted namespace went with it.
+                let netns = env["CNI_NETNS"].flatMap { $0.isEmpty ? nil : $0 } ?? "/nonexistent/netns-of-\(name)"
+                let policy = Policy(namespaces: [NamespacePolicy(name: name, netns: .path(netns), device: ifname, egress: .gbit(1))],
+                                    source: "cni:\(containerID)")
+                _ = try engineFor(policy, lock: true).reset(policy)
+            case "CHECK":
+                guard let netns = env["CNI_NETNS"], !netns.isEmpty else { throw CNIError(code: 4, msg: "CNI_NETNS is not set") }
+                let policy = try self.policy(config, name: name, netns: netns, ifname: ifname)
+                let plan = try engineFor(policy, lock: false).plan(policy, options: ApplyOptions(memberships: false))
+                if !plan.operations.isEmpty {
+                    throw CNIError(code: 100, msg: "the shaping of \(ifname) in \(netns) differs from the configuration",
+                                   details: plan.operations.map(\.command).joined(separator: "; "))
+                }
+            case "STATUS":
+                _ = try LinuxKernel(settings: Settings()).capabilities()
+            case "GC":
+                break  // DEL already removes everything; nothing is left to collect.
+            default:
+                throw CNIError(code: 4, msg: "unknown CNI_COMMAND \"\(command)\"")
+            }
+            exit(0)
+        } catch let e as CNIError {
+            fail(e, version: version)
+        } catch let e as PolicyError {
+            fail(CNIError(code: 7, msg: "invalid netshape configuration", details: e.description), version: version)
+        } catch let e as KernelError {
+            fail(CNIError(code: e.code == .notFound ? 3 : 999, msg: e.description), version: version)
+        } catch {
+            fail(CNIError(code: 999, msg: "\(error)"), version: version)
+        }
+    }
+
+    static func engineFor(_ policy: Policy, lock: Bool) throws -> Engine {
+        let state = StateStore()
+        if lock { try state.lock() }
+        return Engine(kernel: LinuxKernel(settings: policy.settings, state: state))
+    }
+
+    /// A valid namespace name per container attachment: `cni-` + 16 hex digits of its id and interface.
+    static func namespaceName(containerID: String, ifname: String) -> String {
+        let h = UInt64(Planner.fnv1a(containerID)) << 32 | UInt64(Planner.fnv1a(containerID + "/" + ifname))
+        let hex = String(h, radix: 16)
+        return "cni-" + String(repeating: "0", count: 16 - hex.count) + hex
+    }
+
+    /// The network config as a policy: written as TOML and parsed by the same validator as policy
+    /// files, so every rule and message is the same.
+    static func policy(_ config: JSONValue, name: String, netns: String, ifname: String) throws -> Policy {
+        let bw = config["runtimeConfig"]?["bandwidth"] ?? .object([:])
+        func value(_ key: String) -> Double? { bw[key]?.number ?? config[key]?.number }
+        var toml = "version = 1\n"
+        let ns = config["netshape"] ?? .object([:])
+        if let c = ns["classifier"]?.string { toml += "[settings]\nclassifier = \(quote(c))\n" }
+        toml += "[[namespace]]\nname = \(quote(name))\nnetns = \(quote(netns))\ndevice = \(quote(ifname))\n"
+        // Without an egress rate the namespace still gets its HTB (so classes work); 100 Gbit/s
+        // leaves it effectively unshaped.
+        let egress = value("egressRate").map { "\(UInt64($0))bit" } ?? "100gbit"
+        toml += "egress = \(quote(egress))\n"
+        if let r = value("ingressRate") { toml += "ingress = \(quote("\(UInt64(r))bit"))\n" }
+        if let d = ns["default"]?.string { toml += "default = \(quote(d))\n" }
+        if case .array(let classes)? = ns["classes"] {
+            for c in classes {
+                toml += "[[namespace.class]]\n"
+                if case .object(let fields) = c {
+                    for (k, v) in fields.sorted(by: { $0.key < $1.key }) { toml += "\(k) = \(tomlValue(v))\n" }
+                }
+            }
+        } else if let rate = value("egressRate"), let b = value("egressBurst"), b != unsetBurst, b > 0 {
+            // A real burst (bits) for a pod without classes: one class carrying the whole egress.
+            // Clamped to what netshape accepts (one full frame … one second at the rate) rather than
+            // refused: a pod's owner cannot easily mend an annotation.
+            let bytes = min(max(UInt64(b / 8), 1514), max(UInt64(rate / 8), 65_536))
+            toml += "default = \"pod\"\n[[namespace.class]]\nname = \"pod\"\nrate = \(quote("\(UInt64(rate))bit"))\nburst = \"\(bytes)b\"\n"
+        }
+        return try PolicyParser.parse(toml, file: "cni-config(\(name))")
+    }
+
+    static func quote(_ s: String) -> String {
+        "\"" + s.replacingAll("\\", with: "\\\\").replacingAll("\"", with: "\\\"") + "\""
+    }
+
+    static func tomlValue(_ v: JSONValue) -> String {
+        switch v {
+        case .string(let s): return quote(s)
+        case .number(let n): return n == n.rounded() ? String(Int64(n)) : String(n)
+        case .bool(let b): return b ? "true" : "false"
+        case .array(let a): return "[" + a.map(tomlValue).joined(separator: ", ") + "]"
+        case .object(let o): return "{ " + o.sorted(by: { $0.key < $1.key }).map { "\($0.key) = \(tomlValue($0.value))" }.joined(separator: ", ") + " }"
+        case .null: return "\"\""
+        }
+    }
+
+    static func emit(_ v: JSONValue) throws {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        var out = String(decoding: try e.encode(v), as: UTF8.self) + "\n"
+        out.withUTF8 { _ = write(1, $0.baseAddress, $0.count) }
+    }
+
+    static func fail(_ e: CNIError, version: String) -> Never {
+        try? emit(.object(["cniVersion": .string(version), "code": .number(Double(e.code)), "msg": .string(e.msg),
+                           "details": .string(e.details)]))
+        exit(1)
+    }
+
+    static func readStdin() -> [UInt8] {
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = buf.withUnsafeMutableBytes { read(0, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            out += buf[0..<n]
+        }
+        return out
+    }
+}
+
+/// The process environment, read once.
+struct ProcessEnvironment {
+    let values: [String: String]
+    init() {
+        var v: [String: String] = [:]
+        var p = environ
+        while let entry = p.pointee {
+            let s = String(cString: entry)
+            if let eq = s.firstIndex(of: "=") { v[String(s[..<eq])] = String(s[s.index(after: eq)...]) }
+            p += 1
+        }
+        values = v
+    }
+    subscript(_ key: String) -> String? { values[key] }
+}
+
+extension String {
+    func replacingAll(_ target: String, with replacement: String) -> String {
+        var out = ""
+        var rest = self[...]
+        while let r = rest.firstRange(of: target) {
+            out += rest[..<r.lowerBound] + replacement
+            rest = rest[r.upperBound...]
+        }
+        return out + rest
+    }
+
+    func replacingFirst(_ target: String, with replacement: String) -> String {
+        guard let r = firstRange(of: target) else { return self }
+        return String(self[..<r.lowerBound]) + replacement + self[r.upperBound...]
+    }
+}
