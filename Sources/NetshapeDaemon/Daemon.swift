@@ -12,6 +12,8 @@ import UnixSignals
 /// a network namespace id belongs to, the rules, and where the net_cls hierarchy is.
 struct ClassifierSnapshot: Sendable {
     var namespaces: [String: DesiredNamespace]
+    /// Per namespace id, the /proc fields its rules read.
+    var fields: [String: ProcScanner.Fields]
     var matcher: ProcessMatcher
     var netClsRoot: String
 }
@@ -35,11 +37,14 @@ final class ExecClassifier: @unchecked Sendable {
     /// Classifies `tgid`; returns the class path it was moved to, if any.
     @discardableResult
     func handle(tgid: Int32, reason: String, timestampNS: UInt64?) -> String? {
-        guard let snap = snapshot.withLock({ $0 }), let (nsid, info) = scanner.process(tgid),
-            let ns = snap.namespaces[nsid], let cls = snap.matcher.classify(info, in: ns), let name = cls.name
+        // Cheapest first: most processes on a host live in no namespace of the policy, and one stat
+        // of /proc/PID/ns/net says so. Then only the fields the rules read.
+        guard let snap = snapshot.withLock({ $0 }), let nsid = scanner.namespaceID(tgid),
+            let ns = snap.namespaces[nsid], let info = scanner.process(tgid, fields: snap.fields[nsid] ?? .all),
+            let cls = snap.matcher.classify(info, in: ns), let name = cls.name
         else { return nil }
         let path = "netshape/\(ns.name)/\(name)"
-        guard info.netCls != path else { return nil }
+        // The current cgroup is not read: moving a process into the cgroup it is in is a no-op.
         do {
             try NetClsHierarchy(root: snap.netClsRoot).move(pid: tgid, to: path)
             moves.add(1, ordering: .relaxed)
@@ -137,11 +142,15 @@ actor DaemonCore {
 
     static func snapshot(_ state: PlanResult, policy: Policy) -> ClassifierSnapshot {
         var byNetns: [String: DesiredNamespace] = [:]
+        var fields: [String: ProcScanner.Fields] = [:]
         for ns in state.desired.namespaces {
-            if let id = state.observed.namespaces[ns.name]?.netnsID, !id.isEmpty { byNetns[id] = ns }
+            guard let id = state.observed.namespaces[ns.name]?.netnsID, !id.isEmpty else { continue }
+            byNetns[id] = ns
+            fields[id] = ns.classes.reduce(into: ProcScanner.Fields()) { $0.formUnion(ProcScanner.Fields(for: $1.match)) }
         }
         let root = NetClsHierarchy.find(configured: policy.settings.cgroupRoot)?.root ?? "/sys/fs/cgroup/net_cls"
-        return ClassifierSnapshot(namespaces: byNetns, matcher: Engine.matcher(policy, state.observed), netClsRoot: root)
+        return ClassifierSnapshot(namespaces: byNetns, fields: fields, matcher: Engine.matcher(policy, state.observed),
+                                  netClsRoot: root)
     }
 }
 

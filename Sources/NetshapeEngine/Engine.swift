@@ -151,13 +151,23 @@ public final class Engine {
         //    ownership record now that they exist; then verify: dump again and diff. Configuration
         //    must match exactly; processes may have come and gone meanwhile, so memberships are not
         //    part of the check.
-        let after = try kernel.observe(ObservationRequest(policy: policy, processes: false))
+        var after = try kernel.observe(ObservationRequest(policy: verifyPolicy(policy, plan), processes: false))
         if Self.refreshIfindexes(&record, after) { try kernel.saveOwnership(record) }
-        let verify = try self.plan(policy, options: ApplyOptions(force: false, memberships: false,
-                                                                 skipUnreachable: options.skipUnreachable))
-        report.remaining = verify.operations
-        report.state = verify
+        after.ownership = record
+        let verify = try Differ.diff(plan.desired, after, matcher: Self.matcher(policy, after),
+                                     options: DiffOptions(force: false, memberships: false))
+        report.remaining = verify
+        let verifyState = PlanResult(capabilities: plan.capabilities, observed: after, desired: plan.desired,
+                                     operations: verify, skipped: plan.skipped)
+        report.state = verifyState
         return report
+    }
+
+    /// The policy as planned: without the namespaces a `skipUnreachable` plan left out.
+    func verifyPolicy(_ policy: Policy, _ plan: PlanResult) -> Policy {
+        var p = policy
+        p.namespaces.removeAll { plan.skipped[$0.name] != nil }
+        return p
     }
 
     /// Performs `ops` in order, appending each to `done`. Returns the operation that failed and why,

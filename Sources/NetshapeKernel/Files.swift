@@ -69,3 +69,11 @@ enum Files {
         return lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
     }
 }
+
+extension String {
+    /// Without leading and trailing blanks and newlines (Foundation-free).
+    func trimmingBlanksAndNewlines() -> String {
+        let isBlank: (Character) -> Bool = { $0 == " " || $0 == "\n" || $0 == "\t" || $0 == "\r" }
+        return String(self.drop(while: isBlank).reversed().drop(while: isBlank).reversed())
+    }
+}

@@ -55,10 +55,19 @@ public final class LinuxKernel: KernelPort {
 
     // MARK: - Capabilities
 
+    /// What this kernel supports. Probed once per boot and kept in /run/netshape (keyed by the boot
+    /// id and kernel release): the probe creates a network namespace, which costs tens of ms.
     public func capabilities() throws -> KernelCapabilities {
         if let c = cachedCapabilities { return c }
+        let key = (Files.readString("/proc/sys/kernel/random/boot_id") ?? "").trimmingBlanksAndNewlines()
+            + "/" + (Files.readString("/proc/sys/kernel/osrelease") ?? "").trimmingBlanksAndNewlines()
+        if let c = state.loadCapabilities(key: key) {
+            cachedCapabilities = c
+            return c
+        }
         let c = try Self.probe()
         cachedCapabilities = c
+        state.saveCapabilities(c, key: key)
         return c
     }
 
@@ -149,7 +158,7 @@ public final class LinuxKernel: KernelPort {
     public func observe(_ request: ObservationRequest) throws -> ObservedState {
         var state = ObservedState(ownership: try self.state.loadOwnership())
         if hierarchy == nil { hierarchy = NetClsHierarchy.find(configured: settings.cgroupRoot) }
-        if let h = hierarchy { state.cgroups = h.listNetshape() }
+        if let h = hierarchy { state.cgroups = h.listNetshape(namespaces: request.namespaces.map(\.name)) }
         let byNamespace = request.processes ? procs.scan() : [:]
         for r in request.namespaces {
             requests[r.name] = r

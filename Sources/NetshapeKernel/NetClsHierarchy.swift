@@ -204,17 +204,56 @@ public final class NetClsHierarchy {
         (readFile(relative, "cgroup.procs") ?? "").split(whereSeparator: \.isWhitespace).compactMap { Int32($0) }
     }
 
-    /// Every cgroup under `<root>/netshape` (including it), by relative path.
-    public func listNetshape() -> [String: ObservedCgroup] {
+    /// The cgroups of `namespaces` under `<root>/netshape` (and that directory itself), by relative
+    /// path. Walked with directory fds (openat, O_NOFOLLOW), a handful of syscalls per class.
+    public func listNetshape(namespaces: [String]) -> [String: ObservedCgroup] {
         var out: [String: ObservedCgroup] = [:]
-        func walk(_ rel: String, depth: Int) {
-            guard depth <= 3, Files.isDirectory("\(root)/\(rel)") else { return }
-            out[rel] = ObservedCgroup(path: rel, classid: classid(rel) ?? .unspecified, pids: procs(rel))
-            for name in Files.list("\(root)/\(rel)") where Files.isDirectory("\(root)/\(rel)/\(name)") {
-                walk("\(rel)/\(name)", depth: depth + 1)
+        guard let top = try? openDirectory("netshape") else { return out }
+        defer { close(top) }
+        func read(_ dir: Int32, _ file: String) -> String? {
+            let fd = openat(dir, file, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+            guard fd >= 0 else { return nil }
+            defer { close(fd) }
+            var bytes: [UInt8] = []
+            var buf = [UInt8](repeating: 0, count: 4096)
+            while true {
+                let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { break }
+                bytes += buf[0..<n]
+            }
+            return String(decoding: bytes, as: UTF8.self)
+        }
+        func cgroup(_ dir: Int32, _ path: String) -> ObservedCgroup {
+            let id = read(dir, "net_cls.classid").flatMap { UInt32($0.split(whereSeparator: \.isWhitespace).first ?? "") }
+            let pids = (read(dir, "cgroup.procs") ?? "").split(whereSeparator: \.isWhitespace).compactMap { Int32($0) }
+            return ObservedCgroup(path: path, classid: TCHandle(raw: id ?? 0), pids: pids)
+        }
+        func subdirectories(_ dir: Int32) -> [String] {
+            let copy = dup(dir)
+            guard copy >= 0, let d = fdopendir(copy) else { return [] }
+            defer { closedir(d) }
+            var names: [String] = []
+            while let e = readdir(d) {
+                guard e.pointee.d_type == UInt8(DT_DIR) else { continue }
+                let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+                if name != "." && name != ".." { names.append(name) }
+            }
+            return names
+        }
+        out["netshape"] = cgroup(top, "netshape")
+        for ns in namespaces {
+            let nsfd = openat(top, ns, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            guard nsfd >= 0 else { continue }
+            defer { close(nsfd) }
+            out["netshape/\(ns)"] = cgroup(nsfd, "netshape/\(ns)")
+            for cls in subdirectories(nsfd) {
+                let cfd = openat(nsfd, cls, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                guard cfd >= 0 else { continue }
+                out["netshape/\(ns)/\(cls)"] = cgroup(cfd, "netshape/\(ns)/\(cls)")
+                close(cfd)
             }
         }
-        walk("netshape", depth: 1)
         return out
     }
 }

@@ -20,6 +20,61 @@ public struct ProcScanner {
         return out
     }
 
+    /// The fields a set of rules reads, so the exec fast path reads no more of /proc than it must.
+    public struct Fields: OptionSet, Sendable {
+        public let rawValue: Int
+        public init(rawValue: Int) { self.rawValue = rawValue }
+        public static let comm = Fields(rawValue: 1)
+        public static let exe = Fields(rawValue: 2)
+        public static let ids = Fields(rawValue: 4)
+        public static let cmdline = Fields(rawValue: 8)
+        public static let cgroup = Fields(rawValue: 16)
+        public static let all: Fields = [.comm, .exe, .ids, .cmdline, .cgroup]
+
+        /// What `rules` need.
+        public init(for rules: MatchRules) {
+            self = []
+            if !rules.comm.isEmpty { insert(.comm) }
+            if !rules.exe.isEmpty { insert(.exe) }
+            if !rules.user.isEmpty || !rules.group.isEmpty { insert(.ids) }
+            if !rules.cmdline.isEmpty { insert(.cmdline) }
+            if !rules.cgroup.isEmpty { insert(.cgroup) }
+        }
+    }
+
+    /// The namespace id of `pid` (`st_dev:st_ino` of /proc/PID/ns/net): one stat, the fast path's filter.
+    public func namespaceID(_ pid: Int32) -> String? { Files.identity("\(procRoot)/\(pid)/ns/net") }
+
+    /// Only the given fields of `pid` (the fast path after an exec event; kernel threads never exec).
+    /// The net_cls path is read only with `.cgroup`.
+    public func process(_ pid: Int32, fields: Fields) -> ProcessInfo? {
+        let base = "\(procRoot)/\(pid)"
+        var p = ProcessInfo(pid: pid, comm: "")
+        if fields.contains(.comm) {
+            guard let c = Files.readString("\(base)/comm") else { return nil }
+            p.comm = c.split(separator: "\n").first.map(String.init) ?? ""
+        }
+        if fields.contains(.exe) { p.exe = Files.readLink("\(base)/exe") }
+        if fields.contains(.ids) {
+            guard let status = Files.readString("\(base)/status") else { return nil }
+            for line in status.split(separator: "\n") {
+                let f = line.split(whereSeparator: { $0 == "\t" || $0 == " " })
+                if f.first == "Uid:", f.count > 1 { p.uid = UInt32(f[1]) ?? 0 }
+                if f.first == "Gid:", f.count > 1 { p.gid = UInt32(f[1]) ?? 0 }
+            }
+        }
+        if fields.contains(.cmdline) {
+            p.cmdline = (Files.read("\(base)/cmdline") ?? []).split(separator: 0, omittingEmptySubsequences: false)
+                .map { String(decoding: $0, as: UTF8.self) }.filter { !$0.isEmpty }.joined(separator: " ")
+        }
+        if fields.contains(.cgroup) {
+            let (unified, netCls) = Self.cgroups(Files.readString("\(base)/cgroup") ?? "")
+            p.cgroup = unified
+            p.netCls = netCls
+        }
+        return p
+    }
+
     /// One process and its namespace id, or nil when it is gone or a kernel thread.
     public func process(_ pid: Int32) -> (String, ProcessInfo)? {
         let base = "\(procRoot)/\(pid)"

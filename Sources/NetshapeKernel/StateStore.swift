@@ -46,6 +46,30 @@ public final class StateStore {
         }
     }
 
+    struct CachedCapabilities: Codable {
+        var key: String
+        var capabilities: KernelCapabilities
+    }
+
+    /// The capabilities probed earlier in this boot on this kernel, if any.
+    public func loadCapabilities(key: String) -> KernelCapabilities? {
+        guard let bytes = Files.read("\(directory)/capabilities.json"),
+            let c = try? JSONDecoder().decode(CachedCapabilities.self, from: Data(bytes)), c.key == key
+        else { return nil }
+        return c.capabilities
+    }
+
+    /// Best effort: a failure only means probing again next time.
+    public func saveCapabilities(_ caps: KernelCapabilities, key: String) {
+        guard (try? NetClsHierarchy.makeDirectories(directory)) != nil,
+            let data = try? JSONEncoder().encode(CachedCapabilities(key: key, capabilities: caps))
+        else { return }
+        let tmp = "\(directory)/capabilities.json.tmp"
+        if (try? Files.write(tmp, String(decoding: data, as: UTF8.self), flags: O_WRONLY | O_CREAT | O_TRUNC)) != nil {
+            rename(tmp, "\(directory)/capabilities.json")
+        }
+    }
+
     /// Writes the record atomically (temp file + rename), so a crash never leaves half a record.
     public func saveOwnership(_ record: OwnershipRecord) throws {
         try NetClsHierarchy.makeDirectories(directory)

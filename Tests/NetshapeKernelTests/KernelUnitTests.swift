@@ -118,7 +118,7 @@ import Testing
         try h.setClassID("netshape/web/frontend", TCHandle(major: 0x3811, minor: 0xFE2D))
         #expect(try String(contentsOf: cls, encoding: .utf8) == String(0x3811_FE2D), "written in decimal")
         #expect(h.classid("netshape/web/frontend") == TCHandle(major: 0x3811, minor: 0xFE2D))
-        let listed = h.listNetshape()
+        let listed = h.listNetshape(namespaces: ["web"])
         #expect(listed.keys.sorted() == ["netshape", "netshape/web", "netshape/web/frontend"])
         try FileManager.default.removeItem(at: cls)
         try FileManager.default.removeItem(at: dir.appendingPathComponent("netshape/web/frontend/cgroup.procs"))
