@@ -274,12 +274,8 @@ struct ApplyIntegrationTests {
         let policy = try s.policy(Self.capped)
         try #require(try cli("apply", policy).status == 0)
         // A process in the client namespace.
-        let sleeper = Process()
-        sleeper.executableURL = URL(fileURLWithPath: ip)
-        sleeper.arguments = ["netns", "exec", s.client, "/bin/sleep", "30"]
-        try sleeper.run()
+        let sleeper = try background(in: s.client, ["/bin/sleep", "30"])
         defer { sleeper.terminate() }
-        usleep(200_000)
         let pid = sleeper.processIdentifier
         let moved = try cli("classify", policy, "\(s.client)/slow", String(pid))
         #expect(moved.status == 0, "\(moved.err)")

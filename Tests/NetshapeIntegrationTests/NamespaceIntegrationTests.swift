@@ -11,12 +11,8 @@ extension ApplyIntegrationTests {
     @Test func targetsByNamePathAndPid() throws {
         let s = try Scratch()
         defer { s.close() }
-        let sleeper = Process()
-        sleeper.executableURL = URL(fileURLWithPath: ip)
-        sleeper.arguments = ["netns", "exec", s.client, "/bin/sleep", "30"]
-        try sleeper.run()
+        let sleeper = try background(in: s.client, ["/bin/sleep", "30"])
         defer { sleeper.terminate() }
-        usleep(200_000)
         for target in ["/run/netns/\(s.client)", "pid:\(sleeper.processIdentifier)"] {
             let text = "version = 1\n[[namespace]]\nname = \"t\(s.id)\"\nnetns = \"\(target)\"\ndevice = \"\(s.dev)\"\negress = \"50mbit\"\n"
             let path = s.dir.appendingPathComponent("target.toml").path
@@ -108,13 +104,7 @@ extension ApplyIntegrationTests {
         let srv = names[3]
         let srvIP = "198.19.\(subnet).5"
         for port in 5350...5353 {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: ip)
-            p.arguments = ["netns", "exec", srv, iperf3, "-s", "-1", "-B", srvIP, "-p", String(port)]
-            p.standardOutput = FileHandle.nullDevice
-            p.standardError = FileHandle.nullDevice
-            try p.run()
-            servers.append(p)
+            servers.append(try background(in: srv, [iperf3, "-s", "-1", "-B", srvIP, "-p", String(port)], settle: 0))
         }
         usleep(500_000)
         let results = try concurrently((0..<3).map { i in

@@ -155,13 +155,7 @@ final class Scratch {
 
     /// Starts a one-shot iperf3 server on `port` in the server namespace.
     func iperfServer(port: Int) throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: ip)
-        p.arguments = ["netns", "exec", server, iperf3, "-s", "-1", "-B", serverIP, "-p", String(port)]
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        servers.append(p)
+        servers.append(try background(in: server, [iperf3, "-s", "-1", "-B", serverIP, "-p", String(port)], settle: 0))
         // Wait until it listens.
         for _ in 0..<50 {
             let r = try run([ip, "netns", "exec", server, "/usr/bin/ss", "-Hltn", "sport = :\(port)"])
@@ -214,6 +208,19 @@ final class Scratch {
         s += FileManager.default.fileExists(atPath: cg) ? "cgroup \(cg) exists" : "no cgroup"
         return s
     }
+}
+
+/// Starts `args` in the background inside network namespace `ns` (output discarded); the caller
+/// terminates it.
+func background(in ns: String, _ args: [String], settle: useconds_t = 200_000) throws -> Process {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: ip)
+    p.arguments = ["netns", "exec", ns] + args
+    p.standardOutput = FileHandle.nullDevice
+    p.standardError = FileHandle.nullDevice
+    try p.run()
+    usleep(settle)
+    return p
 }
 
 /// Goodput (received bits/s) from iperf3's JSON.
