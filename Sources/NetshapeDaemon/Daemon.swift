@@ -195,7 +195,7 @@ struct ProcEventService: Service {
 }
 
 /// A periodic cheap re-verify (dump and diff) that repairs drift and picks up namespaces; a new
-/// file in /run/netns wakes it at once.
+/// file in /run/netns, docker's netns directory or the directory of a path target wakes it at once.
 struct ReconcileService: Service {
     let core: DaemonCore
     let interval: Double
@@ -204,7 +204,12 @@ struct ReconcileService: Service {
     func run() async throws {
         let changes = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
         let stop = Atomic<Bool>(false)
-        if let watcher = try? DirectoryWatcher(["/run/netns"]) {
+        // Where namespace files appear: `ip netns`, docker, and the directories of the policy's path targets.
+        var dirs = ["/var/run/docker/netns", "/run/docker/netns"]
+        for ns in await core.policy.namespaces {
+            if case .path(let p) = ns.netns, let slash = p.lastIndex(of: "/") { dirs.append(String(p[..<slash])) }
+        }
+        if let watcher = try? DirectoryWatcher(create: ["/run/netns"], existing: dirs) {
             let box = UncheckedBox(watcher)
             let t = Thread {
                 while !stop.load(ordering: .relaxed) {

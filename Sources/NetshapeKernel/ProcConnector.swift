@@ -142,11 +142,12 @@ public final class ProcConnector {
 public final class DirectoryWatcher {
     let fd: Int32
 
-    /// Watches `paths` for entries created, deleted or moved in; missing directories are created.
-    public init(_ paths: [String]) throws {
+    /// Watches `create` (created when missing) and `existing` (watched only if present) for entries
+    /// created, deleted or moved in.
+    public init(create: [String], existing: [String] = []) throws {
         fd = try sys("inotify_init1") { inotify_init1(Int32(IN_CLOEXEC | IN_NONBLOCK)) }
-        for p in paths {
-            try? NetClsHierarchy.makeDirectories(p)
+        for p in create { try? NetClsHierarchy.makeDirectories(p) }
+        for p in Set(create + existing) where Files.isDirectory(p) {
             _ = inotify_add_watch(fd, p, UInt32(IN_CREATE | IN_DELETE | IN_MOVED_TO))
         }
     }
