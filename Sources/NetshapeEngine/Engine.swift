@@ -196,7 +196,11 @@ public final class Engine {
             case .createNetns(let n): prov.netns = n
             case .createVeth(let h, _, _): prov.hostDevice = h
             case .createBridge(let b): prov.bridge = b
-            case .attachToBridge(let b): if prov.bridge == nil, record.namespaces.values.contains(where: { $0.provisioned?.bridge == b }) { prov.bridge = b }
+            case .attachToBridge(let b):
+                // Sharing a bridge netshape created (for another namespace, maybe earlier in this
+                // very loop) makes this namespace one of its users: the last one reset removes it.
+                let netshapeMade = record.namespaces.values.contains { $0.provisioned?.bridge == b }
+                if prov.bridge == nil && netshapeMade { prov.bridge = b }
             default: continue
             }
             entry.provisioned = prov
