@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <errno.h>
+#include <pthread.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/syscall.h>
@@ -78,3 +79,4 @@ int netshape_sd_notify(const char *socket_path, const char *state) {
     errno = saved;
     return n < 0 ? -1 : 0;
 }
+int netshape_set_thread_name(unsigned long thread, const char *name) { return pthread_setname_np((pthread_t)thread, name); }

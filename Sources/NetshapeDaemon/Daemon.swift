@@ -1,4 +1,3 @@
-import Foundation
 import Logging
 import NetshapeCore
 import NetshapeEngine
@@ -55,7 +54,7 @@ final class ExecClassifier: @unchecked Sendable {
             }
             logger.info("classified \(tgid) (\(info.comm)) into \(ns.name)/\(name)", metadata: meta)
             return path
-        } catch let e as KernelError where e.errno == ESRCH {
+        } catch let e as KernelError where e.errno == KernelErrno.ESRCH {
             return nil  // exited already
         } catch {
             logger.warning("could not classify \(tgid) (\(info.comm)) into \(ns.name)/\(name): \(error)")
@@ -116,7 +115,7 @@ actor DaemonCore {
     /// diff; an invalid one is logged with FILE:LINE:COL and the running policy stays in force.
     func reload() -> Bool {
         do {
-            let text = try String(contentsOfFile: path, encoding: .utf8)
+            let text = try readTextFile(path)
             let new = try PolicyParser.parse(text, file: path)
             let old = policy
             policy = new
@@ -167,7 +166,7 @@ struct ProcEventService: Service {
         let overflow = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
         let classifier = self.classifier
         let box = UncheckedBox(connector)
-        let thread = Thread {
+        try startThread(name: "netshape-procev") {
             while !stop.load(ordering: .relaxed) {
                 switch try? box.value.next(timeoutMilliseconds: 200) {
                 case .events(let events):
@@ -183,8 +182,6 @@ struct ProcEventService: Service {
                 }
             }
         }
-        thread.name = "netshape-proc-events"
-        thread.start()
         logger.info("listening for exec events (netlink proc connector)")
         defer { stop.store(true, ordering: .relaxed) }
         for await _ in overflow.stream.cancelOnGracefulShutdown() {
@@ -211,13 +208,11 @@ struct ReconcileService: Service {
         }
         if let watcher = try? DirectoryWatcher(create: ["/run/netns"], existing: dirs) {
             let box = UncheckedBox(watcher)
-            let t = Thread {
+            try? startThread(name: "netshape-netns") {
                 while !stop.load(ordering: .relaxed) {
                     if box.value.wait(timeoutMilliseconds: 250) { changes.continuation.yield() }
                 }
             }
-            t.name = "netshape-netns-watch"
-            t.start()
         }
         defer { stop.store(true, ordering: .relaxed) }
         let ticker = AsyncStream<Void> { c in

@@ -96,3 +96,25 @@ public final class NetworkNamespace {
         try sys("setns(\(target), CLONE_NEWNET)") { netshape_setns_net(fd) }
     }
 }
+
+/// Starts `body` on a new detached OS thread named `name` (for the daemon's blocking readers).
+public func startThread(name: String, _ body: @escaping @Sendable () -> Void) throws {
+    var thread = pthread_t()
+    let ctx = Unmanaged.passRetained(ThreadBox(body)).toOpaque()
+    let rc = pthread_create(&thread, nil, { raw in
+        Unmanaged<ThreadBox>.fromOpaque(raw!).takeRetainedValue().run()
+        return nil
+    }, ctx)
+    guard rc == 0 else {
+        Unmanaged<ThreadBox>.fromOpaque(ctx).release()
+        throw KernelError.syscall("pthread_create(\(name))", rc)
+    }
+    _ = netshape_set_thread_name(thread, String(name.prefix(15)))
+    pthread_detach(thread)
+}
+
+/// Reads a whole text file, throwing the kernel's errno (the daemon's policy reload).
+public func readTextFile(_ path: String) throws -> String {
+    guard let text = Files.readString(path) else { throw KernelError.syscall("open(\(path))", errno) }
+    return text
+}

@@ -53,6 +53,9 @@ int netshape_umount_detach(const char *path);
 /// (a leading '@' is the abstract namespace). Returns 0 or -1 with errno set.
 int netshape_sd_notify(const char *socket_path, const char *state);
 
+/// pthread_setname_np (a GNU extension): names a thread for ps/top/gdb.
+int netshape_set_thread_name(unsigned long thread, const char *name);
+
 /// Writes the sizes of the proc connector's structures (cn_msg, proc_event) for layout checks.
 size_t netshape_cn_msg_size(void);
 size_t netshape_proc_event_size(void);
