@@ -47,12 +47,14 @@ public struct ObservationRequest: Sendable, Equatable {
                 for case .name(let n) in c.match.group { groups.insert(n) }
             }
         }
+        // Without a single match rule there is nothing to classify: skip reading every process.
+        let anyRules = policy.namespaces.contains { $0.classes.contains { !$0.match.isEmpty } }
         self.init(namespaces: policy.namespaces.map {
                       // Ingress is always observed: a policy that dropped `ingress` must find what to remove.
                       NamespaceRequest(name: $0.name, target: $0.netns, device: $0.device ?? ($0.provision != nil ? "eth0" : nil),
                                        ingress: true, provision: $0.provision)
                   },
-                  users: users.sorted(), groups: groups.sorted(), processes: processes)
+                  users: users.sorted(), groups: groups.sorted(), processes: processes && anyRules)
     }
 }
 
