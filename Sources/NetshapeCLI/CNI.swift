@@ -11,12 +11,19 @@ indirect enum JSONValue: Codable, Equatable, Sendable {
 
     init(from decoder: any Decoder) throws {
         let c = try decoder.singleValueContainer()
-        if c.decodeNil() { self = .null }
-        else if let b = try? c.decode(Bool.self) { self = .bool(b) }
-        else if let n = try? c.decode(Double.self) { self = .number(n) }
-        else if let s = try? c.decode(String.self) { self = .string(s) }
-        else if let a = try? c.decode([JSONValue].self) { self = .array(a) }
-        else { self = .object(try c.decode([String: JSONValue].self)) }
+        if c.decodeNil() {
+            self = .null
+        } else if let b = try? c.decode(Bool.self) {
+            self = .bool(b)
+        } else if let n = try? c.decode(Double.self) {
+            self = .number(n)
+        } else if let s = try? c.decode(String.self) {
+            self = .string(s)
+        } else if let a = try? c.decode([JSONValue].self) {
+            self = .array(a)
+        } else {
+            self = .object(try c.decode([String: JSONValue].self))
+        }
     }
 
     func encode(to encoder: any Encoder) throws {
@@ -70,8 +77,14 @@ enum CNIPlugin {
         do {
             if command == "VERSION" {
                 let stdin = readStdin()
-                if let v = (try? JSONDecoder().decode(JSONValue.self, from: Data(stdin)))?["cniVersion"]?.string { version = v }
-                try emit(.object(["cniVersion": .string(version), "supportedVersions": .array(supportedVersions.map(JSONValue.string))]))
+                if let v = (try? JSONDecoder().decode(JSONValue.self, from: Data(stdin)))?["cniVersion"]?.string {
+                    version = v
+                }
+                try emit(
+                    .object([
+                        "cniVersion": .string(version),
+                        "supportedVersions": .array(supportedVersions.map(JSONValue.string)),
+                    ]))
                 exit(0)
             }
             let stdin = readStdin()
@@ -80,7 +93,9 @@ enum CNIPlugin {
             }
             version = config["cniVersion"]?.string ?? version
             guard supportedVersions.contains(version) else {
-                throw CNIError(code: 1, msg: "netshape does not support CNI version \(version)", details: "supported: \(supportedVersions)")
+                throw CNIError(
+                    code: 1, msg: "netshape does not support CNI version \(version)",
+                    details: "supported: \(supportedVersions)")
             }
             guard let containerID = env["CNI_CONTAINERID"], !containerID.isEmpty else {
                 throw CNIError(code: 4, msg: "CNI_CONTAINERID is not set")
@@ -89,28 +104,36 @@ enum CNIPlugin {
             let name = namespaceName(containerID: containerID, ifname: ifname)
             switch command {
             case "ADD":
-                guard let netns = env["CNI_NETNS"], !netns.isEmpty else { throw CNIError(code: 4, msg: "CNI_NETNS is not set") }
+                guard let netns = env["CNI_NETNS"], !netns.isEmpty else {
+                    throw CNIError(code: 4, msg: "CNI_NETNS is not set")
+                }
                 let policy = try self.policy(config, name: name, netns: netns, ifname: ifname)
                 let engine = try engineFor(policy, lock: true)
                 let report = try engine.apply(policy, policyPath: "cni:\(containerID)")
                 guard report.remaining.isEmpty else {
-                    throw CNIError(code: 100, msg: "shaping did not converge", details: report.remaining.map(\.command).joined(separator: "; "))
+                    throw CNIError(
+                        code: 100, msg: "shaping did not converge",
+                        details: report.remaining.map(\.command).joined(separator: "; "))
                 }
                 try emit(config["prevResult"] ?? .object(["cniVersion": .string(version)]))
             case "DEL":
                 // Works without prevResult and after the namespace is gone: ownership is keyed by the
                 // container id, and everything inside a deleted namespace went with it.
                 let netns = env["CNI_NETNS"].flatMap { $0.isEmpty ? nil : $0 } ?? "/nonexistent/netns-of-\(name)"
-                let policy = Policy(namespaces: [NamespacePolicy(name: name, netns: .path(netns), device: ifname, egress: .gbit(1))],
-                                    source: "cni:\(containerID)")
+                let policy = Policy(
+                    namespaces: [NamespacePolicy(name: name, netns: .path(netns), device: ifname, egress: .gbit(1))],
+                    source: "cni:\(containerID)")
                 _ = try engineFor(policy, lock: true).reset(policy)
             case "CHECK":
-                guard let netns = env["CNI_NETNS"], !netns.isEmpty else { throw CNIError(code: 4, msg: "CNI_NETNS is not set") }
+                guard let netns = env["CNI_NETNS"], !netns.isEmpty else {
+                    throw CNIError(code: 4, msg: "CNI_NETNS is not set")
+                }
                 let policy = try self.policy(config, name: name, netns: netns, ifname: ifname)
                 let plan = try engineFor(policy, lock: false).plan(policy, options: ApplyOptions(memberships: false))
                 if !plan.operations.isEmpty {
-                    throw CNIError(code: 100, msg: "the shaping of \(ifname) in \(netns) differs from the configuration",
-                                   details: plan.operations.map(\.command).joined(separator: "; "))
+                    throw CNIError(
+                        code: 100, msg: "the shaping of \(ifname) in \(netns) differs from the configuration",
+                        details: plan.operations.map(\.command).joined(separator: "; "))
                 }
             case "STATUS":
                 _ = try LinuxKernel(settings: Settings()).capabilities()
@@ -171,7 +194,8 @@ enum CNIPlugin {
             // Clamped to what netshape accepts (one full frame … one second at the rate) rather than
             // refused: a pod's owner cannot easily mend an annotation.
             let bytes = min(max(UInt64(b / 8), 1514), max(UInt64(rate / 8), 65_536))
-            toml += "default = \"pod\"\n[[namespace.class]]\nname = \"pod\"\nrate = \(quote("\(UInt64(rate))bit"))\nburst = \"\(bytes)b\"\n"
+            toml +=
+                "default = \"pod\"\n[[namespace.class]]\nname = \"pod\"\nrate = \(quote("\(UInt64(rate))bit"))\nburst = \"\(bytes)b\"\n"
         }
         return try PolicyParser.parse(toml, file: "cni-config(\(name))")
     }
@@ -186,7 +210,10 @@ enum CNIPlugin {
         case .number(let n): return n == n.rounded() ? String(Int64(n)) : String(n)
         case .bool(let b): return b ? "true" : "false"
         case .array(let a): return "[" + a.map(tomlValue).joined(separator: ", ") + "]"
-        case .object(let o): return "{ " + o.sorted(by: { $0.key < $1.key }).map { "\($0.key) = \(tomlValue($0.value))" }.joined(separator: ", ") + " }"
+        case .object(let o):
+            return "{ "
+                + o.sorted(by: { $0.key < $1.key }).map { "\($0.key) = \(tomlValue($0.value))" }.joined(separator: ", ")
+                + " }"
         case .null: return "\"\""
         }
     }
@@ -199,8 +226,11 @@ enum CNIPlugin {
     }
 
     static func fail(_ e: CNIError, version: String) -> Never {
-        try? emit(.object(["cniVersion": .string(version), "code": .number(Double(e.code)), "msg": .string(e.msg),
-                           "details": .string(e.details)]))
+        try? emit(
+            .object([
+                "cniVersion": .string(version), "code": .number(Double(e.code)), "msg": .string(e.msg),
+                "details": .string(e.details),
+            ]))
         exit(1)
     }
 

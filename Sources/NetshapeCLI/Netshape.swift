@@ -1,8 +1,8 @@
 import ArgumentParser
+import Dispatch
 import FoundationEssentials
 import Glibc
 import Logging
-import Dispatch
 import NetshapeCore
 import NetshapeDaemon
 import NetshapeEngine
@@ -23,7 +23,9 @@ public struct Netshape: ParsableCommand {
             Exit status: 0 success, 1 the machine refused something, 2 usage error, 65 invalid policy.
             """,
         version: "0.1.0",
-        subcommands: [Check.self, Plan.self, Apply.self, Status.self, Reset.self, Run.self, Classify.self, DaemonCommand.self]
+        subcommands: [
+            Check.self, Plan.self, Apply.self, Status.self, Reset.self, Run.self, Classify.self, DaemonCommand.self,
+        ]
     )
 
     public init() {}
@@ -181,15 +183,18 @@ struct Apply: ParsableCommand {
     func run() throws {
         if dryRun {
             let s = try Session(policyPath: options.policy, lock: false)
-            print(Render.plan(try s.engine.plan(s.policy, options: ApplyOptions(force: force)), policyPath: options.policy))
+            print(
+                Render.plan(
+                    try s.engine.plan(s.policy, options: ApplyOptions(force: force)), policyPath: options.policy))
             return
         }
         let s = try Session(policyPath: options.policy, verbose: verbose, lock: true)
         let report = try s.engine.apply(s.policy, policyPath: s.path, options: ApplyOptions(force: force))
         print(Render.applied(report, policyPath: options.policy))
         if !report.remaining.isEmpty {
-            throw CLIError("verification after apply found \(report.remaining.count) difference(s) left:\n"
-                           + report.remaining.map { "  \($0.command)" }.joined(separator: "\n"))
+            throw CLIError(
+                "verification after apply found \(report.remaining.count) difference(s) left:\n"
+                    + report.remaining.map { "  \($0.command)" }.joined(separator: "\n"))
         }
     }
 }
@@ -215,7 +220,9 @@ struct Status: ParsableCommand {
             let owned = try StateStore().loadOwnership()
             paths = Array(Set(owned.namespaces.values.map(\.policy))).sorted()
             if paths.isEmpty {
-                if json { print(try encodeJSON(StatusReport(namespaces: [], interval: interval))) } else {
+                if json {
+                    print(try encodeJSON(StatusReport(namespaces: [], interval: interval)))
+                } else {
                     print("netshape has applied no policy on this machine")
                 }
                 return
@@ -281,7 +288,9 @@ func appliedCgroup(_ s: Session, _ ns: NamespacePolicy, _ cls: ClassPolicy) thro
     let h = try s.kernel.netCls()
     let path = "netshape/\(ns.name)/\(cls.name)"
     guard h.classid(path) != nil else {
-        throw CLIError("class \(ns.name)/\(cls.name) has no cgroup yet (\(h.root)/\(path)): run netshape apply \(s.policy.source) first")
+        throw CLIError(
+            "class \(ns.name)/\(cls.name) has no cgroup yet (\(h.root)/\(path)): run netshape apply \(s.policy.source) first"
+        )
     }
     return (h, path)
 }
@@ -312,7 +321,8 @@ struct Run: ParsableCommand {
         var argv: [UnsafeMutablePointer<CChar>?] = command.map { strdup($0) }
         argv.append(nil)
         execvp(command[0], &argv)
-        throw CLIError("cannot run \(command[0]): \(String(cString: strerror(errno)))", exitCode: errno == ENOENT ? 127 : 126)
+        throw CLIError(
+            "cannot run \(command[0]): \(String(cString: strerror(errno)))", exitCode: errno == ENOENT ? 127 : 126)
     }
 }
 
@@ -341,7 +351,9 @@ struct Classify: ParsableCommand {
                 throw CLIError("no such process \(pid) (or it is a kernel thread)")
             }
             guard id == netns.id else {
-                throw CLIError("process \(pid) (\(p.comm)) lives in another network namespace than \(ns.name) (\(ns.netns)): its packets would never meet class \(cls.name)'s device")
+                throw CLIError(
+                    "process \(pid) (\(p.comm)) lives in another network namespace than \(ns.name) (\(ns.netns)): its packets would never meet class \(cls.name)'s device"
+                )
             }
         }
         for pid in pids {
@@ -369,7 +381,9 @@ struct DaemonCommand: ParsableCommand {
     var interval: Double = 30
     @Flag(name: .shortAndLong, help: "Log every classification and change (info level).")
     var verbose = false
-    @Flag(inversion: .prefixedNo, help: "Keep cgroup migrations fast while running (a favordynmods cgroup hierarchy; Linux 6.0+).")
+    @Flag(
+        inversion: .prefixedNo,
+        help: "Keep cgroup migrations fast while running (a favordynmods cgroup hierarchy; Linux 6.0+).")
     var favorDynmods = true
 
     func validate() throws {
@@ -383,8 +397,9 @@ struct DaemonCommand: ParsableCommand {
             h.logLevel = verbose ? .info : .notice
             return h
         }
-        let daemon = Daemon(policy: policy, path: path, interval: interval, favorDynmods: favorDynmods,
-                            logger: Logger(label: "netshape"))
+        let daemon = Daemon(
+            policy: policy, path: path, interval: interval, favorDynmods: favorDynmods,
+            logger: Logger(label: "netshape"))
         let done = DispatchSemaphore(value: 0)
         let failure = FailureBox()
         Task {

@@ -51,10 +51,14 @@ enum PolicyLoader {
             throw CLIError("cannot read policy \(path): \(String(cString: strerror(errno)))")
         }
         if st.st_uid != me {
-            throw CLIError("refusing policy \(path): it is owned by uid \(st.st_uid), not by uid \(me) who runs netshape; another user could rewrite what root applies (chown it)")
+            throw CLIError(
+                "refusing policy \(path): it is owned by uid \(st.st_uid), not by uid \(me) who runs netshape; another user could rewrite what root applies (chown it)"
+            )
         }
         if st.st_mode & (S_IWGRP | S_IWOTH) != 0 {
-            throw CLIError("refusing policy \(path): it is writable by group or others (mode \(String(st.st_mode & 0o777, radix: 8))); chmod go-w it")
+            throw CLIError(
+                "refusing policy \(path): it is writable by group or others (mode \(String(st.st_mode & 0o777, radix: 8))); chmod go-w it"
+            )
         }
         let slash = path.lastIndex(of: "/") ?? path.startIndex
         let dir = slash == path.startIndex ? "/" : String(path[..<slash])
@@ -64,7 +68,9 @@ enum PolicyLoader {
             let foreignOwner = dst.st_uid != me && dst.st_uid != 0
             let openWrite = dst.st_mode & (S_IWGRP | S_IWOTH) != 0
             if !sticky && (foreignOwner || openWrite) {
-                throw CLIError("refusing policy \(path): its directory \(dir) can be written by other users, who could swap the file")
+                throw CLIError(
+                    "refusing policy \(path): its directory \(dir) can be written by other users, who could swap the file"
+                )
             }
         }
     }

@@ -52,10 +52,11 @@ struct PlanJSON: Encodable {
                 device: plan.observed.namespaces[ns.name]?.device ?? ns.device ?? "", handle: "\(ns.qdisc.handle)",
                 classifier: ns.classifier.rawValue, egress: ns.egress.bitsPerSecond, ingress: ns.ingress?.bitsPerSecond,
                 classes: ns.classes.map { c in
-                    Class(name: c.displayName, classid: "\(c.spec.classid)", rate: c.spec.rate.bitsPerSecond,
-                          ceil: c.spec.ceil.bitsPerSecond, burst: c.spec.burst.bytes, cburst: c.spec.cburst.bytes,
-                          priority: c.spec.priority, quantum: c.spec.quantum, leaf: c.leaf.queue.description,
-                          cgroup: c.name.map { "netshape/\(ns.name)/\($0)" }, isDefault: c.isDefault)
+                    Class(
+                        name: c.displayName, classid: "\(c.spec.classid)", rate: c.spec.rate.bitsPerSecond,
+                        ceil: c.spec.ceil.bitsPerSecond, burst: c.spec.burst.bytes, cburst: c.spec.cburst.bytes,
+                        priority: c.spec.priority, quantum: c.spec.quantum, leaf: c.leaf.queue.description,
+                        cgroup: c.name.map { "netshape/\(ns.name)/\($0)" }, isDefault: c.isDefault)
                 })
         }
     }
@@ -72,7 +73,9 @@ enum Render {
         }
     }
 
-    static func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s : s + String(repeating: " ", count: n - s.count) }
+    static func pad(_ s: String, _ n: Int) -> String {
+        s.count >= n ? s : s + String(repeating: " ", count: n - s.count)
+    }
 
     static func table(_ rows: [[String]]) -> String {
         guard let first = rows.first else { return "" }
@@ -87,17 +90,25 @@ enum Render {
         for n in plan.desired.notes { out.append("note: \(n)") }
         for ns in plan.desired.namespaces {
             let dev = plan.observed.namespaces[ns.name]?.device ?? ns.device ?? "?"
-            out.append("namespace \(ns.name): netns \(ns.target), dev \(dev), egress \(ns.egress), htb \(ns.qdisc.handle), "
-                       + "classifier \(ns.classifier == .cgroup ? "cls_cgroup" : "cls_bpf")")
+            out.append(
+                "namespace \(ns.name): netns \(ns.target), dev \(dev), egress \(ns.egress), htb \(ns.qdisc.handle), "
+                    + "classifier \(ns.classifier == .cgroup ? "cls_cgroup" : "cls_bpf")")
             var rows = [["  class", "classid", "rate", "ceil", "prio", "leaf"]]
             for c in ns.classes {
-                rows.append(["  " + c.displayName + (c.isDefault ? " *" : ""), "\(c.spec.classid)", "\(c.spec.rate)",
-                             "\(c.spec.ceil)", "\(c.spec.priority)", c.leaf.queue.description])
+                rows.append([
+                    "  " + c.displayName + (c.isDefault ? " *" : ""), "\(c.spec.classid)", "\(c.spec.rate)",
+                    "\(c.spec.ceil)", "\(c.spec.priority)", c.leaf.queue.description,
+                ])
             }
             out.append(table(rows))
             if let i = ns.ingressPlan {
                 let seen = plan.observed.namespaces[ns.name]?.ingress
-                let where_ = seen.map { $0.placement == .peer ? "on \($0.device), the veth peer in the host namespace" : "on IFB \($0.device) (ingress of \(dev) redirected)" } ?? "(no device found yet)"
+                let where_ =
+                    seen.map {
+                        $0.placement == .peer
+                            ? "on \($0.device), the veth peer in the host namespace"
+                            : "on IFB \($0.device) (ingress of \(dev) redirected)"
+                    } ?? "(no device found yet)"
                 out.append("  ingress \(i.rate) \(where_)")
             }
             let ops = plan.operations.filter { $0.namespace == ns.name }
@@ -108,9 +119,10 @@ enum Render {
                 out += ops.map { "    \(symbol($0)) \($0.command)" }
             }
         }
-        out.append(plan.operations.isEmpty
-                   ? "\(policyPath): the machine already matches the policy"
-                   : "\(policyPath): \(plan.operations.count) change(s) to apply (* = default class)")
+        out.append(
+            plan.operations.isEmpty
+                ? "\(policyPath): the machine already matches the policy"
+                : "\(policyPath): \(plan.operations.count) change(s) to apply (* = default class)")
         return out.joined(separator: "\n")
     }
 
@@ -123,14 +135,18 @@ enum Render {
             out.append("\(policyPath): applied \(r.performed.count) change(s)")
         }
         if !r.vanished.isEmpty {
-            out.append("note: \(r.vanished.count) process(es) exited before they could be moved: \(r.vanished.map(String.init).joined(separator: " "))")
+            out.append(
+                "note: \(r.vanished.count) process(es) exited before they could be moved: \(r.vanished.map(String.init).joined(separator: " "))"
+            )
         }
         return out.joined(separator: "\n")
     }
 
     static func reset(_ r: ApplyReport, policyPath: String) -> String {
         var out = r.performed.map { "\(symbol($0)) \($0.command)" }
-        out.append(r.performed.isEmpty ? "\(policyPath): nothing to remove" : "\(policyPath): removed \(r.performed.count) object(s)")
+        out.append(
+            r.performed.isEmpty
+                ? "\(policyPath): nothing to remove" : "\(policyPath): removed \(r.performed.count) object(s)")
         return out.joined(separator: "\n")
     }
 
@@ -160,9 +176,10 @@ enum Render {
                 out.append("namespace \(ns.name): netns \(ns.netns): \(p)")
                 continue
             }
-            out.append("namespace \(ns.name): netns \(ns.netns), dev \(ns.device), egress \(bits(ns.egress)), htb \(ns.handle), "
-                       + "classifier \(ns.classifier == "cgroup" ? "cls_cgroup" : ns.classifier == "bpf" ? "cls_bpf" : "none")"
-                       + (ns.applied ? "" : " (NOT APPLIED)"))
+            out.append(
+                "namespace \(ns.name): netns \(ns.netns), dev \(ns.device), egress \(bits(ns.egress)), htb \(ns.handle), "
+                    + "classifier \(ns.classifier == "cgroup" ? "cls_cgroup" : ns.classifier == "bpf" ? "cls_bpf" : "none")"
+                    + (ns.applied ? "" : " (NOT APPLIED)"))
             var rows = [["  class", "classid", "rate", "ceil", "now", "bytes", "packets", "drops", "pids"]]
             for c in ns.classes {
                 rows.append([
@@ -173,10 +190,14 @@ enum Render {
             }
             out.append(table(rows))
             if let i = ns.ingressShaping {
-                let where_ = i.placement == "peer" ? "egress of \(i.device), its veth peer in the host namespace"
+                let where_ =
+                    i.placement == "peer"
+                    ? "egress of \(i.device), its veth peer in the host namespace"
                     : "IFB \(i.device) inside the namespace (ingress of \(ns.device) redirected)"
-                out.append("  ingress \(bits(i.rate)) on the \(where_)\(i.applied ? "" : " (NOT APPLIED)"): now "
-                           + "\(i.throughput.map(throughput) ?? "-"), \(human(i.bytes)), \(i.packets) packets, \(i.drops) drops")
+                out.append(
+                    "  ingress \(bits(i.rate)) on the \(where_)\(i.applied ? "" : " (NOT APPLIED)"): now "
+                        + "\(i.throughput.map(throughput) ?? "-"), \(human(i.bytes)), \(i.packets) packets, \(i.drops) drops"
+                )
             }
         }
         return out.joined(separator: "\n")

@@ -60,8 +60,10 @@ public struct HTBClassSpec: Sendable, Hashable, Codable {
     public var priority: UInt32
     public var quantum: UInt32
 
-    public init(classid: TCHandle, parent: TCHandle, rate: Rate, ceil: Rate, burst: Size, cburst: Size,
-                priority: UInt32, quantum: UInt32) {
+    public init(
+        classid: TCHandle, parent: TCHandle, rate: Rate, ceil: Rate, burst: Size, cburst: Size,
+        priority: UInt32, quantum: UInt32
+    ) {
         self.classid = classid
         self.parent = parent
         self.rate = rate
@@ -113,8 +115,10 @@ public struct FilterSpec: Sendable, Hashable, Codable {
     /// Name given to the cls_bpf program (`TCA_BPF_NAME`), how a dump recognises it.
     public static let bpfProgramName = "netshape_classid"
 
-    public init(parent: TCHandle, kind: ClassifierKind, priority: UInt16 = FilterSpec.netshapePriority,
-                handle: UInt32 = 1) {
+    public init(
+        parent: TCHandle, kind: ClassifierKind, priority: UInt16 = FilterSpec.netshapePriority,
+        handle: UInt32 = 1
+    ) {
         self.parent = parent
         self.kind = kind
         self.priority = priority

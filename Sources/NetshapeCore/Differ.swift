@@ -32,8 +32,10 @@ public struct DiffOptions: Sendable {
 public enum Differ {
     /// The operations converging `observed` to `desired`. Throws when a namespace is unreachable or a
     /// foreign root qdisc is in the way (without `force`).
-    public static func diff(_ desired: DesiredState, _ observed: ObservedState,
-                            matcher: ProcessMatcher, options: DiffOptions = DiffOptions()) throws -> [Operation] {
+    public static func diff(
+        _ desired: DesiredState, _ observed: ObservedState,
+        matcher: ProcessMatcher, options: DiffOptions = DiffOptions()
+    ) throws -> [Operation] {
         var ops: [Operation] = []
         var removals: [Operation] = []
         var needRootDir = observed.cgroups["netshape"] == nil
@@ -57,9 +59,12 @@ public enum Differ {
                 adoptable: { adoptable($0, ns, seen) }, force: options.force, ops: &ops, removals: &removals)
 
             // 3. The classifier: exactly one netshape filter of the chosen kind at our priority.
-            let ourFilters = fresh ? [] : seen.filters.filter {
-                $0.parent == ns.filter.parent && $0.priority == ns.filter.priority
-            }
+            let ourFilters =
+                fresh
+                ? []
+                : seen.filters.filter {
+                    $0.parent == ns.filter.parent && $0.priority == ns.filter.priority
+                }
             let good = ourFilters.contains { f in
                 f.kind == ns.filter.kind.kind && f.handle == ns.filter.handle
                     && (ns.filter.kind != .bpf || f.bpfName == FilterSpec.bpfProgramName)
@@ -67,8 +72,12 @@ public enum Differ {
             if !good {
                 for f in ourFilters {
                     let kind: ClassifierKind = f.kind == "cgroup" ? .cgroup : .bpf
-                    ops.append(op(.deleteFilter(FilterSpec(parent: f.parent, kind: kind, priority: f.priority,
-                                                           handle: f.handle))))
+                    ops.append(
+                        op(
+                            .deleteFilter(
+                                FilterSpec(
+                                    parent: f.parent, kind: kind, priority: f.priority,
+                                    handle: f.handle))))
                 }
                 ops.append(op(.addFilter(ns.filter)))
             }
@@ -78,12 +87,19 @@ public enum Differ {
                 try diffIngress(ns, plan, seen, owned, options, &ops, &removals)
             } else if let ing = seen.ingress, ing.ifindex != 0, let mine = owned?.ingress {
                 // `ingress` was removed from the policy: take down what netshape built for it.
-                if let root = ing.configuredRoot, mine.tree?.owns(root, netnsID: ing.netnsID, ifindex: ing.ifindex) == true {
-                    removals.append(Operation(namespace: ns.name, device: ing.device, link: .ingress, action: .deleteRootQdisc(
-                        HTBQdiscSpec(handle: root.handle, defaultMinor: root.htbDefault ?? 0))))
+                if let root = ing.configuredRoot,
+                    mine.tree?.owns(root, netnsID: ing.netnsID, ifindex: ing.ifindex) == true
+                {
+                    removals.append(
+                        Operation(
+                            namespace: ns.name, device: ing.device, link: .ingress,
+                            action: .deleteRootQdisc(
+                                HTBQdiscSpec(handle: root.handle, defaultMinor: root.htbDefault ?? 0))))
                 }
                 if ing.placement == .ifb, ing.ingressQdisc != nil, mine.redirectFrom == seen.device {
-                    removals.append(Operation(namespace: ns.name, device: seen.device, action: .deleteIngressRedirect(ifb: ing.device)))
+                    removals.append(
+                        Operation(
+                            namespace: ns.name, device: seen.device, action: .deleteIngressRedirect(ifb: ing.device)))
                 }
                 if ing.placement == .ifb, mine.ifb == ing.device {
                     removals.append(Operation(namespace: ns.name, device: ing.device, action: .deleteIFB(ing.device)))
@@ -93,7 +109,8 @@ public enum Differ {
             // 5. cgroups: netshape/, netshape/<ns>/, one per class with its classid.
             let nsDir = "netshape/\(ns.name)"
             if needRootDir {
-                ops.append(Operation(namespace: ns.name, action: .createCgroup(path: "netshape", classid: .unspecified)))
+                ops.append(
+                    Operation(namespace: ns.name, action: .createCgroup(path: "netshape", classid: .unspecified)))
                 needRootDir = false
             }
             if observed.cgroups[nsDir] == nil {
@@ -102,12 +119,19 @@ public enum Differ {
             for cg in ns.cgroups {
                 if let have = observed.cgroups[cg.relativePath] {
                     if have.classid != cg.classid {
-                        ops.append(Operation(namespace: ns.name, action: .setClassID(
-                            path: cg.relativePath, classid: cg.classid, old: have.classid)))
+                        ops.append(
+                            Operation(
+                                namespace: ns.name,
+                                action: .setClassID(
+                                    path: cg.relativePath, classid: cg.classid, old: have.classid)))
                     }
                 } else {
-                    ops.append(Operation(namespace: ns.name, action: .createCgroup(path: cg.relativePath,
-                                                                                  classid: cg.classid)))
+                    ops.append(
+                        Operation(
+                            namespace: ns.name,
+                            action: .createCgroup(
+                                path: cg.relativePath,
+                                classid: cg.classid)))
                 }
             }
             let wantedPaths = Set(ns.cgroups.map(\.relativePath))
@@ -118,10 +142,14 @@ public enum Differ {
                 // rmdir refuses a populated cgroup: hand its processes back to the root (classid 0 → default class).
                 for pid in cg.pids {
                     let comm = seen.processes.first { $0.pid == pid }?.comm ?? "?"
-                    removals.insert(Operation(namespace: ns.name, action: .moveProcess(
-                        pid: pid, comm: comm, from: cg.path, to: "")), at: 0)
+                    removals.insert(
+                        Operation(
+                            namespace: ns.name,
+                            action: .moveProcess(
+                                pid: pid, comm: comm, from: cg.path, to: "")), at: 0)
                 }
-                removals.append(Operation(namespace: ns.name, action: .removeCgroup(path: cg.path, classid: cg.classid)))
+                removals.append(
+                    Operation(namespace: ns.name, action: .removeCgroup(path: cg.path, classid: cg.classid)))
             }
 
             // 6. Processes of this namespace that a rule places in a class they are not in yet.
@@ -132,8 +160,11 @@ public enum Differ {
                     guard let c = matcher.classify(p, in: ns), let name = c.name else { continue }
                     let path = "\(nsDir)/\(name)"
                     if p.netCls != path {
-                        ops.append(Operation(namespace: ns.name, action: .moveProcess(
-                            pid: p.pid, comm: p.comm, from: p.netCls, to: path)))
+                        ops.append(
+                            Operation(
+                                namespace: ns.name,
+                                action: .moveProcess(
+                                    pid: p.pid, comm: p.comm, from: p.netCls, to: path)))
                     }
                 }
             }
@@ -150,18 +181,23 @@ public enum Differ {
 
     /// Appends the operations that make one device carry the HTB tree `qdisc` + `classes` + `leaves`.
     /// Returns true when the tree is (re)built from scratch (nothing of it can be reused).
-    static func diffTree(namespace: String, device: String, link: Operation.Link, qdisc: HTBQdiscSpec,
-                         classes: [HTBClassSpec], leaves: [LeafQdiscSpec], view: TreeView,
-                         owns: (ObservedQdisc) -> Bool, adoptable: (ObservedQdisc) -> Bool, force: Bool,
-                         ops: inout [Operation], removals: inout [Operation]) throws -> Bool {
-        func op(_ a: Operation.Action) -> Operation { Operation(namespace: namespace, device: device, link: link, action: a) }
+    static func diffTree(
+        namespace: String, device: String, link: Operation.Link, qdisc: HTBQdiscSpec,
+        classes: [HTBClassSpec], leaves: [LeafQdiscSpec], view: TreeView,
+        owns: (ObservedQdisc) -> Bool, adoptable: (ObservedQdisc) -> Bool, force: Bool,
+        ops: inout [Operation], removals: inout [Operation]
+    ) throws -> Bool {
+        func op(_ a: Operation.Action) -> Operation {
+            Operation(namespace: namespace, device: device, link: link, action: a)
+        }
         var fresh = false
         if let root = view.root {
             if owns(root) || adoptable(root) {
                 if root.htbDefault != qdisc.defaultMinor {
                     // sch_htb has no qdisc `change`: a tree with another default class (built by an
                     // older netshape, or adopted) is rebuilt. netshape's own trees never need this.
-                    ops.append(op(.deleteRootQdisc(HTBQdiscSpec(handle: root.handle, defaultMinor: root.htbDefault ?? 0))))
+                    ops.append(
+                        op(.deleteRootQdisc(HTBQdiscSpec(handle: root.handle, defaultMinor: root.htbDefault ?? 0))))
                     ops.append(op(.addRootQdisc(qdisc)))
                     fresh = true
                 }
@@ -169,7 +205,9 @@ public enum Differ {
                 ops.append(op(.replaceRootQdisc(qdisc, replacing: root)))
                 fresh = true
             } else {
-                let what = link == .ingress ? "the ingress of namespace \(namespace) is carried by \(device), which" : "device \(device)"
+                let what =
+                    link == .ingress
+                    ? "the ingress of namespace \(namespace) is carried by \(device), which" : "device \(device)"
                 throw DiffError(
                     code: .foreignRootQdisc, namespace: namespace,
                     message: "namespace \(namespace): \(what) already has a root qdisc netshape did not create "
@@ -180,12 +218,18 @@ public enum Differ {
             fresh = true
         }
         let major = qdisc.handle.major
-        let seenClasses = fresh ? [:] : Dictionary(
-            view.classes.filter { $0.spec.classid.major == major }.map { ($0.spec.classid, $0.spec) },
-            uniquingKeysWith: { a, _ in a })
-        let seenLeaves = fresh ? [:] : Dictionary(
-            view.qdiscs.filter { $0.parent.major == major && $0.parent.minor != 0 }.map { ($0.parent, $0) },
-            uniquingKeysWith: { a, _ in a })
+        let seenClasses =
+            fresh
+            ? [:]
+            : Dictionary(
+                view.classes.filter { $0.spec.classid.major == major }.map { ($0.spec.classid, $0.spec) },
+                uniquingKeysWith: { a, _ in a })
+        let seenLeaves =
+            fresh
+            ? [:]
+            : Dictionary(
+                view.qdiscs.filter { $0.parent.major == major && $0.parent.minor != 0 }.map { ($0.parent, $0) },
+                uniquingKeysWith: { a, _ in a })
         for spec in classes {
             if let have = seenClasses[spec.classid] {
                 if !spec.matches(have) { ops.append(op(.changeClass(spec, old: have))) }
@@ -213,12 +257,15 @@ public enum Differ {
         return fresh
     }
 
-    static func diffIngress(_ ns: DesiredNamespace, _ plan: IngressPlan, _ seen: ObservedNamespace,
-                            _ owned: OwnershipRecord.Namespace?, _ options: DiffOptions,
-                            _ ops: inout [Operation], _ removals: inout [Operation]) throws {
+    static func diffIngress(
+        _ ns: DesiredNamespace, _ plan: IngressPlan, _ seen: ObservedNamespace,
+        _ owned: OwnershipRecord.Namespace?, _ options: DiffOptions,
+        _ ops: inout [Operation], _ removals: inout [Operation]
+    ) throws {
         guard let ing = seen.ingress else {
-            throw DiffError(code: .unreachable, namespace: ns.name,
-                            message: "namespace \(ns.name): found no device to shape its ingress on")
+            throw DiffError(
+                code: .unreachable, namespace: ns.name,
+                message: "namespace \(ns.name): found no device to shape its ingress on")
         }
         if ing.placement == .ifb {
             if ing.ifindex == 0 {
@@ -229,18 +276,22 @@ public enum Differ {
                 if !ours && !options.force {
                     throw DiffError(
                         code: .foreignRootQdisc, namespace: ns.name,
-                        message: "namespace \(ns.name): device \(seen.device) already has an ingress qdisc netshape did "
+                        message:
+                            "namespace \(ns.name): device \(seen.device) already has an ingress qdisc netshape did "
                             + "not create (\(q.kind) \(q.handle)); netshape needs it to redirect into \(ing.device)")
                 }
             } else {
-                ops.append(Operation(namespace: ns.name, device: seen.device, action: .addIngressRedirect(ifb: ing.device)))
+                ops.append(
+                    Operation(namespace: ns.name, device: seen.device, action: .addIngressRedirect(ifb: ing.device)))
             }
         }
         let fresh = ing.ifindex == 0
         _ = try diffTree(
             namespace: ns.name, device: ing.device, link: .ingress, qdisc: plan.qdisc, classes: [plan.rootClass],
             leaves: [plan.leaf],
-            view: fresh ? TreeView(root: nil, classes: [], qdiscs: []) : TreeView(root: ing.configuredRoot, classes: ing.classes, qdiscs: ing.qdiscs),
+            view: fresh
+                ? TreeView(root: nil, classes: [], qdiscs: [])
+                : TreeView(root: ing.configuredRoot, classes: ing.classes, qdiscs: ing.qdiscs),
             owns: { owned?.ingress?.tree?.owns($0, netnsID: ing.netnsID, ifindex: ing.ifindex) == true },
             adoptable: { _ in false }, force: options.force, ops: &ops, removals: &removals)
     }
@@ -248,17 +299,23 @@ public enum Differ {
     /// The provisioning that must happen before anything can be shaped: namespaces, veth pairs,
     /// bridges, addresses and routes that `provision` describes and that are missing. Never touches a
     /// namespace that exists but was not created by netshape.
-    public static func provisioning(_ desired: DesiredState, _ observed: ObservedState) -> (ops: [Operation], notes: [String]) {
+    public static func provisioning(_ desired: DesiredState, _ observed: ObservedState) -> (
+        ops: [Operation], notes: [String]
+    ) {
         var ops: [Operation] = []
         var notes: [String] = []
         var bridgesCreated = Set<String>()
         for ns in desired.namespaces {
             guard let prov = ns.provision, case .named(let netns) = ns.target else { continue }
-            let seen = observed.provision[ns.name] ?? ObservedProvision(netnsExists: false, hostDeviceExists: false, bridgeExists: false)
+            let seen =
+                observed.provision[ns.name]
+                ?? ObservedProvision(netnsExists: false, hostDeviceExists: false, bridgeExists: false)
             let ours = observed.ownership.namespaces[ns.name]?.provisioned?.netns == netns
             let dev = ns.device ?? "eth0"
             if seen.netnsExists && !ours {
-                notes.append("namespace \(ns.name): network namespace \(netns) exists and was not created by netshape: provision left it as it is")
+                notes.append(
+                    "namespace \(ns.name): network namespace \(netns) exists and was not created by netshape: provision left it as it is"
+                )
                 continue
             }
             if seen.netnsExists && seen.hostDeviceExists { continue }
@@ -315,7 +372,8 @@ public enum Differ {
             for cg in cgroups {
                 for pid in cg.pids {
                     let comm = seen?.processes.first { $0.pid == pid }?.comm ?? "?"
-                    ops.append(Operation(namespace: name, action: .moveProcess(pid: pid, comm: comm, from: cg.path, to: "")))
+                    ops.append(
+                        Operation(namespace: name, action: .moveProcess(pid: pid, comm: comm, from: cg.path, to: "")))
                 }
             }
             for cg in cgroups {
@@ -323,16 +381,26 @@ public enum Differ {
             }
             if let seen, seen.problem == nil {
                 if let root = seen.configuredRoot, observed.ownership.owns(root, in: seen) {
-                    ops.append(Operation(namespace: name, device: seen.device, action: .deleteRootQdisc(
-                        HTBQdiscSpec(handle: root.handle, defaultMinor: root.htbDefault ?? 0))))
+                    ops.append(
+                        Operation(
+                            namespace: name, device: seen.device,
+                            action: .deleteRootQdisc(
+                                HTBQdiscSpec(handle: root.handle, defaultMinor: root.htbDefault ?? 0))))
                 }
                 if let ing = seen.ingress, ing.ifindex != 0 {
-                    if let root = ing.configuredRoot, owned?.ingress?.tree?.owns(root, netnsID: ing.netnsID, ifindex: ing.ifindex) == true {
-                        ops.append(Operation(namespace: name, device: ing.device, link: .ingress, action: .deleteRootQdisc(
-                            HTBQdiscSpec(handle: root.handle, defaultMinor: root.htbDefault ?? 0))))
+                    if let root = ing.configuredRoot,
+                        owned?.ingress?.tree?.owns(root, netnsID: ing.netnsID, ifindex: ing.ifindex) == true
+                    {
+                        ops.append(
+                            Operation(
+                                namespace: name, device: ing.device, link: .ingress,
+                                action: .deleteRootQdisc(
+                                    HTBQdiscSpec(handle: root.handle, defaultMinor: root.htbDefault ?? 0))))
                     }
                     if ing.placement == .ifb, ing.ingressQdisc != nil, owned?.ingress?.redirectFrom == seen.device {
-                        ops.append(Operation(namespace: name, device: seen.device, action: .deleteIngressRedirect(ifb: ing.device)))
+                        ops.append(
+                            Operation(
+                                namespace: name, device: seen.device, action: .deleteIngressRedirect(ifb: ing.device)))
                     }
                     if ing.placement == .ifb, owned?.ingress?.ifb == ing.device {
                         ops.append(Operation(namespace: name, device: ing.device, action: .deleteIFB(ing.device)))
@@ -351,9 +419,13 @@ public enum Differ {
         }
         // A bridge goes last, and only when no namespace outside this reset still uses it.
         let leaving = Set(namespaces)
-        let stillUsed = Set(observed.ownership.namespaces.filter { !leaving.contains($0.key) }.compactMap { $0.value.provisioned?.bridge })
+        let stillUsed = Set(
+            observed.ownership.namespaces.filter { !leaving.contains($0.key) }.compactMap {
+                $0.value.provisioned?.bridge
+            })
         var removed = Set<String>()
-        for (name, b) in bridges where !stillUsed.contains(b) && observed.provision[name]?.bridgeExists == true
+        for (name, b) in bridges
+        where !stillUsed.contains(b) && observed.provision[name]?.bridgeExists == true
             && removed.insert(b).inserted
         {
             ops.append(Operation(namespace: name, device: b, link: .host, action: .deleteBridge(b)))

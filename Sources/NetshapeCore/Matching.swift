@@ -6,8 +6,10 @@ public struct ProcessMatcher: Sendable {
 
     /// - Parameter cmdlineMatcher: `(pattern, cmdline) -> matches`; the engine passes a regex matcher.
     ///   Core keeps it injectable so that it stays free of the regex engine's platform quirks.
-    public init(users: [String: UInt32], groups: [String: UInt32],
-                cmdlineMatcher: @escaping @Sendable (String, String) -> Bool) {
+    public init(
+        users: [String: UInt32], groups: [String: UInt32],
+        cmdlineMatcher: @escaping @Sendable (String, String) -> Bool
+    ) {
         self.users = users
         self.groups = groups
         self.cmdlineMatcher = cmdlineMatcher

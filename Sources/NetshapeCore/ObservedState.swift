@@ -6,8 +6,10 @@ public struct TCStats: Sendable, Equatable, Codable {
     public var overlimits: UInt64
     public var backlogBytes: UInt64
 
-    public init(bytes: UInt64 = 0, packets: UInt64 = 0, drops: UInt64 = 0, overlimits: UInt64 = 0,
-                backlogBytes: UInt64 = 0) {
+    public init(
+        bytes: UInt64 = 0, packets: UInt64 = 0, drops: UInt64 = 0, overlimits: UInt64 = 0,
+        backlogBytes: UInt64 = 0
+    ) {
         self.bytes = bytes
         self.packets = packets
         self.drops = drops
@@ -27,8 +29,10 @@ public struct ObservedQdisc: Sendable, Equatable {
     public var queue: LeafQueue?
     public var stats: TCStats
 
-    public init(handle: TCHandle, parent: TCHandle, kind: String, htbDefault: UInt16? = nil, queue: LeafQueue? = nil,
-                stats: TCStats = TCStats()) {
+    public init(
+        handle: TCHandle, parent: TCHandle, kind: String, htbDefault: UInt16? = nil, queue: LeafQueue? = nil,
+        stats: TCStats = TCStats()
+    ) {
         self.handle = handle
         self.parent = parent
         self.kind = kind
@@ -81,8 +85,10 @@ public struct ProcessInfo: Sendable, Equatable {
     /// The net_cls path relative to the hierarchy root ("" = the root cgroup).
     public var netCls: String
 
-    public init(pid: Int32, comm: String, exe: String? = nil, uid: UInt32 = 0, gid: UInt32 = 0, cmdline: String = "",
-                cgroup: String = "/", netCls: String = "") {
+    public init(
+        pid: Int32, comm: String, exe: String? = nil, uid: UInt32 = 0, gid: UInt32 = 0, cmdline: String = "",
+        cgroup: String = "/", netCls: String = ""
+    ) {
         self.pid = pid
         self.comm = comm
         self.exe = exe
@@ -114,8 +120,10 @@ public struct ObservedIngress: Sendable, Equatable {
     /// For an IFB: the ingress qdisc on the namespace device, if there is one.
     public var ingressQdisc: ObservedQdisc?
 
-    public init(placement: Placement, device: String, netnsID: String, ifindex: Int32, qdiscs: [ObservedQdisc] = [],
-                classes: [ObservedClass] = [], ingressQdisc: ObservedQdisc? = nil) {
+    public init(
+        placement: Placement, device: String, netnsID: String, ifindex: Int32, qdiscs: [ObservedQdisc] = [],
+        classes: [ObservedClass] = [], ingressQdisc: ObservedQdisc? = nil
+    ) {
         self.placement = placement
         self.device = device
         self.netnsID = netnsID
@@ -174,9 +182,11 @@ public struct ObservedNamespace: Sendable, Equatable {
     /// Where and how ingress is shaped now (observed only when the policy asks for ingress).
     public var ingress: ObservedIngress?
 
-    public init(name: String, problem: String? = nil, netnsID: String = "", device: String = "", ifindex: Int32 = 0,
-                qdiscs: [ObservedQdisc] = [], classes: [ObservedClass] = [], filters: [ObservedFilter] = [],
-                processes: [ProcessInfo] = [], ingress: ObservedIngress? = nil) {
+    public init(
+        name: String, problem: String? = nil, netnsID: String = "", device: String = "", ifindex: Int32 = 0,
+        qdiscs: [ObservedQdisc] = [], classes: [ObservedClass] = [], filters: [ObservedFilter] = [],
+        processes: [ProcessInfo] = [], ingress: ObservedIngress? = nil
+    ) {
         self.ingress = ingress
         self.name = name
         self.problem = problem
@@ -209,9 +219,11 @@ public struct ObservedState: Sendable, Equatable {
     /// For namespaces with `provision`: what of it exists now.
     public var provision: [String: ObservedProvision] = [:]
 
-    public init(namespaces: [String: ObservedNamespace] = [:], cgroups: [String: ObservedCgroup] = [:],
-                users: [String: UInt32] = [:], groups: [String: UInt32] = [:],
-                ownership: OwnershipRecord = OwnershipRecord()) {
+    public init(
+        namespaces: [String: ObservedNamespace] = [:], cgroups: [String: ObservedCgroup] = [:],
+        users: [String: UInt32] = [:], groups: [String: UInt32] = [:],
+        ownership: OwnershipRecord = OwnershipRecord()
+    ) {
         self.namespaces = namespaces
         self.cgroups = cgroups
         self.users = users

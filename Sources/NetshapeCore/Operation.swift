@@ -123,7 +123,8 @@ public struct Operation: Sendable, Equatable {
         case .createCgroup(let p, let id): a = .removeCgroup(path: p, classid: id)
         case .setClassID(let p, let id, let old): a = .setClassID(path: p, classid: old, old: id)
         case .removeCgroup(let p, let id): a = .createCgroup(path: p, classid: id)
-        case .moveProcess(let pid, let comm, let from, let to): a = .moveProcess(pid: pid, comm: comm, from: to, to: from)
+        case .moveProcess(let pid, let comm, let from, let to):
+            a = .moveProcess(pid: pid, comm: comm, from: to, to: from)
         case .createIFB(let n): a = .deleteIFB(n)
         case .deleteIFB(let n): a = .createIFB(n)
         case .addIngressRedirect(let i): a = .deleteIngressRedirect(ifb: i)
@@ -235,7 +236,8 @@ public struct Operation: Sendable, Equatable {
             return "tc filter add \(dev) parent \(f.parent) protocol all prio \(f.priority) handle \(f.handle) "
                 + (f.kind == .cgroup ? "cgroup" : "bpf obj <bpf_get_cgroup_classid> name \(FilterSpec.bpfProgramName)")
         case .deleteFilter(let f):
-            return "tc filter del \(dev) parent \(f.parent) protocol all prio \(f.priority) handle \(f.handle) \(f.kind.kind)"
+            return
+                "tc filter del \(dev) parent \(f.parent) protocol all prio \(f.priority) handle \(f.handle) \(f.kind.kind)"
         case .createCgroup(let p, let id):
             return id.raw == 0
                 ? "mkdir <net_cls>/\(p)"
@@ -249,7 +251,8 @@ public struct Operation: Sendable, Equatable {
         case .createIFB(let n): return "\(ipPrefix) link add name \(n) txqueuelen 1000 up type ifb"
         case .deleteIFB(let n): return "\(ipPrefix) link del \(n)"
         case .addIngressRedirect(let i):
-            return "tc qdisc add \(dev) handle ffff: ingress && tc filter add \(dev) parent ffff: protocol all u32 match u32 0 0 "
+            return
+                "tc qdisc add \(dev) handle ffff: ingress && tc filter add \(dev) parent ffff: protocol all u32 match u32 0 0 "
                 + "action mirred egress redirect dev \(i)"
         case .deleteIngressRedirect: return "tc qdisc del \(dev) ingress"
         case .createNetns(let n): return "ip netns add \(n)"

@@ -44,8 +44,10 @@ public enum Planner {
     public static var maxClassesPerNamespace: Int { classMinorRange.count }
 
     /// Plans `policy` for a kernel with `capabilities`.
-    public static func plan(_ policy: Policy, capabilities: KernelCapabilities,
-                            previous: PreviousAssignments = .none) throws -> DesiredState {
+    public static func plan(
+        _ policy: Policy, capabilities: KernelCapabilities,
+        previous: PreviousAssignments = .none
+    ) throws -> DesiredState {
         var notes: [String] = []
         let classifier = try chooseClassifier(policy.settings.classifier, capabilities, &notes)
         var usedMajors = Set<UInt16>()
@@ -62,15 +64,18 @@ public enum Planner {
                 usedMajors.insert(major)
             }
             namespaces.append(
-                try planNamespace(ns, major: major, settings: policy.settings, capabilities: capabilities,
-                                  classifier: classifier, previous: previous.minors[ns.name] ?? [:],
-                                  notes: &notes, fallbackNoted: &fallbackNoted))
+                try planNamespace(
+                    ns, major: major, settings: policy.settings, capabilities: capabilities,
+                    classifier: classifier, previous: previous.minors[ns.name] ?? [:],
+                    notes: &notes, fallbackNoted: &fallbackNoted))
         }
         return DesiredState(namespaces: namespaces, notes: notes)
     }
 
-    static func chooseClassifier(_ choice: ClassifierChoice, _ caps: KernelCapabilities,
-                                 _ notes: inout [String]) throws -> ClassifierKind {
+    static func chooseClassifier(
+        _ choice: ClassifierChoice, _ caps: KernelCapabilities,
+        _ notes: inout [String]
+    ) throws -> ClassifierKind {
         switch choice {
         case .cgroup:
             guard caps.clsCgroup else {
@@ -96,10 +101,12 @@ public enum Planner {
         }
     }
 
-    static func planNamespace(_ ns: NamespacePolicy, major: UInt16, settings: Settings,
-                              capabilities: KernelCapabilities, classifier: ClassifierKind,
-                              previous: [String: UInt16], notes: inout [String],
-                              fallbackNoted: inout Set<String>) throws -> DesiredNamespace {
+    static func planNamespace(
+        _ ns: NamespacePolicy, major: UInt16, settings: Settings,
+        capabilities: KernelCapabilities, classifier: ClassifierKind,
+        previous: [String: UInt16], notes: inout [String],
+        fallbackNoted: inout Set<String>
+    ) throws -> DesiredNamespace {
         let rootID = TCHandle(major: major, minor: rootMinor)
         let root = HTBClassSpec(
             classid: rootID, parent: TCHandle(major: major, minor: 0), rate: ns.egress, ceil: ns.egress,
@@ -129,8 +136,10 @@ public enum Planner {
                 priority: UInt32(c.priority), quantum: defaultQuantum(for: c.rate))
             let leafChoice = c.leaf ?? ns.leaf ?? settings.leaf
             let queue = try leafQueue(leafChoice, ceil: ceil, capabilities, &notes, &fallbackNoted)
-            planned.append(PlannedClass(name: c.name, spec: spec, leaf: LeafQdiscSpec(parent: id, queue: queue),
-                                        match: c.match, isDefault: c.name == ns.defaultClass))
+            planned.append(
+                PlannedClass(
+                    name: c.name, spec: spec, leaf: LeafQdiscSpec(parent: id, queue: queue),
+                    match: c.match, isDefault: c.name == ns.defaultClass))
         }
         if ns.defaultClass == nil {
             // No `default`: unmatched traffic still must meet a class, or HTB lets it bypass shaping
@@ -142,10 +151,13 @@ public enum Planner {
             let spec = HTBClassSpec(
                 classid: id, parent: rootID, rate: rate, ceil: ns.egress, burst: defaultBurst(for: rate),
                 cburst: defaultBurst(for: ns.egress), priority: 7, quantum: defaultQuantum(for: rate))
-            let queue = try leafQueue(ns.leaf ?? settings.leaf, ceil: ns.egress, capabilities, &notes,
-                                      &fallbackNoted)
-            planned.append(PlannedClass(name: nil, spec: spec, leaf: LeafQdiscSpec(parent: id, queue: queue),
-                                        match: MatchRules(), isDefault: true))
+            let queue = try leafQueue(
+                ns.leaf ?? settings.leaf, ceil: ns.egress, capabilities, &notes,
+                &fallbackNoted)
+            planned.append(
+                PlannedClass(
+                    name: nil, spec: spec, leaf: LeafQdiscSpec(parent: id, queue: queue),
+                    match: MatchRules(), isDefault: true))
         }
         var ingressPlan: IngressPlan?
         if let rate = ns.ingress {
@@ -155,7 +167,8 @@ public enum Planner {
                 burst: defaultBurst(for: rate), cburst: defaultBurst(for: rate), priority: 0,
                 quantum: defaultQuantum(for: rate))
             let queue = try leafQueue(ns.leaf ?? settings.leaf, ceil: rate, capabilities, &notes, &fallbackNoted)
-            ingressPlan = IngressPlan(rate: rate, qdisc: q, rootClass: cls, leaf: LeafQdiscSpec(parent: cls.classid, queue: queue))
+            ingressPlan = IngressPlan(
+                rate: rate, qdisc: q, rootClass: cls, leaf: LeafQdiscSpec(parent: cls.classid, queue: queue))
         }
         return DesiredNamespace(
             name: ns.name, target: ns.netns, device: ns.device ?? (ns.provision != nil ? "eth0" : nil),
@@ -167,20 +180,31 @@ public enum Planner {
     }
 
     /// The leaf queue for `choice` on this kernel.
-    static func leafQueue(_ choice: LeafChoice, ceil: Rate, _ caps: KernelCapabilities, _ notes: inout [String],
-                          _ noted: inout Set<String>) throws -> LeafQueue {
+    static func leafQueue(
+        _ choice: LeafChoice, ceil: Rate, _ caps: KernelCapabilities, _ notes: inout [String],
+        _ noted: inout Set<String>
+    ) throws -> LeafQueue {
         switch choice {
         case .auto:
             if caps.fqCodel { return .fqCodel }
             if noted.insert("fq_codel").inserted {
-                notes.append("this kernel has no fq_codel: leaf queues are byte-limited fifos (bfifo) sized from each class's ceil")
+                notes.append(
+                    "this kernel has no fq_codel: leaf queues are byte-limited fifos (bfifo) sized from each class's ceil"
+                )
             }
             return .bfifo(limit: bfifoLimit(for: ceil))
         case .fqCodel:
-            guard caps.fqCodel else { throw PlanError("leaf = \"fq_codel\" but this kernel has no fq_codel (CONFIG_NET_SCH_FQ_CODEL); use \"auto\" or \"bfifo\"") }
+            guard caps.fqCodel else {
+                throw PlanError(
+                    "leaf = \"fq_codel\" but this kernel has no fq_codel (CONFIG_NET_SCH_FQ_CODEL); use \"auto\" or \"bfifo\""
+                )
+            }
             return .fqCodel
         case .sfq:
-            guard caps.sfq else { throw PlanError("leaf = \"sfq\" but this kernel has no sfq (CONFIG_NET_SCH_SFQ); use \"auto\" or \"bfifo\"") }
+            guard caps.sfq else {
+                throw PlanError(
+                    "leaf = \"sfq\" but this kernel has no sfq (CONFIG_NET_SCH_SFQ); use \"auto\" or \"bfifo\"")
+            }
             return .sfq
         case .bfifo:
             return .bfifo(limit: bfifoLimit(for: ceil))

@@ -98,8 +98,10 @@ public struct Provision: Sendable, Equatable {
     /// Default route inside the namespace.
     public var gateway: String?
 
-    public init(address: String? = nil, hostDevice: String, hostAddress: String? = nil, bridge: String? = nil,
-                gateway: String? = nil) {
+    public init(
+        address: String? = nil, hostDevice: String, hostAddress: String? = nil, bridge: String? = nil,
+        gateway: String? = nil
+    ) {
         self.address = address
         self.hostDevice = hostDevice
         self.hostAddress = hostAddress
@@ -122,9 +124,11 @@ public struct NamespacePolicy: Sendable, Equatable {
     public var provision: Provision?
     public var classes: [ClassPolicy]
 
-    public init(name: String, netns: NetnsTarget, device: String? = nil, egress: Rate, ingress: Rate? = nil,
-                defaultClass: String? = nil, leaf: LeafChoice? = nil, provision: Provision? = nil,
-                classes: [ClassPolicy] = []) {
+    public init(
+        name: String, netns: NetnsTarget, device: String? = nil, egress: Rate, ingress: Rate? = nil,
+        defaultClass: String? = nil, leaf: LeafChoice? = nil, provision: Provision? = nil,
+        classes: [ClassPolicy] = []
+    ) {
         self.name = name
         self.netns = netns
         self.device = device
@@ -153,8 +157,10 @@ public struct ClassPolicy: Sendable, Equatable {
     public var leaf: LeafChoice?
     public var match: MatchRules
 
-    public init(name: String, rate: Rate, ceil: Rate? = nil, burst: Size? = nil, cburst: Size? = nil,
-                priority: Int = 4, leaf: LeafChoice? = nil, match: MatchRules = MatchRules()) {
+    public init(
+        name: String, rate: Rate, ceil: Rate? = nil, burst: Size? = nil, cburst: Size? = nil,
+        priority: Int = 4, leaf: LeafChoice? = nil, match: MatchRules = MatchRules()
+    ) {
         self.name = name
         self.rate = rate
         self.ceil = ceil
@@ -190,8 +196,10 @@ public struct MatchRules: Sendable, Equatable {
     public var cgroup: [String] = []
     public var pid: [Int32] = []
 
-    public init(comm: [String] = [], exe: [String] = [], user: [Principal] = [], group: [Principal] = [],
-                cmdline: [String] = [], cgroup: [String] = [], pid: [Int32] = []) {
+    public init(
+        comm: [String] = [], exe: [String] = [], user: [Principal] = [], group: [Principal] = [],
+        cmdline: [String] = [], cgroup: [String] = [], pid: [Int32] = []
+    ) {
         self.comm = comm
         self.exe = exe
         self.user = user

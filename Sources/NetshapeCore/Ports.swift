@@ -9,7 +9,8 @@ public struct NamespaceRequest: Sendable, Equatable {
     /// Observe what exists of this provisioning.
     public var provision: Provision?
 
-    public init(name: String, target: NetnsTarget, device: String?, ingress: Bool = false, provision: Provision? = nil) {
+    public init(name: String, target: NetnsTarget, device: String?, ingress: Bool = false, provision: Provision? = nil)
+    {
         self.name = name
         self.target = target
         self.device = device
@@ -49,12 +50,14 @@ public struct ObservationRequest: Sendable, Equatable {
         }
         // Without a single match rule there is nothing to classify: skip reading every process.
         let anyRules = policy.namespaces.contains { $0.classes.contains { !$0.match.isEmpty } }
-        self.init(namespaces: policy.namespaces.map {
-                      // Ingress is always observed: a policy that dropped `ingress` must find what to remove.
-                      NamespaceRequest(name: $0.name, target: $0.netns, device: $0.device ?? ($0.provision != nil ? "eth0" : nil),
-                                       ingress: true, provision: $0.provision)
-                  },
-                  users: users.sorted(), groups: groups.sorted(), processes: processes && anyRules)
+        self.init(
+            namespaces: policy.namespaces.map {
+                // Ingress is always observed: a policy that dropped `ingress` must find what to remove.
+                NamespaceRequest(
+                    name: $0.name, target: $0.netns, device: $0.device ?? ($0.provision != nil ? "eth0" : nil),
+                    ingress: true, provision: $0.provision)
+            },
+            users: users.sorted(), groups: groups.sorted(), processes: processes && anyRules)
     }
 }
 
@@ -88,4 +91,3 @@ public protocol KernelFailure: Error, CustomStringConvertible {
     /// The errno behind the failure, when there is one.
     var errno: Int32? { get }
 }
-

@@ -57,7 +57,9 @@ public struct Rate: Hashable, Comparable, Sendable, Codable, CustomStringConvert
     public var description: String {
         let bits = bitsPerSecond
         var candidates: [String] = []
-        for (unit, scale) in [("tbit", UInt64(1e12)), ("gbit", UInt64(1e9)), ("mbit", UInt64(1e6)), ("kbit", UInt64(1000))]
+        for (unit, scale) in [
+            ("tbit", UInt64(1e12)), ("gbit", UInt64(1e9)), ("mbit", UInt64(1e6)), ("kbit", UInt64(1000)),
+        ]
         where bits >= scale {
             if bits % scale == 0 {
                 candidates.append("\(bits / scale)\(unit)")

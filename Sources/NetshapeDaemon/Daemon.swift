@@ -47,7 +47,9 @@ final class ExecClassifier: @unchecked Sendable {
         do {
             try NetClsHierarchy(root: snap.netClsRoot).move(pid: tgid, to: path)
             moves.add(1, ordering: .relaxed)
-            var meta: Logger.Metadata = ["pid": "\(tgid)", "comm": "\(info.comm)", "class": "\(ns.name)/\(name)", "on": "\(reason)"]
+            var meta: Logger.Metadata = [
+                "pid": "\(tgid)", "comm": "\(info.comm)", "class": "\(ns.name)/\(name)", "on": "\(reason)",
+            ]
             if let ts = timestampNS {
                 let now = ProcConnector.monotonicNanoseconds()
                 if now > ts { meta["latency_us"] = "\((now - ts) / 1000)" }
@@ -105,7 +107,8 @@ actor DaemonCore {
         }
         waiting = report.skipped
         if !report.remaining.isEmpty {
-            logger.error("after \(reason), \(report.remaining.count) difference(s) remain: \(report.remaining.map(\.command))")
+            logger.error(
+                "after \(reason), \(report.remaining.count) difference(s) remain: \(report.remaining.map(\.command))")
         }
         if let state = report.state { classifier.update(Self.snapshot(state, policy: policy)) }
         return report
@@ -145,11 +148,14 @@ actor DaemonCore {
         for ns in state.desired.namespaces {
             guard let id = state.observed.namespaces[ns.name]?.netnsID, !id.isEmpty else { continue }
             byNetns[id] = ns
-            fields[id] = ns.classes.reduce(into: ProcScanner.Fields()) { $0.formUnion(ProcScanner.Fields(for: $1.match)) }
+            fields[id] = ns.classes.reduce(into: ProcScanner.Fields()) {
+                $0.formUnion(ProcScanner.Fields(for: $1.match))
+            }
         }
         let root = NetClsHierarchy.find(configured: policy.settings.cgroupRoot)?.root ?? "/sys/fs/cgroup/net_cls"
-        return ClassifierSnapshot(namespaces: byNetns, fields: fields, matcher: Engine.matcher(policy, state.observed),
-                                  netClsRoot: root)
+        return ClassifierSnapshot(
+            namespaces: byNetns, fields: fields, matcher: Engine.matcher(policy, state.observed),
+            netClsRoot: root)
     }
 }
 
@@ -173,7 +179,8 @@ struct ProcEventService: Service {
                     for e in events {
                         switch e {
                         case .exec(let t, let ts): classifier.handle(tgid: t, reason: "exec", timestampNS: ts)
-                        case .identity(let t, let ts): classifier.handle(tgid: t, reason: "uid/gid change", timestampNS: ts)
+                        case .identity(let t, let ts):
+                            classifier.handle(tgid: t, reason: "uid/gid change", timestampNS: ts)
                         case .comm(let t, let ts): classifier.handle(tgid: t, reason: "comm change", timestampNS: ts)
                         }
                     }
@@ -186,7 +193,9 @@ struct ProcEventService: Service {
         defer { stop.store(true, ordering: .relaxed) }
         for await _ in overflow.stream.cancelOnGracefulShutdown() {
             logger.warning("proc connector overflowed (events lost): rescanning /proc")
-            do { try await core.reconcile("rescan after lost events") } catch { logger.error("rescan failed: \(error)") }
+            do { try await core.reconcile("rescan after lost events") } catch {
+                logger.error("rescan failed: \(error)")
+            }
         }
     }
 }
@@ -305,17 +314,22 @@ public struct Daemon {
             do {
                 mountedDynmods = try FastMigrations.enable()
                 if mountedDynmods {
-                    logger.notice("cgroup migrations in fast mode (favordynmods hierarchy at \(FastMigrations.mountPoint)); --no-favor-dynmods turns this off")
+                    logger.notice(
+                        "cgroup migrations in fast mode (favordynmods hierarchy at \(FastMigrations.mountPoint)); --no-favor-dynmods turns this off"
+                    )
                 }
             } catch {
-                logger.warning("cannot enable fast cgroup migrations (favordynmods needs Linux 6.0): \(error); moves after idle periods will take an RCU grace period")
+                logger.warning(
+                    "cannot enable fast cgroup migrations (favordynmods needs Linux 6.0): \(error); moves after idle periods will take an RCU grace period"
+                )
             }
         }
         defer { if mountedDynmods { FastMigrations.disable() } }
         let kernel = LinuxKernel(settings: policy.settings)
         let classifier = ExecClassifier(logger: logger)
-        let core = DaemonCore(policy: policy, path: path, engine: Engine(kernel: kernel, logger: logger),
-                              state: kernel.state, classifier: classifier, logger: logger)
+        let core = DaemonCore(
+            policy: policy, path: path, engine: Engine(kernel: kernel, logger: logger),
+            state: kernel.state, classifier: classifier, logger: logger)
         let report = try await core.reconcile("start")
         logger.notice("applied \(path): \(report.performed.count) change(s); watching for new processes")
         var services: [any Service] = [
@@ -323,9 +337,12 @@ public struct Daemon {
             ReconcileService(core: core, interval: interval, logger: logger),
             ReloadService(core: core, logger: logger),
         ]
-        if let usec = SystemdNotify.watchdogMicroseconds { services.append(WatchdogService(core: core, microseconds: usec)) }
-        let group = ServiceGroup(configuration: ServiceGroupConfiguration(
-            services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        if let usec = SystemdNotify.watchdogMicroseconds {
+            services.append(WatchdogService(core: core, microseconds: usec))
+        }
+        let group = ServiceGroup(
+            configuration: ServiceGroupConfiguration(
+                services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         SystemdNotify.send("READY=1\nSTATUS=shaping \(policy.namespaces.count) namespace(s)")
         try await group.run()
         SystemdNotify.send("STOPPING=1")

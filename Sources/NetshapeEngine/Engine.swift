@@ -38,7 +38,9 @@ public struct ApplyError: Error, CustomStringConvertible {
     public var description: String {
         var s = "\(failed.command): \(underlying)"
         if rollbackFailures.isEmpty {
-            s += rolledBack.isEmpty ? " (nothing had changed)" : "; rolled back the \(rolledBack.count) change(s) this run made"
+            s +=
+                rolledBack.isEmpty
+                ? " (nothing had changed)" : "; rolled back the \(rolledBack.count) change(s) this run made"
         } else {
             s += "; rollback failed for: " + rollbackFailures.map { "\($0.0.command): \($0.1)" }.joined(separator: "; ")
         }
@@ -91,31 +93,41 @@ public final class Engine {
         let (provisioning, notes) = Differ.provisioning(desired, observed)
         desired.notes += notes
         if !provisioning.isEmpty { observed = Self.assumingProvisioned(observed, desired, provisioning) }
-        let ops = try Differ.diff(desired, observed, matcher: Self.matcher(policy, observed),
-                                  options: DiffOptions(force: options.force, memberships: options.memberships))
-        return PlanResult(capabilities: caps, observed: observed, desired: desired, operations: provisioning + ops,
-                          skipped: skipped)
+        let ops = try Differ.diff(
+            desired, observed, matcher: Self.matcher(policy, observed),
+            options: DiffOptions(force: options.force, memberships: options.memberships))
+        return PlanResult(
+            capabilities: caps, observed: observed, desired: desired, operations: provisioning + ops,
+            skipped: skipped)
     }
 
     /// `observed` with the namespaces `provisioning` creates stood in by empty ones.
-    static func assumingProvisioned(_ observed: ObservedState, _ desired: DesiredState,
-                                    _ provisioning: [Operation]) -> ObservedState {
+    static func assumingProvisioned(
+        _ observed: ObservedState, _ desired: DesiredState,
+        _ provisioning: [Operation]
+    ) -> ObservedState {
         var o = observed
         for case let op in provisioning {
-            guard case .createVeth(let host, let peer, _) = op.action, let ns = desired.namespace(op.namespace) else { continue }
+            guard case .createVeth(let host, let peer, _) = op.action, let ns = desired.namespace(op.namespace) else {
+                continue
+            }
             o.namespaces[ns.name] = ObservedNamespace(
                 name: ns.name, device: peer,
-                ingress: ns.ingressPlan == nil ? nil : ObservedIngress(placement: .peer, device: host, netnsID: "", ifindex: 0))
+                ingress: ns.ingressPlan == nil
+                    ? nil : ObservedIngress(placement: .peer, device: host, netnsID: "", ifindex: 0))
         }
         return o
     }
 
     /// Converges the machine to `policy`. `policyPath` (absolute) is recorded as the owner of what
     /// this creates. On failure, undoes this run's changes and throws `ApplyError`.
-    public func apply(_ policy: Policy, policyPath: String, options: ApplyOptions = ApplyOptions()) throws -> ApplyReport {
+    public func apply(_ policy: Policy, policyPath: String, options: ApplyOptions = ApplyOptions()) throws
+        -> ApplyReport
+    {
         var plan = try self.plan(policy, options: options)
-        var report = ApplyReport(performed: [], vanished: [], notes: plan.desired.notes, remaining: [],
-                                 skipped: plan.skipped, state: plan)
+        var report = ApplyReport(
+            performed: [], vanished: [], notes: plan.desired.notes, remaining: [],
+            skipped: plan.skipped, state: plan)
         guard !plan.operations.isEmpty else { return report }
         let before = plan.observed.ownership
         var record = before
@@ -123,7 +135,8 @@ public final class Engine {
         func fail(_ op: Operation, _ error: any Error) -> ApplyError {
             let rollback = self.rollback(done)
             if record != before { try? kernel.saveOwnership(before) }
-            return ApplyError(failed: op, underlying: error, rolledBack: rollback.undone, rollbackFailures: rollback.failures)
+            return ApplyError(
+                failed: op, underlying: error, rolledBack: rollback.undone, rollbackFailures: rollback.failures)
         }
 
         // 1. Provisioning first: shaping needs the namespaces and links to exist. Ownership is
@@ -154,11 +167,13 @@ public final class Engine {
         var after = try kernel.observe(ObservationRequest(policy: verifyPolicy(policy, plan), processes: false))
         if Self.refreshIfindexes(&record, after) { try kernel.saveOwnership(record) }
         after.ownership = record
-        let verify = try Differ.diff(plan.desired, after, matcher: Self.matcher(policy, after),
-                                     options: DiffOptions(force: false, memberships: false))
+        let verify = try Differ.diff(
+            plan.desired, after, matcher: Self.matcher(policy, after),
+            options: DiffOptions(force: false, memberships: false))
         report.remaining = verify
-        let verifyState = PlanResult(capabilities: plan.capabilities, observed: after, desired: plan.desired,
-                                     operations: verify, skipped: plan.skipped)
+        let verifyState = PlanResult(
+            capabilities: plan.capabilities, observed: after, desired: plan.desired,
+            operations: verify, skipped: plan.skipped)
         report.state = verifyState
         return report
     }
@@ -172,7 +187,8 @@ public final class Engine {
 
     /// Performs `ops` in order, appending each to `done`. Returns the operation that failed and why,
     /// leaving the rollback to the caller.
-    func perform(_ ops: [Operation], _ done: inout [Operation], _ report: inout ApplyReport) -> (Operation, any Error)? {
+    func perform(_ ops: [Operation], _ done: inout [Operation], _ report: inout ApplyReport) -> (Operation, any Error)?
+    {
         for op in ops {
             do {
                 try kernel.execute(op)
@@ -208,18 +224,22 @@ public final class Engine {
         }
     }
 
-    static func recordTrees(_ ops: [Operation], _ observed: ObservedState, policyPath: String,
-                            into record: inout OwnershipRecord) {
+    static func recordTrees(
+        _ ops: [Operation], _ observed: ObservedState, policyPath: String,
+        into record: inout OwnershipRecord
+    ) {
         for op in ops {
             guard let seen = observed.namespaces[op.namespace] else { continue }
             var entry = record.namespaces[op.namespace] ?? OwnershipRecord.Namespace(policy: policyPath)
             switch (op.action, op.link) {
             case (.addRootQdisc(let q), .namespace), (.replaceRootQdisc(let q, _), .namespace):
-                entry.egress = OwnershipRecord.Tree(netnsID: seen.netnsID, device: seen.device, ifindex: seen.ifindex, handle: q.handle)
+                entry.egress = OwnershipRecord.Tree(
+                    netnsID: seen.netnsID, device: seen.device, ifindex: seen.ifindex, handle: q.handle)
             case (.addRootQdisc(let q), .ingress), (.replaceRootQdisc(let q, _), .ingress):
                 let ing = seen.ingress
                 var i = entry.ingress ?? OwnershipRecord.Ingress()
-                i.tree = OwnershipRecord.Tree(netnsID: ing?.netnsID ?? "", device: op.device, ifindex: ing?.ifindex ?? 0, handle: q.handle)
+                i.tree = OwnershipRecord.Tree(
+                    netnsID: ing?.netnsID ?? "", device: op.device, ifindex: ing?.ifindex ?? 0, handle: q.handle)
                 entry.ingress = i
             case (.createIFB(let name), _):
                 var i = entry.ingress ?? OwnershipRecord.Ingress()
@@ -251,7 +271,9 @@ public final class Engine {
                 e.egress?.ifindex = seen.ifindex
                 e.egress?.netnsID = seen.netnsID
             }
-            if let t = e.ingress?.tree, let ing = seen.ingress, t.ifindex == 0 || t.netnsID.isEmpty, t.device == ing.device {
+            if let t = e.ingress?.tree, let ing = seen.ingress, t.ifindex == 0 || t.netnsID.isEmpty,
+                t.device == ing.device
+            {
                 e.ingress?.tree?.ifindex = ing.ifindex
                 e.ingress?.tree?.netnsID = ing.netnsID
             }
@@ -307,7 +329,8 @@ public final class Engine {
         for n in names where failures.isEmpty || record.namespaces[n]?.isEmpty == true { record.namespaces[n] = nil }
         if record != observed.ownership { try kernel.saveOwnership(record) }
         if let (op, error) = failures.first {
-            throw ApplyError(failed: op, underlying: error, rolledBack: [], rollbackFailures: failures.dropFirst().map { $0 })
+            throw ApplyError(
+                failed: op, underlying: error, rolledBack: [], rollbackFailures: failures.dropFirst().map { $0 })
         }
         return report
     }

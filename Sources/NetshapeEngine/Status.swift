@@ -80,11 +80,13 @@ extension Engine {
         var out: [NamespaceStatus] = []
         for ns in desired.namespaces {
             guard let seen = second.namespaces[ns.name], seen.problem == nil else {
-                out.append(NamespaceStatus(
-                    name: ns.name, netns: ns.target.description, device: ns.device ?? "?", handle: "\(ns.qdisc.handle)",
-                    classifier: "none", egress: ns.egress.bitsPerSecond, ingress: ns.ingress?.bitsPerSecond,
-                    applied: false, problem: second.namespaces[ns.name]?.problem ?? "not observed", classes: [],
-                    ingressShaping: nil))
+                out.append(
+                    NamespaceStatus(
+                        name: ns.name, netns: ns.target.description, device: ns.device ?? "?",
+                        handle: "\(ns.qdisc.handle)",
+                        classifier: "none", egress: ns.egress.bitsPerSecond, ingress: ns.ingress?.bitsPerSecond,
+                        applied: false, problem: second.namespaces[ns.name]?.problem ?? "not observed", classes: [],
+                        ingressShaping: nil))
                 continue
             }
             let before = first.namespaces[ns.name]
@@ -101,13 +103,17 @@ extension Engine {
                 }
                 let leaf = seen.qdiscs.first { $0.parent == c.spec.classid }
                 let pids = c.name.flatMap { second.cgroups["netshape/\(ns.name)/\($0)"]?.pids } ?? []
-                classes.append(ClassStatus(
-                    name: c.displayName, classid: "\(c.spec.classid)",
-                    rate: (now?.spec.rate ?? c.spec.rate).bitsPerSecond, ceil: (now?.spec.ceil ?? c.spec.ceil).bitsPerSecond,
-                    priority: now?.spec.priority ?? c.spec.priority, leaf: leaf?.queue?.description ?? leaf?.kind ?? "-",
-                    bytes: now?.stats.bytes ?? 0, packets: now?.stats.packets ?? 0,
-                    drops: (now?.stats.drops ?? 0) + (leaf?.stats.drops ?? 0), overlimits: now?.stats.overlimits ?? 0,
-                    throughput: tput, pids: pids.sorted(), isDefault: c.isDefault, present: now != nil))
+                classes.append(
+                    ClassStatus(
+                        name: c.displayName, classid: "\(c.spec.classid)",
+                        rate: (now?.spec.rate ?? c.spec.rate).bitsPerSecond,
+                        ceil: (now?.spec.ceil ?? c.spec.ceil).bitsPerSecond,
+                        priority: now?.spec.priority ?? c.spec.priority,
+                        leaf: leaf?.queue?.description ?? leaf?.kind ?? "-",
+                        bytes: now?.stats.bytes ?? 0, packets: now?.stats.packets ?? 0,
+                        drops: (now?.stats.drops ?? 0) + (leaf?.stats.drops ?? 0),
+                        overlimits: now?.stats.overlimits ?? 0,
+                        throughput: tput, pids: pids.sorted(), isDefault: c.isDefault, present: now != nil))
             }
             var ingress: IngressStatus?
             if let plan = ns.ingressPlan, let ing = seen.ingress {
@@ -124,10 +130,12 @@ extension Engine {
                     drops: (now?.stats.drops ?? 0) + (leaf?.stats.drops ?? 0), throughput: tput,
                     applied: ing.configuredRoot?.handle == plan.qdisc.handle && now != nil)
             }
-            out.append(NamespaceStatus(
-                name: ns.name, netns: ns.target.description, device: seen.device, handle: "\(ns.qdisc.handle)",
-                classifier: filter?.kind ?? "none", egress: ns.egress.bitsPerSecond, ingress: ns.ingress?.bitsPerSecond,
-                applied: applied, problem: nil, classes: classes, ingressShaping: ingress))
+            out.append(
+                NamespaceStatus(
+                    name: ns.name, netns: ns.target.description, device: seen.device, handle: "\(ns.qdisc.handle)",
+                    classifier: filter?.kind ?? "none", egress: ns.egress.bitsPerSecond,
+                    ingress: ns.ingress?.bitsPerSecond,
+                    applied: applied, problem: nil, classes: classes, ingressShaping: ingress))
         }
         return StatusReport(namespaces: out, interval: interval)
     }

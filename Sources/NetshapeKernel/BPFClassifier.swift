@@ -28,14 +28,16 @@ enum BPFClassifier {
         let insns = instructions()
         var log = [CChar](repeating: 0, count: 4096)
         let fd = insns.withUnsafeBufferPointer { p in
-            netshape_bpf_prog_load(3 /* BPF_PROG_TYPE_SCHED_CLS */, p.baseAddress, UInt32(p.count), "GPL",
-                                   "netshape_clsid", &log, UInt32(log.count))
+            netshape_bpf_prog_load(
+                3 /* BPF_PROG_TYPE_SCHED_CLS */, p.baseAddress, UInt32(p.count), "GPL",
+                "netshape_clsid", &log, UInt32(log.count))
         }
         guard fd >= 0 else {
             let e = errno
             let verifier = String(cString: log)
-            throw KernelError(.bpf, "bpf(BPF_PROG_LOAD, sched_cls r0 = bpf_get_cgroup_classid(skb))", errno: e,
-                              reason: String(cString: strerror(e)) + (verifier.isEmpty ? "" : "; verifier: \(verifier)"))
+            throw KernelError(
+                .bpf, "bpf(BPF_PROG_LOAD, sched_cls r0 = bpf_get_cgroup_classid(skb))", errno: e,
+                reason: String(cString: strerror(e)) + (verifier.isEmpty ? "" : "; verifier: \(verifier)"))
         }
         return fd
     }

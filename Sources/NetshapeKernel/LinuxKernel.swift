@@ -59,7 +59,8 @@ public final class LinuxKernel: KernelPort {
     /// id and kernel release): the probe creates a network namespace, which costs tens of ms.
     public func capabilities() throws -> KernelCapabilities {
         if let c = cachedCapabilities { return c }
-        let key = (Files.readString("/proc/sys/kernel/random/boot_id") ?? "").trimmingBlanksAndNewlines()
+        let key =
+            (Files.readString("/proc/sys/kernel/random/boot_id") ?? "").trimmingBlanksAndNewlines()
             + "/" + (Files.readString("/proc/sys/kernel/osrelease") ?? "").trimmingBlanksAndNewlines()
         if let c = state.loadCapabilities(key: key) {
             cachedCapabilities = c
@@ -84,21 +85,28 @@ public final class LinuxKernel: KernelPort {
             let leafClass = TCHandle(major: 1, minor: 1)
             try route.htbRoot(.add, ifindex: lo, device: "lo", HTBQdiscSpec(handle: qdisc, defaultMinor: 1))
             let rate = Rate.mbit(10)
-            try route.htbClass(.add, ifindex: lo, device: "lo", HTBClassSpec(
-                classid: leafClass, parent: qdisc, rate: rate, ceil: rate, burst: Planner.defaultBurst(for: rate),
-                cburst: Planner.defaultBurst(for: rate), priority: 0, quantum: 1514))
+            try route.htbClass(
+                .add, ifindex: lo, device: "lo",
+                HTBClassSpec(
+                    classid: leafClass, parent: qdisc, rate: rate, ceil: rate, burst: Planner.defaultBurst(for: rate),
+                    cburst: Planner.defaultBurst(for: rate), priority: 0, quantum: 1514))
             func leafWorks(_ q: LeafQueue) -> Bool {
-                (try? route.leaf(.replace, ifindex: lo, device: "lo", LeafQdiscSpec(parent: leafClass, queue: q))) != nil
+                (try? route.leaf(.replace, ifindex: lo, device: "lo", LeafQdiscSpec(parent: leafClass, queue: q)))
+                    != nil
             }
             let fq = leafWorks(.fqCodel)
             let sfq = leafWorks(.sfq)
-            let cgroup = (try? route.cgroupFilter(add: true, ifindex: lo, device: "lo",
-                                                  FilterSpec(parent: qdisc, kind: .cgroup, priority: 1))) != nil
+            let cgroup =
+                (try? route.cgroupFilter(
+                    add: true, ifindex: lo, device: "lo",
+                    FilterSpec(parent: qdisc, kind: .cgroup, priority: 1))) != nil
             var bpf = false
             if let fd = try? BPFClassifier.load() {
                 defer { close(fd) }
-                bpf = (try? mnl.addBpfFilter(ifindex: lo, device: "lo", FilterSpec(parent: qdisc, kind: .bpf, priority: 2),
-                                            programFD: fd)) != nil
+                bpf =
+                    (try? mnl.addBpfFilter(
+                        ifindex: lo, device: "lo", FilterSpec(parent: qdisc, kind: .bpf, priority: 2),
+                        programFD: fd)) != nil
             }
             return KernelCapabilities(clsCgroup: cgroup, clsBpf: bpf, fqCodel: fq, sfq: sfq)
         }
@@ -129,15 +137,17 @@ public final class LinuxKernel: KernelPort {
         let device: String
         if let d = r.device {
             guard let i = try s.route.ifindex(of: d) else {
-                throw KernelError(.notFound, "ip link show \(d)", errno: ENODEV,
-                                  reason: "device \(d) does not exist in network namespace \(r.target)")
+                throw KernelError(
+                    .notFound, "ip link show \(d)", errno: ENODEV,
+                    reason: "device \(d) does not exist in network namespace \(r.target)")
             }
             ifindex = i
             device = d
         } else {
             guard let i = try s.route.defaultRouteIfindex(), let d = try s.route.name(of: i) else {
-                throw KernelError(.notFound, "ip route show default", errno: ENODEV,
-                                  reason: "network namespace \(r.target) has no default route, so no device to shape: set device")
+                throw KernelError(
+                    .notFound, "ip route show default", errno: ENODEV,
+                    reason: "network namespace \(r.target) has no default route, so no device to shape: set device")
             }
             ifindex = i
             device = d
@@ -191,9 +201,10 @@ public final class LinuxKernel: KernelPort {
 
     func observeProvision(_ r: NamespaceRequest, _ p: Provision) throws -> ObservedProvision {
         let links = Set(try host().route.links().map(\.name))
-        return ObservedProvision(netnsExists: r.target.path.flatMap(Files.identity) != nil,
-                                 hostDeviceExists: links.contains(p.hostDevice),
-                                 bridgeExists: p.bridge.map(links.contains) ?? false)
+        return ObservedProvision(
+            netnsExists: r.target.path.flatMap(Files.identity) != nil,
+            hostDeviceExists: links.contains(p.hostDevice),
+            bridgeExists: p.bridge.map(links.contains) ?? false)
     }
 
     /// Where this namespace's incoming traffic can be queued: the egress of its device's veth peer
@@ -243,7 +254,8 @@ public final class LinuxKernel: KernelPort {
         }
         if op.isProvisioning { return try provision(op) }
         guard let r = requests[op.namespace] else {
-            throw KernelError(.state, op.command, reason: "namespace \(op.namespace) was not observed before this change")
+            throw KernelError(
+                .state, op.command, reason: "namespace \(op.namespace) was not observed before this change")
         }
         switch op.action {
         case .createIFB(let name):
@@ -258,7 +270,8 @@ public final class LinuxKernel: KernelPort {
             return
         case .deleteIngressRedirect:
             let c = try context(r)
-            try c.route.deleteQdisc(ifindex: c.ifindex, device: c.device, parent: .ingress, handle: TCHandle(raw: 0xFFFF_0000))
+            try c.route.deleteQdisc(
+                ifindex: c.ifindex, device: c.device, parent: .ingress, handle: TCHandle(raw: 0xFFFF_0000))
             return
         default: break
         }
@@ -309,7 +322,9 @@ public final class LinuxKernel: KernelPort {
     func provision(_ op: Operation) throws {
         let r = requests[op.namespace]
         func inside() throws -> Sockets {
-            guard let r else { throw KernelError(.state, op.command, reason: "namespace \(op.namespace) was not observed") }
+            guard let r else {
+                throw KernelError(.state, op.command, reason: "namespace \(op.namespace) was not observed")
+            }
             return try sockets(r.target, label: op.namespace)
         }
         let onHost = op.link == .host
@@ -322,7 +337,9 @@ public final class LinuxKernel: KernelPort {
             do {
                 try onDedicatedThread {
                     try sys("unshare(CLONE_NEWNET) for ip netns add \(name)") { netshape_unshare_net() }
-                    try sys("mount --bind /proc/thread-self/ns/net \(path)") { netshape_bind_mount("/proc/thread-self/ns/net", path) }
+                    try sys("mount --bind /proc/thread-self/ns/net \(path)") {
+                        netshape_bind_mount("/proc/thread-self/ns/net", path)
+                    }
                 }
             } catch {
                 unlink(path)
@@ -346,7 +363,8 @@ public final class LinuxKernel: KernelPort {
         case .attachToBridge(let b): try host().route.setLink(op.device, master: .some(b))
         case .detachFromBridge: try host().route.setLink(op.device, master: .some(nil))
         case .addAddress(let cidr): try (onHost ? host() : inside()).route.address(cidr, device: op.device, add: true)
-        case .deleteAddress(let cidr): try (onHost ? host() : inside()).route.address(cidr, device: op.device, add: false)
+        case .deleteAddress(let cidr):
+            try (onHost ? host() : inside()).route.address(cidr, device: op.device, add: false)
         case .linkUp: try (onHost ? host() : inside()).route.setLink(op.device, up: true)
         case .linkDown: try (onHost ? host() : inside()).route.setLink(op.device, up: false)
         case .addDefaultRoute(let g): try inside().route.defaultRoute(via: g, add: true)

@@ -86,8 +86,10 @@ final class MnlSocket {
 
     /// Builds a request in a fresh buffer: `fill` receives the header (type, flags and seq set).
     /// Pure, so the wire format is pinned by golden-byte tests.
-    static func message(type: UInt16, flags: Int32, seq s: UInt32,
-                        fill: (UnsafeMutablePointer<nlmsghdr>) -> Void) -> [UInt8] {
+    static func message(
+        type: UInt16, flags: Int32, seq s: UInt32,
+        fill: (UnsafeMutablePointer<nlmsghdr>) -> Void
+    ) -> [UInt8] {
         var buf = [UInt8](repeating: 0, count: 8192)
         buf.withUnsafeMutableBytes { raw in
             let nlh = mnl_nlmsg_put_header(raw.baseAddress)!
@@ -102,7 +104,9 @@ final class MnlSocket {
 
     /// Sends `request` and reads replies until the ACK (or DONE for dumps), passing every data
     /// message to `onMessage`. Throws with errno and the extended-ACK text on an error reply.
-    func transact(_ request: [UInt8], _ op: String, onMessage: (UnsafePointer<nlmsghdr>) throws -> Void = { _ in }) throws {
+    func transact(_ request: [UInt8], _ op: String, onMessage: (UnsafePointer<nlmsghdr>) throws -> Void = { _ in })
+        throws
+    {
         let sent = request.withUnsafeBytes { mnl_socket_sendto(nl, $0.baseAddress, $0.count) }
         guard sent >= 0 else { throw KernelError.syscall("\(op): sendto", errno) }
         let wantSeq = request.withUnsafeBytes { $0.load(fromByteOffset: 8, as: UInt32.self) }
@@ -126,8 +130,9 @@ final class MnlSocket {
                     case NLMSG_ERROR:
                         let err = UnsafeRawPointer(mnl_nlmsg_get_payload(cur)!).load(as: Int32.self)
                         if err != 0 {
-                            throw KernelError(.mnl, op, errno: -err,
-                                              reason: Self.extAckMessage(cur) ?? String(cString: strerror(-err)))
+                            throw KernelError(
+                                .mnl, op, errno: -err,
+                                reason: Self.extAckMessage(cur) ?? String(cString: strerror(-err)))
                         }
                         finished = true
                     default:
@@ -166,22 +171,28 @@ final class MnlSocket {
     /// `tc filter add dev D parent M: protocol all prio P handle H bpf fd FD name N` — NOT
     /// direct-action: the program's return value is then the full 32-bit classid (0 = no match).
     func addBpfFilter(ifindex: Int32, device: String, _ f: FilterSpec, programFD: Int32) throws {
-        let op = "tc filter add dev \(device) parent \(f.parent) protocol all prio \(f.priority) handle \(f.handle) bpf name \(FilterSpec.bpfProgramName)"
+        let op =
+            "tc filter add dev \(device) parent \(f.parent) protocol all prio \(f.priority) handle \(f.handle) bpf name \(FilterSpec.bpfProgramName)"
         seq &+= 1
         try transact(Self.addBpfFilterRequest(seq: seq, ifindex: ifindex, f, programFD: programFD), op)
     }
 
     /// `tc filter del dev D parent M: protocol all prio P handle H KIND`.
     func deleteFilter(ifindex: Int32, device: String, _ f: FilterSpec) throws {
-        let op = "tc filter del dev \(device) parent \(f.parent) protocol all prio \(f.priority) handle \(f.handle) \(f.kind.kind)"
+        let op =
+            "tc filter del dev \(device) parent \(f.parent) protocol all prio \(f.priority) handle \(f.handle) \(f.kind.kind)"
         seq &+= 1
-        try transact(Self.filterMessage(type: UInt16(RTM_DELTFILTER), flags: NLM_F_ACK, seq: seq, ifindex: ifindex, f) { _ in }, op)
+        try transact(
+            Self.filterMessage(type: UInt16(RTM_DELTFILTER), flags: NLM_F_ACK, seq: seq, ifindex: ifindex, f) { _ in },
+            op)
     }
 
     /// The RTM_NEWTFILTER request for netshape's cls_bpf filter.
     static func addBpfFilterRequest(seq: UInt32, ifindex: Int32, _ f: FilterSpec, programFD: Int32) -> [UInt8] {
-        filterMessage(type: UInt16(RTM_NEWTFILTER), flags: NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, seq: seq,
-                      ifindex: ifindex, f) { nlh in
+        filterMessage(
+            type: UInt16(RTM_NEWTFILTER), flags: NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, seq: seq,
+            ifindex: ifindex, f
+        ) { nlh in
             let nest = mnl_attr_nest_start(nlh, UInt16(TCA_OPTIONS))
             mnl_attr_put_u32(nlh, UInt16(TCA_BPF_FD), UInt32(bitPattern: programFD))
             mnl_attr_put_strz(nlh, UInt16(TCA_BPF_NAME), FilterSpec.bpfProgramName)
@@ -189,8 +200,10 @@ final class MnlSocket {
         }
     }
 
-    static func filterMessage(type: UInt16, flags: Int32, seq: UInt32, ifindex: Int32, _ f: FilterSpec,
-                              options: (UnsafeMutablePointer<nlmsghdr>) -> Void) -> [UInt8] {
+    static func filterMessage(
+        type: UInt16, flags: Int32, seq: UInt32, ifindex: Int32, _ f: FilterSpec,
+        options: (UnsafeMutablePointer<nlmsghdr>) -> Void
+    ) -> [UInt8] {
         message(type: type, flags: flags, seq: seq) { nlh in
             let tcm = mnl_nlmsg_put_extra_header(nlh, MemoryLayout<tcmsg>.size)!.assumingMemoryBound(to: tcmsg.self)
             tcm.pointee.tcm_family = UInt8(AF_UNSPEC)
@@ -223,14 +236,17 @@ final class MnlSocket {
                     switch Int32(mnl_attr_get_type(attr)) {
                     case Int32(TCA_KIND): kind = String(cString: mnl_attr_get_str(attr))
                     case Int32(TCA_OPTIONS) where kind == "bpf":
-                        for inner in NetlinkAttributes(nested: attr) where mnl_attr_get_type(inner) == UInt16(TCA_BPF_NAME) {
+                        for inner in NetlinkAttributes(nested: attr)
+                        where mnl_attr_get_type(inner) == UInt16(TCA_BPF_NAME) {
                             name = String(cString: mnl_attr_get_str(inner))
                         }
                     default: break
                     }
                 }
-                out.append(ObservedFilter(parent: TCHandle(raw: tcm.tcm_parent), kind: kind,
-                                          priority: UInt16(tcm.tcm_info >> 16), handle: tcm.tcm_handle, bpfName: name))
+                out.append(
+                    ObservedFilter(
+                        parent: TCHandle(raw: tcm.tcm_parent), kind: kind,
+                        priority: UInt16(tcm.tcm_info >> 16), handle: tcm.tcm_handle, bpfName: name))
             }
         } catch let e as KernelError where e.errno == EINVAL || e.errno == ENOENT {
             // No qdisc with that handle (yet): nothing is attached under it.

@@ -14,8 +14,9 @@ public struct MountInfoEntry: Equatable, Sendable {
         text.split(separator: "\n").compactMap { line in
             let f = line.split(separator: " ").map(String.init)
             guard let dash = f.firstIndex(of: "-"), dash >= 6, f.count > dash + 3 else { return nil }
-            return MountInfoEntry(root: unescape(f[3]), mountPoint: unescape(f[4]), fsType: f[dash + 1],
-                                  superOptions: f[dash + 3].split(separator: ",").map(String.init))
+            return MountInfoEntry(
+                root: unescape(f[3]), mountPoint: unescape(f[4]), fsType: f[dash + 1],
+                superOptions: f[dash + 3].split(separator: ",").map(String.init))
         }
     }
 
@@ -115,7 +116,8 @@ public final class NetClsHierarchy {
             let c = String(comp)
             guard c != "..", c != "." else {
                 close(fd)
-                throw KernelError(.cgroup, "open(\(root)/\(relative))", errno: EINVAL, reason: "refusing '..' in a cgroup path")
+                throw KernelError(
+                    .cgroup, "open(\(root)/\(relative))", errno: EINVAL, reason: "refusing '..' in a cgroup path")
             }
             let next = openat(fd, c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
             let e = errno
@@ -225,7 +227,9 @@ public final class NetClsHierarchy {
             return String(decoding: bytes, as: UTF8.self)
         }
         func cgroup(_ dir: Int32, _ path: String) -> ObservedCgroup {
-            let id = read(dir, "net_cls.classid").flatMap { UInt32($0.split(whereSeparator: \.isWhitespace).first ?? "") }
+            let id = read(dir, "net_cls.classid").flatMap {
+                UInt32($0.split(whereSeparator: \.isWhitespace).first ?? "")
+            }
             let pids = (read(dir, "cgroup.procs") ?? "").split(whereSeparator: \.isWhitespace).compactMap { Int32($0) }
             return ObservedCgroup(path: path, classid: TCHandle(raw: id ?? 0), pids: pids)
         }
@@ -236,7 +240,9 @@ public final class NetClsHierarchy {
             var names: [String] = []
             while let e = readdir(d) {
                 guard e.pointee.d_type == UInt8(DT_DIR) else { continue }
-                let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+                let name = withUnsafeBytes(of: e.pointee.d_name) {
+                    String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self)
+                }
                 if name != "." && name != ".." { names.append(name) }
             }
             return names

@@ -1,5 +1,5 @@
-import Glibc
 internal import CNetshapeShim
+import Glibc
 import NetshapeCore
 
 /// Runs `body` on a new OS thread and waits for it.
@@ -13,10 +13,12 @@ func onDedicatedThread<T>(_ body: @escaping () throws -> T) throws -> T {
     let box = ThreadBox { result = Result { try body() } }
     var thread = pthread_t()
     let ctx = Unmanaged.passRetained(box).toOpaque()
-    let rc = pthread_create(&thread, nil, { raw in
-        Unmanaged<ThreadBox>.fromOpaque(raw!).takeRetainedValue().run()
-        return nil
-    }, ctx)
+    let rc = pthread_create(
+        &thread, nil,
+        { raw in
+            Unmanaged<ThreadBox>.fromOpaque(raw!).takeRetainedValue().run()
+            return nil
+        }, ctx)
     guard rc == 0 else {
         Unmanaged<ThreadBox>.fromOpaque(ctx).release()
         throw KernelError.syscall("pthread_create", rc)
@@ -54,8 +56,9 @@ public final class NetworkNamespace {
         guard fd >= 0 else {
             let e = errno
             if e == ENOENT {
-                throw KernelError(.notFound, "open(\(path))", errno: e,
-                                  reason: "network namespace \(target) does not exist")
+                throw KernelError(
+                    .notFound, "open(\(path))", errno: e,
+                    reason: "network namespace \(target) does not exist")
             }
             throw KernelError.syscall("open(\(path))", e)
         }
@@ -70,8 +73,9 @@ public final class NetworkNamespace {
         // otherwise surface as a confusing EINVAL from setns).
         guard fsType == 0x6E73_6673 /* NSFS_MAGIC */ else {
             close(fd)
-            throw KernelError(.notFound, "open(\(path))", errno: EINVAL,
-                              reason: "\(path) is not a network namespace file")
+            throw KernelError(
+                .notFound, "open(\(path))", errno: EINVAL,
+                reason: "\(path) is not a network namespace file")
         }
         self.fd = fd
         self.id = "\(st.st_dev):\(st.st_ino)"
@@ -101,10 +105,12 @@ public final class NetworkNamespace {
 public func startThread(name: String, _ body: @escaping @Sendable () -> Void) throws {
     var thread = pthread_t()
     let ctx = Unmanaged.passRetained(ThreadBox(body)).toOpaque()
-    let rc = pthread_create(&thread, nil, { raw in
-        Unmanaged<ThreadBox>.fromOpaque(raw!).takeRetainedValue().run()
-        return nil
-    }, ctx)
+    let rc = pthread_create(
+        &thread, nil,
+        { raw in
+            Unmanaged<ThreadBox>.fromOpaque(raw!).takeRetainedValue().run()
+            return nil
+        }, ctx)
     guard rc == 0 else {
         Unmanaged<ThreadBox>.fromOpaque(ctx).release()
         throw KernelError.syscall("pthread_create(\(name))", rc)

@@ -93,8 +93,12 @@ public struct ProcScanner {
         let cmdline = (Files.read("\(base)/cmdline") ?? []).split(separator: 0, omittingEmptySubsequences: false)
             .map { String(decoding: $0, as: UTF8.self) }.filter { !$0.isEmpty }.joined(separator: " ")
         let (unified, netCls) = Self.cgroups(Files.readString("\(base)/cgroup") ?? "")
-        return (ns, ProcessInfo(pid: pid, comm: comm, exe: Files.readLink("\(base)/exe"), uid: uid, gid: gid,
-                                cmdline: cmdline, cgroup: unified, netCls: netCls))
+        return (
+            ns,
+            ProcessInfo(
+                pid: pid, comm: comm, exe: Files.readLink("\(base)/exe"), uid: uid, gid: gid,
+                cmdline: cmdline, cgroup: unified, netCls: netCls)
+        )
     }
 
     /// From /proc/PID/cgroup: the v2 path (or the name=systemd one) and the net_cls path relative to

@@ -27,19 +27,22 @@ extension RouteSocket {
         var obj = nl_cache_get_first(cache)
         while let o = obj {
             var nsid: Int32 = 0
-            out.append(LinkInfo(
-                name: rtnl_link_get_name(o).map { String(cString: $0) } ?? "",
-                ifindex: rtnl_link_get_ifindex(o),
-                type: rtnl_link_get_type(o).map { String(cString: $0) } ?? "",
-                peerIfindex: Int32(rtnl_link_get_link(o)),
-                peerInOtherNamespace: rtnl_link_get_link_netnsid(o, &nsid) == 0))
+            out.append(
+                LinkInfo(
+                    name: rtnl_link_get_name(o).map { String(cString: $0) } ?? "",
+                    ifindex: rtnl_link_get_ifindex(o),
+                    type: rtnl_link_get_type(o).map { String(cString: $0) } ?? "",
+                    peerIfindex: Int32(rtnl_link_get_link(o)),
+                    peerInOtherNamespace: rtnl_link_get_link_netnsid(o, &nsid) == 0))
             obj = nl_cache_get_next(o)
         }
         return out
     }
 
     private func withLink(_ body: (OpaquePointer) throws -> Void) throws {
-        guard let link = rtnl_link_alloc() else { throw KernelError(.netlink, "rtnl_link_alloc", errno: ENOMEM, reason: "out of memory") }
+        guard let link = rtnl_link_alloc() else {
+            throw KernelError(.netlink, "rtnl_link_alloc", errno: ENOMEM, reason: "out of memory")
+        }
         defer { rtnl_link_put(link) }
         try body(link)
     }
@@ -53,7 +56,9 @@ extension RouteSocket {
 
     /// `ip link add name HOST type veth peer name PEER netns <fd>`.
     func createVeth(host: String, peer: String, peerNamespaceFD: Int32) throws {
-        guard let link = rtnl_link_veth_alloc() else { throw KernelError(.netlink, "rtnl_link_veth_alloc", errno: ENOMEM, reason: "out of memory") }
+        guard let link = rtnl_link_veth_alloc() else {
+            throw KernelError(.netlink, "rtnl_link_veth_alloc", errno: ENOMEM, reason: "out of memory")
+        }
         defer { rtnl_link_put(link) }
         rtnl_link_set_name(link, host)
         if let p = rtnl_link_veth_get_peer(link) {
@@ -61,7 +66,9 @@ extension RouteSocket {
             rtnl_link_set_ns_fd(p, peerNamespaceFD)
             rtnl_link_put(p)
         }
-        try send("ip link add name \(host) type veth peer name \(peer)") { rtnl_link_build_add_request(link, NLM_F_CREATE | NLM_F_EXCL, &$0) }
+        try send("ip link add name \(host) type veth peer name \(peer)") {
+            rtnl_link_build_add_request(link, NLM_F_CREATE | NLM_F_EXCL, &$0)
+        }
     }
 
     /// `ip link add name NAME [txqueuelen N] up type TYPE` (ifb, bridge). An IFB left at txqueuelen 0
@@ -70,11 +77,14 @@ extension RouteSocket {
         try withLink { link in
             rtnl_link_set_name(link, name)
             if rtnl_link_set_type(link, type) < 0 {
-                throw KernelError(.netlink, "ip link add type \(type)", errno: EOPNOTSUPP, reason: "libnl knows no link type \(type)")
+                throw KernelError(
+                    .netlink, "ip link add type \(type)", errno: EOPNOTSUPP, reason: "libnl knows no link type \(type)")
             }
             if let q = txqueuelen { rtnl_link_set_txqlen(link, q) }
             rtnl_link_set_flags(link, 0x1 /* IFF_UP */)
-            try send("ip link add name \(name) up type \(type)") { rtnl_link_build_add_request(link, NLM_F_CREATE | NLM_F_EXCL, &$0) }
+            try send("ip link add name \(name) up type \(type)") {
+                rtnl_link_build_add_request(link, NLM_F_CREATE | NLM_F_EXCL, &$0)
+            }
         }
     }
 
@@ -88,7 +98,9 @@ extension RouteSocket {
 
     func requireIfindex(_ name: String) throws -> Int32 {
         guard let i = try ifindex(of: name) else {
-            throw KernelError(.notFound, "ip link show \(name)", errno: ENODEV, reason: "device \(name) does not exist in \(namespace)")
+            throw KernelError(
+                .notFound, "ip link show \(name)", errno: ENODEV,
+                reason: "device \(name) does not exist in \(namespace)")
         }
         return i
     }
@@ -102,7 +114,9 @@ extension RouteSocket {
             rtnl_link_set_ifindex(link, idx)
             if let up { up ? rtnl_link_set_flags(link, 0x1) : rtnl_link_unset_flags(link, 0x1) }
             if let m = masterIdx { rtnl_link_set_master(link, m) }
-            try send("ip link set \(name)\(up.map { $0 ? " up" : " down" } ?? "")\(masterIdx.map { $0 == 0 ? " nomaster" : " master" } ?? "")") {
+            try send(
+                "ip link set \(name)\(up.map { $0 ? " up" : " down" } ?? "")\(masterIdx.map { $0 == 0 ? " nomaster" : " master" } ?? "")"
+            ) {
                 rtnl_link_build_add_request(link, 0, &$0)
             }
         }
@@ -111,7 +125,9 @@ extension RouteSocket {
     /// `ip addr add|del CIDR dev NAME`.
     func address(_ cidr: String, device: String, add: Bool) throws {
         let idx = try requireIfindex(device)
-        guard let a = rtnl_addr_alloc() else { throw KernelError(.netlink, "rtnl_addr_alloc", errno: ENOMEM, reason: "out of memory") }
+        guard let a = rtnl_addr_alloc() else {
+            throw KernelError(.netlink, "rtnl_addr_alloc", errno: ENOMEM, reason: "out of memory")
+        }
         defer { rtnl_addr_put(a) }
         var local: OpaquePointer?
         let rc = nl_addr_parse(cidr, AF_UNSPEC, &local)
@@ -137,7 +153,9 @@ extension RouteSocket {
         let family = nl_addr_get_family(gw)
         var dst: OpaquePointer?
         _ = nl_addr_parse(family == AF_INET6 ? "::/0" : "0.0.0.0/0", family, &dst)
-        guard let dst else { throw KernelError(.netlink, "parse default", reason: "cannot build the default destination") }
+        guard let dst else {
+            throw KernelError(.netlink, "parse default", reason: "cannot build the default destination")
+        }
         defer { nl_addr_put(dst) }
         guard let route = rtnl_route_alloc(), let nh = rtnl_route_nh_alloc() else {
             throw KernelError(.netlink, "rtnl_route_alloc", errno: ENOMEM, reason: "out of memory")
@@ -162,13 +180,17 @@ extension RouteSocket {
     /// plugin does. One operation for the caller: if the filter fails, the ingress qdisc goes too.
     func addIngressRedirect(ifindex: Int32, device: String, ifb: String) throws {
         let ifbIndex = try requireIfindex(ifb)
-        guard let q = rtnl_qdisc_alloc() else { throw KernelError(.netlink, "rtnl_qdisc_alloc", errno: ENOMEM, reason: "out of memory") }
+        guard let q = rtnl_qdisc_alloc() else {
+            throw KernelError(.netlink, "rtnl_qdisc_alloc", errno: ENOMEM, reason: "out of memory")
+        }
         defer { rtnl_qdisc_put(q) }
         rtnl_tc_set_ifindex(q, ifindex)
         rtnl_tc_set_parent(q, TCHandle.ingress.raw)
         rtnl_tc_set_handle(q, 0xFFFF_0000)
         _ = rtnl_tc_set_kind(q, "ingress")
-        try send("tc qdisc add dev \(device) handle ffff: ingress") { rtnl_qdisc_build_add_request(q, NLM_F_CREATE | NLM_F_EXCL, &$0) }
+        try send("tc qdisc add dev \(device) handle ffff: ingress") {
+            rtnl_qdisc_build_add_request(q, NLM_F_CREATE | NLM_F_EXCL, &$0)
+        }
 
         guard let cls = rtnl_cls_alloc(), let act = rtnl_act_alloc() else {
             throw KernelError(.netlink, "rtnl_cls_alloc", errno: ENOMEM, reason: "out of memory")
@@ -188,7 +210,9 @@ extension RouteSocket {
         _ = rtnl_u32_add_action(cls, act)  // takes its own reference
         rtnl_act_put(act)
         do {
-            try send("tc filter add dev \(device) parent ffff: protocol all u32 match u32 0 0 action mirred egress redirect dev \(ifb)") {
+            try send(
+                "tc filter add dev \(device) parent ffff: protocol all u32 match u32 0 0 action mirred egress redirect dev \(ifb)"
+            ) {
                 rtnl_cls_build_add_request(cls, NLM_F_CREATE | NLM_F_EXCL, &$0)
             }
         } catch {

@@ -68,17 +68,21 @@ final class RouteSocket {
         }
         defer { nl_cb_put(cb) }
         let ctx = Unmanaged.passUnretained(state).toOpaque()
-        nl_cb_err(cb, NL_CB_CUSTOM, { _, err, arg in
-            let st = Unmanaged<AckState>.fromOpaque(arg!).takeUnretainedValue()
-            st.errno = -(err?.pointee.error ?? -Int32(EIO))
-            st.done = true
-            return Int32(NL_STOP.rawValue)
-        }, ctx)
-        nl_cb_set(cb, NL_CB_ACK, NL_CB_CUSTOM, { _, arg in
-            let st = Unmanaged<AckState>.fromOpaque(arg!).takeUnretainedValue()
-            st.done = true
-            return Int32(NL_STOP.rawValue)
-        }, ctx)
+        nl_cb_err(
+            cb, NL_CB_CUSTOM,
+            { _, err, arg in
+                let st = Unmanaged<AckState>.fromOpaque(arg!).takeUnretainedValue()
+                st.errno = -(err?.pointee.error ?? -Int32(EIO))
+                st.done = true
+                return Int32(NL_STOP.rawValue)
+            }, ctx)
+        nl_cb_set(
+            cb, NL_CB_ACK, NL_CB_CUSTOM,
+            { _, arg in
+                let st = Unmanaged<AckState>.fromOpaque(arg!).takeUnretainedValue()
+                st.done = true
+                return Int32(NL_STOP.rawValue)
+            }, ctx)
         while !state.done {
             let rc = nl_recvmsgs(sock, cb)
             if state.done { break }
@@ -138,9 +142,10 @@ final class RouteSocket {
     // MARK: - Dumps
 
     static func stats(_ tc: OpaquePointer) -> TCStats {
-        TCStats(bytes: rtnl_tc_get_stat(tc, RTNL_TC_BYTES), packets: rtnl_tc_get_stat(tc, RTNL_TC_PACKETS),
-                drops: rtnl_tc_get_stat(tc, RTNL_TC_DROPS), overlimits: rtnl_tc_get_stat(tc, RTNL_TC_OVERLIMITS),
-                backlogBytes: rtnl_tc_get_stat(tc, RTNL_TC_BACKLOG))
+        TCStats(
+            bytes: rtnl_tc_get_stat(tc, RTNL_TC_BYTES), packets: rtnl_tc_get_stat(tc, RTNL_TC_PACKETS),
+            drops: rtnl_tc_get_stat(tc, RTNL_TC_DROPS), overlimits: rtnl_tc_get_stat(tc, RTNL_TC_OVERLIMITS),
+            backlogBytes: rtnl_tc_get_stat(tc, RTNL_TC_BACKLOG))
     }
 
     /// Every qdisc on `ifindex` (`tc -s qdisc show dev D`).
@@ -155,9 +160,10 @@ final class RouteSocket {
             let q = o
             if rtnl_tc_get_ifindex(q) == ifindex {
                 let kind = rtnl_tc_get_kind(q).map { String(cString: $0) } ?? "?"
-                var seen = ObservedQdisc(handle: TCHandle(raw: rtnl_tc_get_handle(q)),
-                                         parent: TCHandle(raw: rtnl_tc_get_parent(q)), kind: kind,
-                                         stats: Self.stats(q))
+                var seen = ObservedQdisc(
+                    handle: TCHandle(raw: rtnl_tc_get_handle(q)),
+                    parent: TCHandle(raw: rtnl_tc_get_parent(q)), kind: kind,
+                    stats: Self.stats(q))
                 switch kind {
                 case "htb": seen.htbDefault = UInt16(truncatingIfNeeded: rtnl_htb_get_defcls(q))
                 case "bfifo": seen.queue = .bfifo(limit: UInt32(clamping: rtnl_qdisc_fifo_get_limit(q)))
@@ -196,7 +202,8 @@ final class RouteSocket {
                 let spec = HTBClassSpec(
                     classid: classid, parent: parent,
                     rate: Rate(bytesPerSecond: rate), ceil: Rate(bytesPerSecond: ceil),
-                    burst: Size(bytes: UInt64(rtnl_htb_get_rbuffer(c))), cburst: Size(bytes: UInt64(rtnl_htb_get_cbuffer(c))),
+                    burst: Size(bytes: UInt64(rtnl_htb_get_rbuffer(c))),
+                    cburst: Size(bytes: UInt64(rtnl_htb_get_cbuffer(c))),
                     priority: rtnl_htb_get_prio(c), quantum: rtnl_htb_get_quantum(c))
                 out.append(ObservedClass(spec: spec, stats: Self.stats(c)))
             }
@@ -242,7 +249,9 @@ final class RouteSocket {
 
     /// `tc class add|change dev D parent P classid C htb rate … ceil … burst … cburst … prio … quantum …`.
     func htbClass(_ verb: TCVerb, ifindex: Int32, device: String, _ c: HTBClassSpec) throws {
-        guard let cls = rtnl_class_alloc() else { throw KernelError(.netlink, "rtnl_class_alloc", errno: ENOMEM, reason: "out of memory") }
+        guard let cls = rtnl_class_alloc() else {
+            throw KernelError(.netlink, "rtnl_class_alloc", errno: ENOMEM, reason: "out of memory")
+        }
         defer { rtnl_class_put(cls) }
         rtnl_tc_set_ifindex(cls, ifindex)
         rtnl_tc_set_parent(cls, c.parent.raw)
@@ -260,25 +269,31 @@ final class RouteSocket {
 
     /// `tc class del dev D classid C`.
     func deleteClass(ifindex: Int32, device: String, _ c: HTBClassSpec) throws {
-        guard let cls = rtnl_class_alloc() else { throw KernelError(.netlink, "rtnl_class_alloc", errno: ENOMEM, reason: "out of memory") }
+        guard let cls = rtnl_class_alloc() else {
+            throw KernelError(.netlink, "rtnl_class_alloc", errno: ENOMEM, reason: "out of memory")
+        }
         defer { rtnl_class_put(cls) }
         rtnl_tc_set_ifindex(cls, ifindex)
         rtnl_tc_set_parent(cls, c.parent.raw)
         rtnl_tc_set_handle(cls, c.classid.raw)
-        try build("tc class del dev \(device) classid \(c.classid)") { msg in rtnl_class_build_delete_request(cls, &msg) }
+        try build("tc class del dev \(device) classid \(c.classid)") { msg in rtnl_class_build_delete_request(cls, &msg)
+        }
     }
 
     /// `tc filter add dev D parent M: protocol all prio P handle H cgroup` (cls_cgroup; the handle is
     /// required, or the kernel answers EINVAL).
     func cgroupFilter(add: Bool, ifindex: Int32, device: String, _ f: FilterSpec) throws {
-        guard let cls = rtnl_cls_alloc() else { throw KernelError(.netlink, "rtnl_cls_alloc", errno: ENOMEM, reason: "out of memory") }
+        guard let cls = rtnl_cls_alloc() else {
+            throw KernelError(.netlink, "rtnl_cls_alloc", errno: ENOMEM, reason: "out of memory")
+        }
         defer { rtnl_cls_put(cls) }
         rtnl_tc_set_ifindex(cls, ifindex)
         rtnl_tc_set_parent(cls, f.parent.raw)
         rtnl_tc_set_handle(cls, f.handle)
         rtnl_cls_set_prio(cls, f.priority)
         rtnl_cls_set_protocol(cls, 0x0003)  // ETH_P_ALL, host order: libnl applies htons
-        let op = "tc filter \(add ? "add" : "del") dev \(device) parent \(f.parent) protocol all prio \(f.priority) handle \(f.handle) cgroup"
+        let op =
+            "tc filter \(add ? "add" : "del") dev \(device) parent \(f.parent) protocol all prio \(f.priority) handle \(f.handle) cgroup"
         try check(op, rtnl_tc_set_kind(cls, "cgroup"))
         if add {
             try build(op) { msg in rtnl_cls_build_add_request(cls, NLM_F_CREATE | NLM_F_EXCL, &msg) }
@@ -287,9 +302,13 @@ final class RouteSocket {
         }
     }
 
-    private func withQdisc<T>(ifindex: Int32, parent: TCHandle, handle: TCHandle, kind: String?,
-                              _ body: (OpaquePointer) throws -> T) throws -> T {
-        guard let qd = rtnl_qdisc_alloc() else { throw KernelError(.netlink, "rtnl_qdisc_alloc", errno: ENOMEM, reason: "out of memory") }
+    private func withQdisc<T>(
+        ifindex: Int32, parent: TCHandle, handle: TCHandle, kind: String?,
+        _ body: (OpaquePointer) throws -> T
+    ) throws -> T {
+        guard let qd = rtnl_qdisc_alloc() else {
+            throw KernelError(.netlink, "rtnl_qdisc_alloc", errno: ENOMEM, reason: "out of memory")
+        }
         defer { rtnl_qdisc_put(qd) }
         rtnl_tc_set_ifindex(qd, ifindex)
         rtnl_tc_set_parent(qd, parent.raw)

@@ -28,11 +28,17 @@ public enum PolicyParser {
             table = try TOMLTable(string: text)
         } catch let e as TOMLParseError {
             let pos = SourcePosition(line: e.source.begin.line, column: e.source.begin.column)
-            throw PolicyError(diagnostics: [PolicyDiagnostic(file: file, position: pos, key: "",
-                                                              message: "TOML syntax: \(e.description)")])
+            throw PolicyError(diagnostics: [
+                PolicyDiagnostic(
+                    file: file, position: pos, key: "",
+                    message: "TOML syntax: \(e.description)")
+            ])
         } catch {
-            throw PolicyError(diagnostics: [PolicyDiagnostic(file: file, position: SourcePosition(line: 1, column: 1),
-                                                              key: "", message: "TOML syntax: \(error)")])
+            throw PolicyError(diagnostics: [
+                PolicyDiagnostic(
+                    file: file, position: SourcePosition(line: 1, column: 1),
+                    key: "", message: "TOML syntax: \(error)")
+            ])
         }
         var v = Validator(file: file, locator: SourceLocator(text))
         let policy = v.policy(table)
@@ -70,7 +76,9 @@ struct Validator {
 
     static let topKeys = ["version", "settings", "namespace"]
     static let settingsKeys = ["classifier", "cgroup_root", "leaf"]
-    static let namespaceKeys = ["name", "netns", "device", "egress", "ingress", "default", "leaf", "provision", "class"]
+    static let namespaceKeys = [
+        "name", "netns", "device", "egress", "ingress", "default", "leaf", "provision", "class",
+    ]
     static let provisionKeys = ["address", "host_device", "host_address", "bridge", "gateway"]
     static let classKeys = ["name", "rate", "ceil", "burst", "cburst", "priority", "leaf", "match"]
     static let matchKeys = ["comm", "exe", "user", "group", "cmdline", "cgroup", "pid"]
@@ -93,27 +101,39 @@ struct Validator {
         }
     }
 
-    func wasSuggested(_ path: [String], _ key: String) -> Bool { suggested.contains((path + [key]).joined(separator: ".")) }
+    func wasSuggested(_ path: [String], _ key: String) -> Bool {
+        suggested.contains((path + [key]).joined(separator: "."))
+    }
 
     // MARK: - Top level
 
     mutating func policy(_ t: TOMLTable) -> Policy {
         checkKeys(t, [], Self.topKeys, what: "the policy")
         if let v = t["version"] {
-            if v.int != 1 { error(["version"], "version must be 1 (this netshape reads policy version 1), found \(v.debugDescription)") }
+            if v.int != 1 {
+                error(
+                    ["version"], "version must be 1 (this netshape reads policy version 1), found \(v.debugDescription)"
+                )
+            }
         } else if !wasSuggested([], "version") {
             error([], "missing 'version = 1' at the top of the policy")
         }
         var settings = Settings()
         if let s = t["settings"] {
-            if let st = s.table { settings = self.settings(st) } else { error(["settings"], "settings must be a table ([settings])") }
+            if let st = s.table {
+                settings = self.settings(st)
+            } else {
+                error(["settings"], "settings must be a table ([settings])")
+            }
         }
         var namespaces: [NamespacePolicy] = []
         if let n = t["namespace"] {
             if let arr = n.array, arr.allSatisfy({ $0.table != nil }) {
                 if arr.count == 0 { error(["namespace"], "at least one [[namespace]] is required") }
                 for (i, item) in arr.enumerated() {
-                    if let ns = namespace(item.table ?? TOMLTable(), ["namespace", String(i)]) { namespaces.append(ns) }
+                    if let ns = namespace(item.table ?? TOMLTable(), ["namespace", String(i)]) {
+                        namespaces.append(ns)
+                    }
                 }
             } else {
                 error(["namespace"], "namespace must be an array of tables ([[namespace]])")
@@ -135,8 +155,11 @@ struct Validator {
         checkKeys(t, ["settings"], Self.settingsKeys, what: "[settings]")
         var s = Settings()
         if let c = string(t, ["settings"], "classifier") {
-            if let v = ClassifierChoice(rawValue: c) { s.classifier = v } else {
-                error(["settings", "classifier"], "classifier must be one of \"auto\", \"cgroup\", \"bpf\", not \"\(c)\"")
+            if let v = ClassifierChoice(rawValue: c) {
+                s.classifier = v
+            } else {
+                error(
+                    ["settings", "classifier"], "classifier must be one of \"auto\", \"cgroup\", \"bpf\", not \"\(c)\"")
             }
         }
         if let r = string(t, ["settings"], "cgroup_root") {
@@ -167,18 +190,32 @@ struct Validator {
         let name = string(t, path, "name")
         if name == nil && t["name"] == nil && !wasSuggested(path, "name") { error(path, "[[namespace]] needs a name") }
         if let n = name, !isValidName(n) {
-            error(path + ["name"], "namespace name \"\(n)\" is not allowed: use 1-32 of a-z 0-9 _ . - starting with a letter or digit (it becomes a cgroup directory)")
+            error(
+                path + ["name"],
+                "namespace name \"\(n)\" is not allowed: use 1-32 of a-z 0-9 _ . - starting with a letter or digit (it becomes a cgroup directory)"
+            )
         }
         let label = "namespace \"\(name ?? "?")\""
         var target = NetnsTarget.named(name ?? "")
         if let n = string(t, path, "netns") {
-            if let tg = netnsTarget(n) { target = tg } else {
-                error(path + ["netns"], "\(label): netns must be \"host\", an `ip netns` name, an absolute path to a namespace file, or \"pid:N\"; \"\(n)\" is none of these")
+            if let tg = netnsTarget(n) {
+                target = tg
+            } else {
+                error(
+                    path + ["netns"],
+                    "\(label): netns must be \"host\", an `ip netns` name, an absolute path to a namespace file, or \"pid:N\"; \"\(n)\" is none of these"
+                )
             }
         }
         var device: String?
         if let d = string(t, path, "device") {
-            if isValidInterfaceName(d) { device = d } else { error(path + ["device"], "\(label): \"\(d)\" is not a valid interface name (1-15 characters, no '/', ':' or blanks)") }
+            if isValidInterfaceName(d) {
+                device = d
+            } else {
+                error(
+                    path + ["device"],
+                    "\(label): \"\(d)\" is not a valid interface name (1-15 characters, no '/', ':' or blanks)")
+            }
         }
         var egress: Rate?
         if t["egress"] == nil {
@@ -191,7 +228,9 @@ struct Validator {
         let leafChoice = leaf(t, path)
         var provision: Provision?
         if let p = t["provision"] {
-            if let pt = p.table { provision = self.provision(pt, path + ["provision"], nsName: name ?? "", label: label) } else {
+            if let pt = p.table {
+                provision = self.provision(pt, path + ["provision"], nsName: name ?? "", label: label)
+            } else {
                 error(path + ["provision"], "\(label): provision must be a table ([namespace.provision])")
             }
         }
@@ -199,7 +238,10 @@ struct Validator {
         var provisionable = true
         if case .named = target {} else { provisionable = false }
         if provision != nil && !provisionable {
-            error(path + ["netns"], "\(label): provision creates an `ip netns` namespace, so netns must be such a name (not host, a path or pid:N)")
+            error(
+                path + ["netns"],
+                "\(label): provision creates an `ip netns` namespace, so netns must be such a name (not host, a path or pid:N)"
+            )
         }
         var classes: [ClassPolicy] = []
         // Names as written, including those of classes rejected for another reason, so that one
@@ -209,7 +251,9 @@ struct Validator {
             if let arr = c.array, arr.allSatisfy({ $0.table != nil }) {
                 for (i, item) in arr.enumerated() {
                     if let n = item.table?["name"]?.string { writtenNames.append(n) }
-                    if let cls = self.class(item.table ?? TOMLTable(), path + ["class", String(i)], egress: egress, nsLabel: label) {
+                    if let cls = self.class(
+                        item.table ?? TOMLTable(), path + ["class", String(i)], egress: egress, nsLabel: label)
+                    {
                         classes.append(cls)
                     }
                 }
@@ -222,7 +266,9 @@ struct Validator {
             error(path + ["class", String(i), "name"], "\(label): duplicate class name \"\(c.name)\"")
         }
         if classes.count > Planner.maxClassesPerNamespace {
-            error(path, "\(label) has \(classes.count) classes; one device offers \(Planner.maxClassesPerNamespace) classids")
+            error(
+                path,
+                "\(label) has \(classes.count) classes; one device offers \(Planner.maxClassesPerNamespace) classids")
         }
         if let d = defaultClass {
             if !writtenNames.contains(d) {
@@ -231,17 +277,24 @@ struct Validator {
                 error(path + ["default"], msg)
             }
         } else if let ruled = classes.first(where: { !$0.match.isEmpty }) {
-            error(path, "\(label): class \"\(ruled.name)\" has match rules, so the namespace needs default = \"<class>\" for the traffic no rule matches")
+            error(
+                path,
+                "\(label): class \"\(ruled.name)\" has match rules, so the namespace needs default = \"<class>\" for the traffic no rule matches"
+            )
         }
         if let e = egress {
             let sum = classes.reduce(UInt64(0)) { $0 + $1.rate.bytesPerSecond }
             if sum > e.bytesPerSecond {
-                error(path + ["egress"], "\(label): the classes' rates add up to \(Rate(bytesPerSecond: sum)), more than egress \(e): HTB could not guarantee them")
+                error(
+                    path + ["egress"],
+                    "\(label): the classes' rates add up to \(Rate(bytesPerSecond: sum)), more than egress \(e): HTB could not guarantee them"
+                )
             }
         }
         guard let n = name, let e = egress else { return nil }
-        return NamespacePolicy(name: n, netns: target, device: device, egress: e, ingress: ingress,
-                               defaultClass: defaultClass, leaf: leafChoice, provision: provision, classes: classes)
+        return NamespacePolicy(
+            name: n, netns: target, device: device, egress: e, ingress: ingress,
+            defaultClass: defaultClass, leaf: leafChoice, provision: provision, classes: classes)
     }
 
     func netnsTarget(_ s: String) -> NetnsTarget? {
@@ -259,23 +312,40 @@ struct Validator {
     mutating func provision(_ t: TOMLTable, _ path: [String], nsName: String, label: String) -> Provision? {
         checkKeys(t, path, Self.provisionKeys, what: "[namespace.provision]")
         let address = string(t, path, "address")
-        if let a = address, !isCIDR(a) { error(path + ["address"], "\(label): address \"\(a)\" is not an IPv4 or IPv6 address with a prefix length (198.18.10.2/24)") }
+        if let a = address, !isCIDR(a) {
+            error(
+                path + ["address"],
+                "\(label): address \"\(a)\" is not an IPv4 or IPv6 address with a prefix length (198.18.10.2/24)")
+        }
         let hostAddress = string(t, path, "host_address")
-        if let a = hostAddress, !isCIDR(a) { error(path + ["host_address"], "\(label): host_address \"\(a)\" is not an address with a prefix length") }
+        if let a = hostAddress, !isCIDR(a) {
+            error(path + ["host_address"], "\(label): host_address \"\(a)\" is not an address with a prefix length")
+        }
         let gateway = string(t, path, "gateway")
         if let g = gateway, !isIP(g) { error(path + ["gateway"], "\(label): gateway \"\(g)\" is not an IP address") }
         let bridge = string(t, path, "bridge")
-        if let b = bridge, !isValidInterfaceName(b) { error(path + ["bridge"], "\(label): bridge \"\(b)\" is not a valid interface name") }
+        if let b = bridge, !isValidInterfaceName(b) {
+            error(path + ["bridge"], "\(label): bridge \"\(b)\" is not a valid interface name")
+        }
         if bridge != nil && hostAddress != nil {
-            error(path + ["bridge"], "\(label): give either host_address or bridge, not both (the address belongs on the bridge)")
+            error(
+                path + ["bridge"],
+                "\(label): give either host_address or bridge, not both (the address belongs on the bridge)")
         }
         var hostDevice = "ns-\(nsName)"
         if let h = string(t, path, "host_device") {
-            if isValidInterfaceName(h) { hostDevice = h } else { error(path + ["host_device"], "\(label): host_device \"\(h)\" is not a valid interface name") }
+            if isValidInterfaceName(h) {
+                hostDevice = h
+            } else {
+                error(path + ["host_device"], "\(label): host_device \"\(h)\" is not a valid interface name")
+            }
         } else if !isValidInterfaceName(hostDevice) {
-            error(path, "\(label): the default host_device \"\(hostDevice)\" is longer than 15 characters: set host_device")
+            error(
+                path,
+                "\(label): the default host_device \"\(hostDevice)\" is longer than 15 characters: set host_device")
         }
-        return Provision(address: address, hostDevice: hostDevice, hostAddress: hostAddress, bridge: bridge, gateway: gateway)
+        return Provision(
+            address: address, hostDevice: hostDevice, hostAddress: hostAddress, bridge: bridge, gateway: gateway)
     }
 
     // MARK: - Classes
@@ -287,7 +357,10 @@ struct Validator {
             error(path, "\(nsLabel): [[namespace.class]] needs a name")
         }
         if let n = name, !isValidName(n) {
-            error(path + ["name"], "\(nsLabel): class name \"\(n)\" is not allowed: use 1-32 of a-z 0-9 _ . - starting with a letter or digit (it becomes a cgroup directory)")
+            error(
+                path + ["name"],
+                "\(nsLabel): class name \"\(n)\" is not allowed: use 1-32 of a-z 0-9 _ . - starting with a letter or digit (it becomes a cgroup directory)"
+            )
         }
         let label = "\(nsLabel), class \"\(name ?? "?")\""
         var rate: Rate?
@@ -298,7 +371,10 @@ struct Validator {
         }
         let ceil = t["ceil"] == nil ? nil : self.rate(t, path, "ceil", of: egress, label: label)
         if let r = rate, let c = ceil, c < r {
-            error(path + ["ceil"], "\(label): ceil \(c) is below rate \(r); a class may borrow up to its ceil, so ceil must be at least rate")
+            error(
+                path + ["ceil"],
+                "\(label): ceil \(c) is below rate \(r); a class may borrow up to its ceil, so ceil must be at least rate"
+            )
         }
         if let c = ceil, let e = egress, c > e {
             error(path + ["ceil"], "\(label): ceil \(c) is above the namespace egress \(e), which caps every class")
@@ -307,20 +383,27 @@ struct Validator {
         let cburst = size(t, path, "cburst", rate: ceil ?? egress, label: label)
         var priority = 4
         if let p = t["priority"] {
-            if let i = p.int, (0...7).contains(i) { priority = i } else {
-                error(path + ["priority"], "\(label): priority must be an integer from 0 (served first) to 7, not \(p.debugDescription)")
+            if let i = p.int, (0...7).contains(i) {
+                priority = i
+            } else {
+                error(
+                    path + ["priority"],
+                    "\(label): priority must be an integer from 0 (served first) to 7, not \(p.debugDescription)")
             }
         }
         let leafChoice = leaf(t, path)
         var rules = MatchRules()
         if let m = t["match"] {
-            if let mt = m.table { rules = match(mt, path + ["match"], label: label) } else {
+            if let mt = m.table {
+                rules = match(mt, path + ["match"], label: label)
+            } else {
                 error(path + ["match"], "\(label): match must be a table (match.comm = [\"nginx\"])")
             }
         }
         guard let n = name, let r = rate else { return nil }
-        return ClassPolicy(name: n, rate: r, ceil: ceil, burst: burst, cburst: cburst, priority: priority,
-                           leaf: leafChoice, match: rules)
+        return ClassPolicy(
+            name: n, rate: r, ceil: ceil, burst: burst, cburst: cburst, priority: priority,
+            leaf: leafChoice, match: rules)
     }
 
     mutating func match(_ t: TOMLTable, _ path: [String], label: String) -> MatchRules {
@@ -328,7 +411,10 @@ struct Validator {
         var m = MatchRules()
         m.comm = strings(t, path, "comm", label: label)
         for c in m.comm where c.utf8.count > 15 {
-            error(path + ["comm"], "\(label): match.comm \"\(c)\" is longer than 15 bytes, and the kernel truncates /proc/PID/comm to 15: it could never match (use match.exe or match.cmdline)")
+            error(
+                path + ["comm"],
+                "\(label): match.comm \"\(c)\" is longer than 15 bytes, and the kernel truncates /proc/PID/comm to 15: it could never match (use match.exe or match.cmdline)"
+            )
         }
         m.exe = strings(t, path, "exe", label: label)
         for e in m.exe where !e.hasPrefix("/") {
@@ -337,7 +423,8 @@ struct Validator {
         m.cmdline = strings(t, path, "cmdline", label: label)
         for c in m.cmdline {
             do { _ = try Regex(c) } catch {
-                self.error(path + ["cmdline"], "\(label): match.cmdline \"\(c)\" is not a valid regular expression: \(error)")
+                self.error(
+                    path + ["cmdline"], "\(label): match.cmdline \"\(c)\" is not a valid regular expression: \(error)")
             }
         }
         m.cgroup = strings(t, path, "cgroup", label: label)
@@ -346,8 +433,12 @@ struct Validator {
         if let p = t["pid"] {
             let values = p.array.map { Array($0) } ?? [p]
             for v in values {
-                if let i = v.int, i > 0, i <= Int(Int32.max) { m.pid.append(Int32(i)) } else {
-                    error(path + ["pid"], "\(label): match.pid takes process ids (positive integers), not \(v.debugDescription)")
+                if let i = v.int, i > 0, i <= Int(Int32.max) {
+                    m.pid.append(Int32(i))
+                } else {
+                    error(
+                        path + ["pid"],
+                        "\(label): match.pid takes process ids (positive integers), not \(v.debugDescription)")
                 }
             }
         }
@@ -369,7 +460,9 @@ struct Validator {
         if let a = v.array {
             var out: [String] = []
             for item in a {
-                if let s = item.string, !s.isEmpty { out.append(s) } else {
+                if let s = item.string, !s.isEmpty {
+                    out.append(s)
+                } else {
                     error(path + [key], "\(label): match.\(key) takes non-empty strings, found \(typeName(item))")
                 }
             }
@@ -399,7 +492,11 @@ struct Validator {
     mutating func rate(_ t: TOMLTable, _ path: [String], _ key: String, of base: Rate?, label: String) -> Rate? {
         guard let v = t[key] else { return nil }
         let text: String
-        if let s = v.string { text = s } else if let i = v.int, i >= 0 { text = String(i) } else {
+        if let s = v.string {
+            text = s
+        } else if let i = v.int, i >= 0 {
+            text = String(i)
+        } else {
             error(path + [key], "\(label): \(key) must be a rate such as \"100mbit\", found \(typeName(v))")
             return nil
         }
@@ -417,7 +514,10 @@ struct Validator {
             return r.bytesPerSecond == 0 ? nil : r
         }
         guard let r = Rate(parsing: text) else {
-            error(path + [key], "\(label): \(key) \"\(text)\" is not a rate; use tc units such as 10mbit, 1.5gbit, 500kbit, 2mbps (bytes) or 30%")
+            error(
+                path + [key],
+                "\(label): \(key) \"\(text)\" is not a rate; use tc units such as 10mbit, 1.5gbit, 500kbit, 2mbps (bytes) or 30%"
+            )
             return nil
         }
         guard r.bytesPerSecond > 0 else {
@@ -433,7 +533,11 @@ struct Validator {
     mutating func size(_ t: TOMLTable, _ path: [String], _ key: String, rate: Rate?, label: String) -> Size? {
         guard let v = t[key] else { return nil }
         let text: String
-        if let s = v.string { text = s } else if let i = v.int, i >= 0 { text = String(i) } else {
+        if let s = v.string {
+            text = s
+        } else if let i = v.int, i >= 0 {
+            text = String(i)
+        } else {
             error(path + [key], "\(label): \(key) must be a size such as \"64kb\", found \(typeName(v))")
             return nil
         }
@@ -442,13 +546,19 @@ struct Validator {
             return nil
         }
         if s.bytes < 1514 {
-            error(path + [key], "\(label): \(key) \(s) is smaller than one full-size Ethernet frame (1514 bytes): the class could not send a full packet at once")
+            error(
+                path + [key],
+                "\(label): \(key) \(s) is smaller than one full-size Ethernet frame (1514 bytes): the class could not send a full packet at once"
+            )
             return nil
         }
         if let r = rate {
             let bound = max(r.bytesPerSecond, 64 * 1024)
             if s.bytes > bound {
-                error(path + [key], "\(label): \(key) \(s) is more than one second at \(r) (\(Size(bytes: bound))): such a burst leaves the class unshaped for seconds")
+                error(
+                    path + [key],
+                    "\(label): \(key) \(s) is more than one second at \(r) (\(Size(bytes: bound))): such a burst leaves the class unshaped for seconds"
+                )
                 return nil
             }
         }
@@ -511,9 +621,10 @@ func isIP(_ s: String) -> Bool { isIPv4(s) || isIPv6(s) }
 
 func isIPv4(_ s: String) -> Bool {
     let parts = s.split(separator: ".", omittingEmptySubsequences: false)
-    return parts.count == 4 && parts.allSatisfy { p in
-        !p.isEmpty && p.count <= 3 && p.allSatisfy(\.isNumber) && (Int(p) ?? 256) <= 255
-    }
+    return parts.count == 4
+        && parts.allSatisfy { p in
+            !p.isEmpty && p.count <= 3 && p.allSatisfy(\.isNumber) && (Int(p) ?? 256) <= 255
+        }
 }
 
 func isIPv6(_ s: String) -> Bool {

@@ -56,9 +56,12 @@ public final class FakeKernel: KernelPort {
     public init(capabilities: KernelCapabilities = .minimal) { self.caps = capabilities }
 
     /// Adds a namespace with a device whose root qdisc is the kernel default (`noqueue`).
-    public func addNamespace(_ name: String, device: String = "eth0", processes: [ProcessInfo] = [], peer: String? = nil) {
-        var ns = Namespace(netnsID: "4:\(4_026_531_000 + namespaces.count)", device: device,
-                           ifindex: Int32(2 + namespaces.count))
+    public func addNamespace(
+        _ name: String, device: String = "eth0", processes: [ProcessInfo] = [], peer: String? = nil
+    ) {
+        var ns = Namespace(
+            netnsID: "4:\(4_026_531_000 + namespaces.count)", device: device,
+            ifindex: Int32(2 + namespaces.count))
         ns.qdiscs = [ObservedQdisc(handle: .unspecified, parent: .root, kind: "noqueue")]
         ns.processes = processes
         ns.peer = peer
@@ -77,11 +80,13 @@ public final class FakeKernel: KernelPort {
                     bridgeExists: p.bridge.map(hostLinks.contains) ?? false)
             }
             guard let ns = namespaces[r.name] else {
-                state.namespaces[r.name] = ObservedNamespace(name: r.name, problem: "network namespace \(r.target) does not exist")
+                state.namespaces[r.name] = ObservedNamespace(
+                    name: r.name, problem: "network namespace \(r.target) does not exist")
                 continue
             }
             if let d = r.device, d != ns.device {
-                state.namespaces[r.name] = ObservedNamespace(name: r.name, problem: "device \(d) does not exist in \(r.target)")
+                state.namespaces[r.name] = ObservedNamespace(
+                    name: r.name, problem: "device \(d) does not exist in \(r.target)")
                 continue
             }
             var procs = ns.processes
@@ -91,15 +96,18 @@ public final class FakeKernel: KernelPort {
             var ingress: ObservedIngress?
             if r.ingress {
                 if let p = ns.peer, let dev = hostDevices[p] {
-                    ingress = ObservedIngress(placement: .peer, device: p, netnsID: "4:host", ifindex: 100, qdiscs: dev.qdiscs,
-                                              classes: dev.classes)
+                    ingress = ObservedIngress(
+                        placement: .peer, device: p, netnsID: "4:host", ifindex: 100, qdiscs: dev.qdiscs,
+                        classes: dev.classes)
                 } else {
                     let exists = ns.links.contains(r.ifbName)
                     let dev = hostDevices["\(r.name)/\(r.ifbName)"]
                     ingress = ObservedIngress(
                         placement: .ifb, device: r.ifbName, netnsID: ns.netnsID, ifindex: exists ? 200 : 0,
                         qdiscs: dev?.qdiscs ?? [], classes: dev?.classes ?? [],
-                        ingressQdisc: ns.ingressQdisc ? ObservedQdisc(handle: TCHandle(raw: 0xFFFF_0000), parent: .ingress, kind: "ingress") : nil)
+                        ingressQdisc: ns.ingressQdisc
+                            ? ObservedQdisc(handle: TCHandle(raw: 0xFFFF_0000), parent: .ingress, kind: "ingress") : nil
+                    )
                 }
             }
             state.namespaces[r.name] = ObservedNamespace(
@@ -155,7 +163,9 @@ public final class FakeKernel: KernelPort {
             namespaces[op.namespace] = ns
             return
         case .deleteNetns:
-            guard let ns = namespaces.removeValue(forKey: op.namespace) else { throw fail(KernelErrno.ENOENT, "no netns") }
+            guard let ns = namespaces.removeValue(forKey: op.namespace) else {
+                throw fail(KernelErrno.ENOENT, "no netns")
+            }
             if let p = ns.peer { hostDevices[p] = nil }
             return
         case .createVeth(let host, let peer, _):
@@ -189,7 +199,9 @@ public final class FakeKernel: KernelPort {
         switch op.action {
         case .createIFB(let n):
             guard ns.links.insert(n).inserted else { throw fail(KernelErrno.EEXIST, "\(n) exists") }
-            hostDevices["\(op.namespace)/\(n)"] = ([ObservedQdisc(handle: .unspecified, parent: .root, kind: "noqueue")], [])
+            hostDevices["\(op.namespace)/\(n)"] = (
+                [ObservedQdisc(handle: .unspecified, parent: .root, kind: "noqueue")], []
+            )
         case .deleteIFB(let n):
             guard ns.links.remove(n) != nil else { throw fail(KernelErrno.ENOENT, "no \(n)") }
             hostDevices["\(op.namespace)/\(n)"] = nil
@@ -236,13 +248,17 @@ public final class FakeKernel: KernelPort {
             guard !ns.qdiscs.contains(where: { $0.parent == l.parent }) else {
                 throw fail(KernelErrno.EEXIST, "qdisc at \(l.parent) exists")
             }
-            ns.qdiscs.append(ObservedQdisc(handle: TCHandle(major: nextAutoHandle, minor: 0), parent: l.parent,
-                                           kind: l.queue.kind, queue: l.queue))
+            ns.qdiscs.append(
+                ObservedQdisc(
+                    handle: TCHandle(major: nextAutoHandle, minor: 0), parent: l.parent,
+                    kind: l.queue.kind, queue: l.queue))
             nextAutoHandle += 1
         case .replaceLeaf(let l, _):
             ns.qdiscs.removeAll { $0.parent == l.parent }
-            ns.qdiscs.append(ObservedQdisc(handle: TCHandle(major: nextAutoHandle, minor: 0), parent: l.parent,
-                                           kind: l.queue.kind, queue: l.queue))
+            ns.qdiscs.append(
+                ObservedQdisc(
+                    handle: TCHandle(major: nextAutoHandle, minor: 0), parent: l.parent,
+                    kind: l.queue.kind, queue: l.queue))
             nextAutoHandle += 1
         case .deleteLeaf(let l):
             guard ns.qdiscs.contains(where: { $0.parent == l.parent }) else {
@@ -250,11 +266,17 @@ public final class FakeKernel: KernelPort {
             }
             ns.qdiscs.removeAll { $0.parent == l.parent }
         case .addFilter(let f):
-            guard !ns.filters.contains(where: { $0.parent == f.parent && $0.priority == f.priority && $0.handle == f.handle }) else {
+            guard
+                !ns.filters.contains(where: {
+                    $0.parent == f.parent && $0.priority == f.priority && $0.handle == f.handle
+                })
+            else {
                 throw fail(KernelErrno.EEXIST, "filter exists")
             }
-            ns.filters.append(ObservedFilter(parent: f.parent, kind: f.kind.kind, priority: f.priority, handle: f.handle,
-                                             bpfName: f.kind == .bpf ? FilterSpec.bpfProgramName : nil))
+            ns.filters.append(
+                ObservedFilter(
+                    parent: f.parent, kind: f.kind.kind, priority: f.priority, handle: f.handle,
+                    bpfName: f.kind == .bpf ? FilterSpec.bpfProgramName : nil))
         case .deleteFilter(let f):
             ns.filters.removeAll { $0.parent == f.parent && $0.priority == f.priority && $0.handle == f.handle }
         default: break
@@ -268,7 +290,9 @@ public final class FakeKernel: KernelPort {
         defer { hostDevices[key] = dev }
         switch op.action {
         case .addRootQdisc(let q), .replaceRootQdisc(let q, _):
-            if case .addRootQdisc = op.action, dev.qdiscs.contains(where: { $0.parent == .root && $0.handle != .unspecified }) {
+            if case .addRootQdisc = op.action,
+                dev.qdiscs.contains(where: { $0.parent == .root && $0.handle != .unspecified })
+            {
                 throw fail(KernelErrno.EEXIST, "root qdisc exists")
             }
             dev.qdiscs = [ObservedQdisc(handle: q.handle, parent: .root, kind: "htb", htbDefault: q.defaultMinor)]
@@ -278,12 +302,17 @@ public final class FakeKernel: KernelPort {
             dev.classes = []
         case .addClass(let c): dev.classes.append(ObservedClass(spec: c))
         case .changeClass(let c, _):
-            guard let i = dev.classes.firstIndex(where: { $0.spec.classid == c.classid }) else { throw fail(KernelErrno.ENOENT, "no class") }
+            guard let i = dev.classes.firstIndex(where: { $0.spec.classid == c.classid }) else {
+                throw fail(KernelErrno.ENOENT, "no class")
+            }
             dev.classes[i].spec = c
         case .deleteClass(let c): dev.classes.removeAll { $0.spec.classid == c.classid }
         case .addLeaf(let l), .replaceLeaf(let l, _):
             dev.qdiscs.removeAll { $0.parent == l.parent }
-            dev.qdiscs.append(ObservedQdisc(handle: TCHandle(major: nextAutoHandle, minor: 0), parent: l.parent, kind: l.queue.kind, queue: l.queue))
+            dev.qdiscs.append(
+                ObservedQdisc(
+                    handle: TCHandle(major: nextAutoHandle, minor: 0), parent: l.parent, kind: l.queue.kind,
+                    queue: l.queue))
             nextAutoHandle += 1
         case .deleteLeaf(let l): dev.qdiscs.removeAll { $0.parent == l.parent }
         default: throw fail(KernelErrno.EINVAL, "not an ingress tc operation")

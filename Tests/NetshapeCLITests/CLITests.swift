@@ -47,7 +47,8 @@ func tempPolicy(_ text: String) throws -> String {
     }
 
     @Test func runTakesTheCommandAfterTheTerminator() throws {
-        let run = try #require(try Netshape.parseAsRoot(["run", "p.toml", "web/frontend", "--", "iperf3", "-c", "x"]) as? Run)
+        let run = try #require(
+            try Netshape.parseAsRoot(["run", "p.toml", "web/frontend", "--", "iperf3", "-c", "x"]) as? Run)
         #expect(run.class == "web/frontend")
         #expect(run.command == ["iperf3", "-c", "x"])
         #expect(throws: (any Error).self) { try Netshape.parseAsRoot(["run", "p.toml", "frontend"]) }
@@ -61,31 +62,33 @@ func tempPolicy(_ text: String) throws -> String {
     }
 
     @Test func helpSnapshots() {
-        #expect(Netshape.helpMessage(for: Apply.self, columns: 100) == """
-            OVERVIEW: Converge the machine to the policy: create, change in place, or remove what differs.
+        #expect(
+            Netshape.helpMessage(for: Apply.self, columns: 100) == """
+                OVERVIEW: Converge the machine to the policy: create, change in place, or remove what differs.
 
-            Idempotent: a second apply of the same policy changes nothing. Never deletes or replaces an object
-            netshape did not create; a device whose root qdisc someone else set is refused unless --force. A
-            failure half-way rolls back what this run changed.
+                Idempotent: a second apply of the same policy changes nothing. Never deletes or replaces an object
+                netshape did not create; a device whose root qdisc someone else set is refused unless --force. A
+                failure half-way rolls back what this run changed.
 
-            USAGE: netshape apply <policy> [--dry-run] [--force] [--verbose]
+                USAGE: netshape apply <policy> [--dry-run] [--force] [--verbose]
 
-            ARGUMENTS:
-              <policy>                The policy file (TOML).
+                ARGUMENTS:
+                  <policy>                The policy file (TOML).
 
-            OPTIONS:
-              --dry-run               Only print what would change (the same as plan).
-              --force                 Replace a root qdisc netshape did not create.
-              -v, --verbose           Log every change as it is made.
-              --version               Show the version.
-              -h, --help              Show help information.
+                OPTIONS:
+                  --dry-run               Only print what would change (the same as plan).
+                  --force                 Replace a root qdisc netshape did not create.
+                  -v, --verbose           Log every change as it is made.
+                  --version               Show the version.
+                  -h, --help              Show help information.
 
-            """)
+                """)
         let root = Netshape.helpMessage(columns: 100)
         for sub in ["check", "plan", "apply", "status", "reset", "run", "classify"] {
             #expect(root.contains("\n  \(sub) "), "root help lists \(sub)")
         }
-        #expect(root.contains("Exit status: 0 success, 1 the machine refused something, 2 usage error, 65 invalid policy."))
+        #expect(
+            root.contains("Exit status: 0 success, 1 the machine refused something, 2 usage error, 65 invalid policy."))
     }
 }
 

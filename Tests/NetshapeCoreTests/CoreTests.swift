@@ -3,12 +3,13 @@ import Testing
 @testable import NetshapeCore
 
 @Suite struct UnitTests {
-    @Test(arguments: [
-        ("1mbit", 125_000), ("1mbps", 1_000_000), ("1Mbit", 125_000), ("1MBps", 1_000_000),
-        ("100mbit", 12_500_000), ("1gbit", 125_000_000), ("2.5gbit", 312_500_000), ("1kbit", 125),
-        ("1kibit", 128), ("1mibit", 131_072), ("8bit", 1), ("8", 1), ("1000000", 125_000),
-        ("1kbps", 1000), ("1kibps", 1024), ("10tbit", 1_250_000_000_000), (" 5mbit ", 625_000), ("1e6", 125_000),
-    ] as [(String, UInt64)])
+    @Test(
+        arguments: [
+            ("1mbit", 125_000), ("1mbps", 1_000_000), ("1Mbit", 125_000), ("1MBps", 1_000_000),
+            ("100mbit", 12_500_000), ("1gbit", 125_000_000), ("2.5gbit", 312_500_000), ("1kbit", 125),
+            ("1kibit", 128), ("1mibit", 131_072), ("8bit", 1), ("8", 1), ("1000000", 125_000),
+            ("1kbps", 1000), ("1kibps", 1024), ("10tbit", 1_250_000_000_000), (" 5mbit ", 625_000), ("1e6", 125_000),
+        ] as [(String, UInt64)])
     func ratesFollowTc(_ text: String, _ bytes: UInt64) throws {
         let r = try #require(Rate(parsing: text))
         #expect(r.bytesPerSecond == bytes)
@@ -28,10 +29,11 @@ import Testing
         #expect(Rate(parsing: text) == r)
     }
 
-    @Test(arguments: [
-        ("1500", 1500), ("1500b", 1500), ("64kb", 65_536), ("64k", 65_536), ("1mb", 1_048_576), ("2M", 2_097_152),
-        ("1gb", 1_073_741_824), ("8kbit", 1024), ("1mbit", 131_072),
-    ] as [(String, UInt64)])
+    @Test(
+        arguments: [
+            ("1500", 1500), ("1500b", 1500), ("64kb", 65_536), ("64k", 65_536), ("1mb", 1_048_576), ("2M", 2_097_152),
+            ("1gb", 1_073_741_824), ("8kbit", 1024), ("1mbit", 131_072),
+        ] as [(String, UInt64)])
     func sizesFollowTc(_ text: String, _ bytes: UInt64) throws {
         #expect(try #require(Size(parsing: text)).bytes == bytes)
     }
@@ -65,8 +67,11 @@ import Testing
 }
 
 func policy(_ classes: [ClassPolicy], default d: String? = nil, egress: Rate = .mbit(100)) -> Policy {
-    Policy(namespaces: [NamespacePolicy(name: "web", netns: .named("web"), device: "eth0", egress: egress,
-                                        defaultClass: d, classes: classes)])
+    Policy(namespaces: [
+        NamespacePolicy(
+            name: "web", netns: .named("web"), device: "eth0", egress: egress,
+            defaultClass: d, classes: classes)
+    ])
 }
 
 @Suite struct PlannerTests {
@@ -90,7 +95,8 @@ func policy(_ classes: [ClassPolicy], default d: String? = nil, egress: Rate = .
         #expect(ns.classes[1].spec.ceil == .mbit(20))
         #expect(ns.classifier == .cgroup)
         #expect(ns.classes.allSatisfy { $0.leaf.queue == .fqCodel })
-        #expect(ns.cgroups.map(\.relativePath) == ["netshape/web/frontend", "netshape/web/backup", "netshape/web/other"])
+        #expect(
+            ns.cgroups.map(\.relativePath) == ["netshape/web/frontend", "netshape/web/backup", "netshape/web/other"])
         #expect(Set(ns.allClasses.map(\.classid)).count == 4)
         #expect(d.notes.isEmpty)
     }
@@ -166,8 +172,9 @@ func policy(_ classes: [ClassPolicy], default d: String? = nil, egress: Rate = .
     let matcher = ProcessMatcher(users: ["www-data": 33], groups: ["backup": 34]) { p, t in t.contains(p) }
 
     @Test func everyKeyMustMatchAnyValue() {
-        let p = ProcessInfo(pid: 10, comm: "nginx", exe: "/usr/sbin/nginx", uid: 33, gid: 33,
-                            cmdline: "nginx: worker process", cgroup: "/system.slice/nginx.service")
+        let p = ProcessInfo(
+            pid: 10, comm: "nginx", exe: "/usr/sbin/nginx", uid: 33, gid: 33,
+            cmdline: "nginx: worker process", cgroup: "/system.slice/nginx.service")
         #expect(matcher.matches(MatchRules(comm: ["nginx", "apache2"]), p))
         #expect(matcher.matches(MatchRules(comm: ["nginx"], user: [.name("www-data")]), p))
         #expect(!matcher.matches(MatchRules(comm: ["nginx"], user: [.name("root")]), p))

@@ -35,11 +35,13 @@ func load(_ text: String) throws -> Policy { try PolicyParser.parse(text, file: 
 func machine(_ caps: KernelCapabilities = .minimal) -> FakeKernel {
     let k = FakeKernel(capabilities: caps)
     k.users = ["backup": 34]
-    k.addNamespace("web", processes: [
-        ProcessInfo(pid: 100, comm: "nginx", exe: "/usr/sbin/nginx", uid: 33),
-        ProcessInfo(pid: 101, comm: "rsync", exe: "/usr/bin/rsync", uid: 34),
-        ProcessInfo(pid: 102, comm: "bash", exe: "/bin/bash"),
-    ])
+    k.addNamespace(
+        "web",
+        processes: [
+            ProcessInfo(pid: 100, comm: "nginx", exe: "/usr/sbin/nginx", uid: 33),
+            ProcessInfo(pid: 101, comm: "rsync", exe: "/usr/bin/rsync", uid: 34),
+            ProcessInfo(pid: 102, comm: "bash", exe: "/bin/bash"),
+        ])
     return k
 }
 
@@ -100,8 +102,9 @@ struct Snapshot: Equatable {
         let engine = Engine(kernel: k)
         try engine.apply(try load(webPolicy), policyPath: "/p")
         let before = k.cgroups.mapValues(\.classid)
-        let more = webPolicy.replacingOccurrences(of: "[[namespace.class]]\nname = \"frontend\"",
-                                                  with: "[[namespace.class]]\nname = \"api\"\nrate = \"5mbit\"\n\n[[namespace.class]]\nname = \"frontend\"")
+        let more = webPolicy.replacingOccurrences(
+            of: "[[namespace.class]]\nname = \"frontend\"",
+            with: "[[namespace.class]]\nname = \"api\"\nrate = \"5mbit\"\n\n[[namespace.class]]\nname = \"frontend\"")
         k.clearLog()
         let report = try engine.apply(try load(more), policyPath: "/p")
         for (path, id) in before { #expect(k.cgroups[path]?.classid == id, "\(path)") }
@@ -112,7 +115,10 @@ struct Snapshot: Equatable {
         let k = machine()
         let engine = Engine(kernel: k)
         try engine.apply(try load(webPolicy), policyPath: "/p")
-        let fewer = webPolicy.replacingOccurrences(of: "[[namespace.class]]\nname = \"backup\"\nrate = \"5mbit\"\nceil = \"20mbit\"\nmatch.user = [\"backup\"]\n", with: "")
+        let fewer = webPolicy.replacingOccurrences(
+            of:
+                "[[namespace.class]]\nname = \"backup\"\nrate = \"5mbit\"\nceil = \"20mbit\"\nmatch.user = [\"backup\"]\n",
+            with: "")
         let report = try engine.apply(try load(fewer), policyPath: "/p")
         #expect(k.cgroups["netshape/web/backup"] == nil)
         #expect(k.namespaces["web"]?.classes.count == 3)
@@ -124,14 +130,16 @@ struct Snapshot: Equatable {
         let engine = Engine(kernel: k)
         try engine.apply(try load(webPolicy), policyPath: "/p")
         let report = try engine.apply(
-            try load(webPolicy.replacingOccurrences(of: "default = \"other\"", with: "default = \"backup\"")), policyPath: "/p")
+            try load(webPolicy.replacingOccurrences(of: "default = \"other\"", with: "default = \"backup\"")),
+            policyPath: "/p")
         #expect(report.remaining.isEmpty)
-        #expect(!report.performed.contains { op in
-            switch op.action {
-            case .addRootQdisc, .deleteRootQdisc, .replaceRootQdisc: return true
-            default: return false
-            }
-        }, "HTB cannot change its default class in place, so netshape never has to")
+        #expect(
+            !report.performed.contains { op in
+                switch op.action {
+                case .addRootQdisc, .deleteRootQdisc, .replaceRootQdisc: return true
+                default: return false
+                }
+            }, "HTB cannot change its default class in place, so netshape never has to")
         #expect(k.cgroups["netshape/web/backup"]?.classid.minor == Planner.defaultMinor)
         #expect(k.cgroups["netshape/web/other"]?.classid.minor != Planner.defaultMinor)
     }
@@ -175,7 +183,8 @@ struct Snapshot: Equatable {
         try engine.apply(try load(webPolicy), policyPath: "/p")
         let working = Snapshot(k)
         k.failWhen = { op in op.object == "cgroup" ? FakeKernelError(errno: 28, "injected ENOSPC") : nil }
-        let edited = webPolicy.replacingOccurrences(of: "\"60mbit\"", with: "\"50mbit\"")
+        let edited =
+            webPolicy.replacingOccurrences(of: "\"60mbit\"", with: "\"50mbit\"")
             + "\n[[namespace.class]]\nname = \"new\"\nrate = \"1mbit\"\n"
         #expect(throws: ApplyError.self) { try engine.apply(try load(edited), policyPath: "/p") }
         #expect(Snapshot(k) == working)
@@ -219,7 +228,9 @@ struct Snapshot: Equatable {
         let engine = Engine(kernel: k)
         try engine.apply(try load(webPolicy), policyPath: "/p")
         k.clearLog()
-        let bpf = "version = 1\n[settings]\nclassifier = \"bpf\"\n" + webPolicy.replacingOccurrences(of: "version = 1\n", with: "")
+        let bpf =
+            "version = 1\n[settings]\nclassifier = \"bpf\"\n"
+            + webPolicy.replacingOccurrences(of: "version = 1\n", with: "")
         let report = try engine.apply(try load(bpf), policyPath: "/p")
         #expect(report.performed.map { "\($0.verb) \($0.object)" } == ["delete filter", "add filter"])
     }

@@ -27,7 +27,8 @@ let ingressPolicy = """
         #expect(k.ownership.namespaces["web"]?.ingress?.tree?.device == "veth-web")
         #expect(try engine.apply(try load(ingressPolicy), policyPath: "/p").performed.isEmpty, "idempotent")
 
-        let edited = try engine.apply(try load(ingressPolicy.replacingOccurrences(of: "\"40mbit\"", with: "\"25mbit\"")), policyPath: "/p")
+        let edited = try engine.apply(
+            try load(ingressPolicy.replacingOccurrences(of: "\"40mbit\"", with: "\"25mbit\"")), policyPath: "/p")
         #expect(edited.performed.map { "\($0.verb) \($0.object) \($0.link)" } == ["change class ingress"])
 
         _ = try engine.reset(try load(ingressPolicy))
@@ -57,7 +58,8 @@ let ingressPolicy = """
             k.addNamespace("web", peer: peer ? "veth-web" : nil)
             let engine = Engine(kernel: k)
             try engine.apply(try load(ingressPolicy), policyPath: "/p")
-            let report = try engine.apply(try load(ingressPolicy.replacingOccurrences(of: "ingress = \"40mbit\"", with: "")), policyPath: "/p")
+            let report = try engine.apply(
+                try load(ingressPolicy.replacingOccurrences(of: "ingress = \"40mbit\"", with: "")), policyPath: "/p")
             #expect(report.remaining.isEmpty)
             if peer {
                 #expect(k.hostDevices["veth-web"]?.qdiscs.first?.kind == "noqueue")
@@ -101,14 +103,17 @@ let ingressPolicy = """
         let engine = Engine(kernel: k)
         let p = try load(Self.provisioned)
         let plan = try engine.plan(p)
-        #expect(plan.operations.filter { if case .createBridge = $0.action { true } else { false } }.count == 1,
-                "one bridge for both namespaces")
+        #expect(
+            plan.operations.filter { if case .createBridge = $0.action { true } else { false } }.count == 1,
+            "one bridge for both namespaces")
         let report = try engine.apply(p, policyPath: "/p")
         #expect(report.remaining.isEmpty, "\(report.remaining.map(\.command))")
         #expect(k.namespaces.keys.sorted() == ["a", "b"])
         #expect(k.hostLinks == ["nsbr0"])
         #expect(k.hostDevices["ns-a"]?.classes.map(\.spec.rate) == [.mbit(5)], "ingress on the provisioned peer")
-        #expect(k.ownership.namespaces["a"]?.provisioned == OwnershipRecord.Provisioned(netns: "a", hostDevice: "ns-a", bridge: "nsbr0"))
+        #expect(
+            k.ownership.namespaces["a"]?.provisioned
+                == OwnershipRecord.Provisioned(netns: "a", hostDevice: "ns-a", bridge: "nsbr0"))
         #expect(try engine.apply(p, policyPath: "/p").performed.isEmpty, "a second apply provisions nothing")
         _ = try engine.reset(p)
         #expect(k.namespaces.isEmpty)
@@ -120,14 +125,17 @@ let ingressPolicy = """
         let k = FakeKernel()
         k.addNamespace("a")
         k.addNamespace("b")
-        let plan = try Engine(kernel: k).plan(try load(Self.provisioned.replacingOccurrences(of: "ingress = \"5mbit\"\n", with: "")))
+        let plan = try Engine(kernel: k).plan(
+            try load(Self.provisioned.replacingOccurrences(of: "ingress = \"5mbit\"\n", with: "")))
         #expect(!plan.operations.contains { $0.isProvisioning })
         #expect(plan.desired.notes.contains { $0.contains("was not created by netshape") })
     }
 
     @Test func aFailedProvisioningRollsBack() throws {
         let k = FakeKernel()
-        k.failWhen = { op in if case .addDefaultRoute = op.action { FakeKernelError(errno: 101, "ENETUNREACH") } else { nil } }
+        k.failWhen = { op in
+            if case .addDefaultRoute = op.action { FakeKernelError(errno: 101, "ENETUNREACH") } else { nil }
+        }
         #expect(throws: ApplyError.self) { try Engine(kernel: k).apply(try load(Self.provisioned), policyPath: "/p") }
         #expect(k.namespaces.isEmpty)
         #expect(k.hostLinks.isEmpty)

@@ -60,7 +60,9 @@ struct ApplyIntegrationTests {
             [ip, "netns", "exec", s.client] + s.iperfClient(port: 5303, seconds: 4),
         ])
         let measured = try results.map { try goodput($0.out) }
-        print("goodput slow \(mbit(measured[0])) (10), fast \(mbit(measured[1])) (40), rest/default \(mbit(measured[2])) (20)")
+        print(
+            "goodput slow \(mbit(measured[0])) (10), fast \(mbit(measured[1])) (40), rest/default \(mbit(measured[2])) (20)"
+        )
         // TCP goodput is ≈ 95 % of the shaped wire rate; allow -12 % … +3 %.
         for (bps, want) in zip(measured, [10e6, 40e6, 20e6]) {
             #expect(bps > want * 0.88 && bps < want * 1.03, "\(mbit(bps)) for a \(mbit(want)) class")
@@ -87,7 +89,9 @@ struct ApplyIntegrationTests {
         client.standardOutput = out
         try client.run()
         sleep(3)
-        let limited = try s.policy(name: "open", """
+        let limited = try s.policy(
+            name: "open",
+            """
             egress = "200mbit"
             default = "rest"
             [[namespace.class]]
@@ -105,8 +109,11 @@ struct ApplyIntegrationTests {
         // The capped class's own counter over two seconds while the process keeps sending: the
         // wire rate through the class, not iperf3's sender-side estimate.
         usleep(1_500_000)
-        let classid = try #require(try String(contentsOfFile: "/sys/fs/cgroup/net_cls/netshape/\(s.client)/capped/net_cls.classid",
-                                              encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines))
+        let classid = try #require(
+            try String(
+                contentsOfFile: "/sys/fs/cgroup/net_cls/netshape/\(s.client)/capped/net_cls.classid",
+                encoding: .utf8
+            ).trimmingCharacters(in: .whitespacesAndNewlines))
         let handle = try #require(UInt32(classid)).classidString
         let b0 = try #require(try s.classes()[handle]?.bytes)
         usleep(2_000_000)
@@ -135,15 +142,20 @@ struct ApplyIntegrationTests {
         // Counters only grow (background traffic such as IPv6 neighbour discovery may add a few
         // bytes); a re-created class would start again from zero.
         func kept(_ now: [String: Scratch.TCClass]) -> Bool {
-            before.allSatisfy { id, c in (now[id]?.bytes ?? -1) >= c.bytes } && (before.values.map(\.bytes).max() ?? 0) > 1_000_000
+            before.allSatisfy { id, c in (now[id]?.bytes ?? -1) >= c.bytes }
+                && (before.values.map(\.bytes).max() ?? 0) > 1_000_000
         }
         #expect(kept(try s.classes()), "a no-op apply re-creates nothing")
 
-        let edited = try s.policy(Self.capped.replacingOccurrences(of: "rate = \"40mbit\"\nceil = \"40mbit\"",
-                                                                    with: "rate = \"30mbit\"\nceil = \"30mbit\""))
+        let edited = try s.policy(
+            Self.capped.replacingOccurrences(
+                of: "rate = \"40mbit\"\nceil = \"40mbit\"",
+                with: "rate = \"30mbit\"\nceil = \"30mbit\""))
         let change = try cli("apply", edited)
         #expect(change.status == 0)
-        let lines = change.out.split(separator: "\n").filter { $0.hasPrefix("~") || $0.hasPrefix("+") || $0.hasPrefix("-") }
+        let lines = change.out.split(separator: "\n").filter {
+            $0.hasPrefix("~") || $0.hasPrefix("+") || $0.hasPrefix("-")
+        }
         #expect(lines.count == 1 && lines[0].contains("tc class change"), "exactly one in-place change: \(lines)")
         let after = try s.classes()
         #expect(kept(after), "every counter kept its value: \(bytes(after)) vs \(bytes(before))")
@@ -170,13 +182,17 @@ struct ApplyIntegrationTests {
     @Test func aForeignRootQdiscIsRefusedAndNothingChanges() throws {
         let s = try Scratch()
         defer { s.close() }
-        try must([tc, "-n", s.client, "qdisc", "add", "dev", s.dev, "root", "handle", "1:", "tbf", "rate", "1mbit",
-                  "burst", "32kb", "latency", "50ms"])
+        try must([
+            tc, "-n", s.client, "qdisc", "add", "dev", s.dev, "root", "handle", "1:", "tbf", "rate", "1mbit",
+            "burst", "32kb", "latency", "50ms",
+        ])
         let before = try s.snapshot()
         let policy = try s.policy(Self.capped)
         let refused = try cli("apply", policy)
         #expect(refused.status == 1)
-        #expect(refused.err.contains("netshape: error:") && refused.err.contains("tbf") && refused.err.contains("--force"), "\(refused.err)")
+        #expect(
+            refused.err.contains("netshape: error:") && refused.err.contains("tbf") && refused.err.contains("--force"),
+            "\(refused.err)")
         #expect(try s.snapshot() == before)
         let forced = try cli("apply", "--force", policy)
         #expect(forced.status == 0, "\(forced.err)")
@@ -191,7 +207,10 @@ struct ApplyIntegrationTests {
         let before = try s.snapshot()
         let cases: [(String, Int32, String)] = [
             (Self.capped.replacingOccurrences(of: "\"40mbit\"\nceil", with: "\"400mbit\"\nceil"), 65, ":"),
-            (Self.capped.replacingOccurrences(of: "default = \"rest\"", with: "default = \"nope\""), 65, "names no class"),
+            (
+                Self.capped.replacingOccurrences(of: "default = \"rest\"", with: "default = \"nope\""), 65,
+                "names no class"
+            ),
             (Self.capped + "\nbogus = 1", 65, "unknown key"),
         ]
         for (body, code, text) in cases {
@@ -210,7 +229,8 @@ struct ApplyIntegrationTests {
         #expect(try s.snapshot() == before)
         // A device that does not exist.
         let nodev = try s.policy(name: "nodev", Self.capped)
-        let text = try String(contentsOfFile: nodev, encoding: .utf8).replacingOccurrences(of: "device = \"veth0\"", with: "device = \"nosuch0\"")
+        let text = try String(contentsOfFile: nodev, encoding: .utf8).replacingOccurrences(
+            of: "device = \"veth0\"", with: "device = \"nosuch0\"")
         try text.write(toFile: nodev, atomically: true, encoding: .utf8)
         let missing = try cli("apply", nodev)
         #expect(missing.status == 1 && missing.err.contains("nosuch0"), "\(missing.err)")
@@ -236,7 +256,8 @@ struct ApplyIntegrationTests {
     @Test(.requiresIperf3) func aHighPriorityClassKeepsLowLatencyUnderLoad() throws {
         let s = try Scratch()
         defer { s.close() }
-        let policy = try s.policy("""
+        let policy = try s.policy(
+            """
             egress = "20mbit"
             default = "bulk"
             [[namespace.class]]
@@ -252,7 +273,10 @@ struct ApplyIntegrationTests {
         try s.iperfServer(port: 5330)
         let results = try concurrently([
             [ip, "netns", "exec", s.client] + s.iperfClient(port: 5330, seconds: 6, extra: ["-P", "4"]),
-            ["/bin/sh", "-c", "sleep 2; exec \(netshapeBinary) run \(policy) interactive -- \(ping) -q -c 15 -i 0.2 \(s.serverIP)"],
+            [
+                "/bin/sh", "-c",
+                "sleep 2; exec \(netshapeBinary) run \(policy) interactive -- \(ping) -q -c 15 -i 0.2 \(s.serverIP)",
+            ],
             ["/bin/sh", "-c", "sleep 2; exec \(ip) netns exec \(s.client) \(ping) -q -c 15 -i 0.2 \(s.serverIP)"],
         ])
         func avgRTT(_ out: String) -> Double? {
@@ -279,16 +303,19 @@ struct ApplyIntegrationTests {
         let pid = sleeper.processIdentifier
         let moved = try cli("classify", policy, "\(s.client)/slow", String(pid))
         #expect(moved.status == 0, "\(moved.err)")
-        let procs = try String(contentsOfFile: "/sys/fs/cgroup/net_cls/netshape/\(s.client)/slow/cgroup.procs", encoding: .utf8)
+        let procs = try String(
+            contentsOfFile: "/sys/fs/cgroup/net_cls/netshape/\(s.client)/slow/cgroup.procs", encoding: .utf8)
         #expect(procs.split(separator: "\n").contains(Substring(String(pid))))
         // This test process lives in the host namespace: refused, nothing moved.
         let refused = try cli("classify", policy, "slow", String(getpid()))
         #expect(refused.status == 1 && refused.err.contains("another network namespace"), "\(refused.err)")
         // run: the command is in the class's cgroup and namespace from its first instruction.
-        let inside = try cli("run", policy, "fast", "--", "/bin/sh", "-c", "cat /proc/self/cgroup; readlink /proc/self/ns/net")
+        let inside = try cli(
+            "run", policy, "fast", "--", "/bin/sh", "-c", "cat /proc/self/cgroup; readlink /proc/self/ns/net")
         #expect(inside.status == 0, "\(inside.err)")
         #expect(inside.out.contains("netshape/\(s.client)/fast"), "\(inside.out)")
-        let nsInode = try must(["/usr/bin/stat", "-L", "-c", "%i", "/run/netns/\(s.client)"]).trimmingCharacters(in: .whitespacesAndNewlines)
+        let nsInode = try must(["/usr/bin/stat", "-L", "-c", "%i", "/run/netns/\(s.client)"]).trimmingCharacters(
+            in: .whitespacesAndNewlines)
         #expect(inside.out.contains("net:[\(nsInode)]"), "\(inside.out)")
         let unknown = try cli("run", policy, "nosuch", "--", "/bin/true")
         #expect(unknown.status == 2)

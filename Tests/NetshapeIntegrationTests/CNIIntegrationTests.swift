@@ -38,13 +38,21 @@ extension ApplyIntegrationTests {
     }
 
     func bridgeConfig(_ pod: Pod) -> [String: Any] {
-        ["cniVersion": "1.0.0", "name": "nstest", "type": "bridge", "bridge": pod.bridge, "isGateway": true,
-         "ipMasq": false,
-         "ipam": ["type": "host-local", "subnet": "198.18.\(pod.subnet).0/24", "dataDir": "/run/netshape-test-ipam-\(pod.id)"]]
+        [
+            "cniVersion": "1.0.0", "name": "nstest", "type": "bridge", "bridge": pod.bridge, "isGateway": true,
+            "ipMasq": false,
+            "ipam": [
+                "type": "host-local", "subnet": "198.18.\(pod.subnet).0/24",
+                "dataDir": "/run/netshape-test-ipam-\(pod.id)",
+            ],
+        ]
     }
 
-    @Test(.requiresIperf3, .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/lib/cni/bridge"),
-                                    "containernetworking-plugins is not installed (scripts/deps installs it)"))
+    @Test(
+        .requiresIperf3,
+        .enabled(
+            if: FileManager.default.isExecutableFile(atPath: "/usr/lib/cni/bridge"),
+            "containernetworking-plugins is not installed (scripts/deps installs it)"))
     func aChainedCNIPluginShapesThePodBothWays() throws {
         let id = Scratch.newID()
         let pod = Pod(id: "ctr\(id)", netns: "nst-\(id)-pod", bridge: "nsb\(id)", subnet: Int.random(in: 100...199))
@@ -63,14 +71,19 @@ extension ApplyIntegrationTests {
         // 2. netshape chained after it, with the bandwidth plugin's keys and containerd's "unset" burst.
         let config: [String: Any] = [
             "cniVersion": "1.0.0", "name": "nstest", "type": "netshape",
-            "runtimeConfig": ["bandwidth": ["egressRate": 12_000_000, "egressBurst": 4_294_967_295,
-                                            "ingressRate": 8_000_000, "ingressBurst": 4_294_967_295]],
+            "runtimeConfig": [
+                "bandwidth": [
+                    "egressRate": 12_000_000, "egressBurst": 4_294_967_295,
+                    "ingressRate": 8_000_000, "ingressBurst": 4_294_967_295,
+                ]
+            ],
             "prevResult": prevResult,
         ]
         let (s1, out1) = try cniRun(netshapeBinary, "ADD", pod, config)
         #expect(s1 == 0, "\(out1)")
         let echoed = try JSONSerialization.jsonObject(with: Data(out1.utf8)) as? [String: Any]
-        #expect((echoed?["ips"] as? [Any])?.count == (prevResult["ips"] as? [Any])?.count, "prevResult is passed through")
+        #expect(
+            (echoed?["ips"] as? [Any])?.count == (prevResult["ips"] as? [Any])?.count, "prevResult is passed through")
         let (s2, out2) = try cniRun(netshapeBinary, "ADD", pod, config)
         #expect(s2 == 0, "ADD twice is fine: \(out2)")
         #expect(try cniRun(netshapeBinary, "CHECK", pod, config).0 == 0, "CHECK passes on a fresh pod")
@@ -87,9 +100,12 @@ extension ApplyIntegrationTests {
             return p
         }
         _ = try srv(5370)
-        let egress = try goodput(try run([ip, "netns", "exec", pod.netns, iperf3, "-c", pod.gateway, "-p", "5370", "-t", "3", "-J"]).out)
+        let egress = try goodput(
+            try run([ip, "netns", "exec", pod.netns, iperf3, "-c", pod.gateway, "-p", "5370", "-t", "3", "-J"]).out)
         _ = try srv(5371)
-        let ingress = try goodput(try run([ip, "netns", "exec", pod.netns, iperf3, "-c", pod.gateway, "-p", "5371", "-t", "3", "-J", "-R"]).out)
+        let ingress = try goodput(
+            try run([ip, "netns", "exec", pod.netns, iperf3, "-c", pod.gateway, "-p", "5371", "-t", "3", "-J", "-R"])
+                .out)
         print("CNI pod: egress \(mbit(egress)) for 12mbit, ingress \(mbit(ingress)) for 8mbit")
         #expect(egress > 12e6 * 0.88 && egress < 12e6 * 1.03)
         #expect(ingress > 8e6 * 0.88 && ingress < 8e6 * 1.03)
@@ -100,7 +116,8 @@ extension ApplyIntegrationTests {
         #expect(cs == 1 && cout.contains("\"code\":100"), "CHECK fails after tampering: \(cout)")
 
         // 5. DEL, even without prevResult, leaves nothing of netshape's behind.
-        let (ds, dout) = try cniRun(netshapeBinary, "DEL", pod, ["cniVersion": "1.0.0", "name": "nstest", "type": "netshape"])
+        let (ds, dout) = try cniRun(
+            netshapeBinary, "DEL", pod, ["cniVersion": "1.0.0", "name": "nstest", "type": "netshape"])
         #expect(ds == 0, "\(dout)")
         let hostVeths = try must([ip, "-br", "link", "show", "master", pod.bridge])
         for line in hostVeths.split(separator: "\n") {
@@ -110,18 +127,25 @@ extension ApplyIntegrationTests {
         #expect(!(try must([tc, "-n", pod.netns, "qdisc", "show", "dev", "eth0"]).contains("htb")))
         let owned = (try? String(contentsOfFile: "/run/netshape/ownership.json", encoding: .utf8)) ?? ""
         #expect(!owned.contains("cni:\(pod.id)"), "no ownership left")
-        #expect(try cniRun(netshapeBinary, "DEL", pod, ["cniVersion": "1.0.0", "name": "nstest", "type": "netshape"]).0 == 0,
-                "DEL twice is fine")
+        #expect(
+            try cniRun(netshapeBinary, "DEL", pod, ["cniVersion": "1.0.0", "name": "nstest", "type": "netshape"]).0
+                == 0,
+            "DEL twice is fine")
     }
 
     @Test func cniVersionAndErrors() throws {
         let pod = Pod(id: "ctrx", netns: "nonexistent", bridge: "", subnet: 0)
         let (vs, vout) = try cniRun(netshapeBinary, "VERSION", pod, ["cniVersion": "1.0.0"])
         #expect(vs == 0 && vout.contains("\"supportedVersions\""), "\(vout)")
-        let (es, eout) = try cniRun(netshapeBinary, "ADD", pod, ["cniVersion": "9.9.9", "name": "x", "type": "netshape"])
+        let (es, eout) = try cniRun(
+            netshapeBinary, "ADD", pod, ["cniVersion": "9.9.9", "name": "x", "type": "netshape"])
         #expect(es == 1 && eout.contains("\"code\":1"), "\(eout)")
-        let (bs, bout) = try cniRun(netshapeBinary, "ADD", pod, ["cniVersion": "1.0.0", "name": "x", "type": "netshape",
-                                                                 "egressRate": 0])
+        let (bs, bout) = try cniRun(
+            netshapeBinary, "ADD", pod,
+            [
+                "cniVersion": "1.0.0", "name": "x", "type": "netshape",
+                "egressRate": 0,
+            ])
         #expect(bs == 1 && bout.contains("\"code\":7"), "a zero rate is an invalid config: \(bout)")
     }
 }

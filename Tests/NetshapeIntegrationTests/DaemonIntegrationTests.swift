@@ -17,7 +17,9 @@ extension ApplyIntegrationTests {
             process.standardOutput = handle
             process.standardError = handle
             try process.run()
-            try waitFor(seconds: 20, "the daemon to start listening") { self.text.contains("listening for exec events") }
+            try waitFor(seconds: 20, "the daemon to start listening") {
+                self.text.contains("listening for exec events")
+            }
         }
 
         var text: String { (try? String(contentsOf: log, encoding: .utf8)) ?? "" }
@@ -43,7 +45,9 @@ extension ApplyIntegrationTests {
     /// A copy of iperf3 under a distinctive name, so a `comm` rule picks exactly it.
     func namedIperf(_ s: Scratch) throws -> String {
         let path = s.dir.appendingPathComponent("nsdiperf").path
-        if !FileManager.default.fileExists(atPath: path) { try FileManager.default.copyItem(atPath: iperf3, toPath: path) }
+        if !FileManager.default.fileExists(atPath: path) {
+            try FileManager.default.copyItem(atPath: iperf3, toPath: path)
+        }
         return path
     }
 
@@ -75,14 +79,18 @@ extension ApplyIntegrationTests {
         let inClass = (after[capped]?.bytes ?? 0) - (before[capped]?.bytes ?? 0)
         let escaped = (after[rest]?.bytes ?? 0) - (before[rest]?.bytes ?? 0)
         let bps = try goodput(r.out)
-        print("new process under the daemon: \(mbit(bps)) for 10mbit; \(inClass) bytes in its class, \(escaped) escaped to the default class")
+        print(
+            "new process under the daemon: \(mbit(bps)) for 10mbit; \(inClass) bytes in its class, \(escaped) escaped to the default class"
+        )
         #expect(bps > 10e6 * 0.85 && bps < 10e6 * 1.05)
         #expect(inClass > 3_000_000)
         #expect(Double(escaped) < Double(inClass) * 0.02, "under 2 % of its bytes left before it was classified")
         #expect(d.text.contains("classified") && d.text.contains("on=exec"))
         let (status, seconds) = d.stop()
         #expect(status == 0 && seconds < 5, "SIGTERM: exit \(status) after \(seconds) s")
-        #expect(try must([tc, "-n", s.client, "qdisc", "show", "dev", s.dev]).contains("htb"), "the shaping stays after stop")
+        #expect(
+            try must([tc, "-n", s.client, "qdisc", "show", "dev", s.dev]).contains("htb"),
+            "the shaping stays after stop")
     }
 
     @Test(.requiresIperf3) func aProcessThatExecsIntoAMatchingProgramIsMoved() throws {
@@ -91,8 +99,10 @@ extension ApplyIntegrationTests {
         let d = try DaemonProcess(policy: try s.policy(Self.daemonPolicy), dir: s.dir)
         let bin = try namedIperf(s)
         try s.iperfServer(port: 5361)
-        let r = try run([ip, "netns", "exec", s.client, "/bin/sh", "-c",
-                         "sleep 0.3; exec \(bin) -c \(s.serverIP) -p 5361 -t 3 -J"])
+        let r = try run([
+            ip, "netns", "exec", s.client, "/bin/sh", "-c",
+            "sleep 0.3; exec \(bin) -c \(s.serverIP) -p 5361 -t 3 -J",
+        ])
         let bps = try goodput(r.out)
         print("exec'd into a matching program: \(mbit(bps)) for 10mbit")
         #expect(bps > 10e6 * 0.85 && bps < 10e6 * 1.05)
@@ -102,18 +112,24 @@ extension ApplyIntegrationTests {
     @Test func aBurstOfShortLivedProcessesNeitherCrashesNorLeaks() throws {
         let s = try Scratch()
         defer { s.close() }
-        let policy = try s.policy(Self.daemonPolicy.replacingOccurrences(of: "match.comm = [\"nsdiperf\"]", with: "match.comm = [\"nsdsleep\"]"))
+        let policy = try s.policy(
+            Self.daemonPolicy.replacingOccurrences(
+                of: "match.comm = [\"nsdiperf\"]", with: "match.comm = [\"nsdsleep\"]"))
         let d = try DaemonProcess(policy: policy, dir: s.dir)
         let sleeper = s.dir.appendingPathComponent("nsdsleep").path
         try FileManager.default.copyItem(atPath: "/bin/true", toPath: sleeper)
         let rss0 = rssKiB(d.process.processIdentifier)
-        try must([ip, "netns", "exec", s.client, "/bin/sh", "-c", "i=0; while [ $i -lt 300 ]; do \(sleeper); i=$((i+1)); done"])
+        try must([
+            ip, "netns", "exec", s.client, "/bin/sh", "-c",
+            "i=0; while [ $i -lt 300 ]; do \(sleeper); i=$((i+1)); done",
+        ])
         usleep(1_500_000)
         let rss1 = rssKiB(d.process.processIdentifier)
         #expect(d.process.isRunning, "still running after 300 short-lived processes")
         print("daemon RSS \(rss0) KiB -> \(rss1) KiB after 300 execs")
         #expect(rss1 - rss0 < 20_000, "no growth beyond 20 MiB")
-        let procs = try String(contentsOfFile: "/sys/fs/cgroup/net_cls/netshape/\(s.client)/capped/cgroup.procs", encoding: .utf8)
+        let procs = try String(
+            contentsOfFile: "/sys/fs/cgroup/net_cls/netshape/\(s.client)/capped/cgroup.procs", encoding: .utf8)
         #expect(procs.isEmpty, "exited processes leave no member behind")
         #expect(d.stop().0 == 0)
     }
@@ -124,13 +140,15 @@ extension ApplyIntegrationTests {
         let policy = try s.policy(Self.daemonPolicy)
         let d = try DaemonProcess(policy: policy, dir: s.dir)
         let good = try String(contentsOfFile: policy, encoding: .utf8)
-        try good.replacingOccurrences(of: "rate = \"100mbit\"", with: "rate = \"100mbitz\"").write(toFile: policy, atomically: true, encoding: .utf8)
+        try good.replacingOccurrences(of: "rate = \"100mbit\"", with: "rate = \"100mbitz\"").write(
+            toFile: policy, atomically: true, encoding: .utf8)
         kill(d.process.processIdentifier, SIGHUP)
         try waitFor(seconds: 10, "the reload to be rejected") { d.text.contains("reload rejected") }
         #expect(d.text.contains("\(policy):"), "the error names FILE:LINE:COL: \(d.text.suffix(600))")
         #expect(d.process.isRunning)
         #expect(try s.classes().values.contains { $0.rate == 100e6 }, "the running policy stays in force")
-        try good.replacingOccurrences(of: "rate = \"100mbit\"", with: "rate = \"90mbit\"").write(toFile: policy, atomically: true, encoding: .utf8)
+        try good.replacingOccurrences(of: "rate = \"100mbit\"", with: "rate = \"90mbit\"").write(
+            toFile: policy, atomically: true, encoding: .utf8)
         kill(d.process.processIdentifier, SIGHUP)
         try waitFor(seconds: 10, "the reload to apply") { d.text.contains("reloaded") }
         #expect(try s.classes().values.contains { $0.rate == 90e6 }, "a valid reload is applied")
@@ -140,7 +158,8 @@ extension ApplyIntegrationTests {
     @Test func aNamespaceCreatedAfterStartIsPickedUp() throws {
         let id = Scratch.newID()
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("netshape-late-\(id)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        try FileManager.default.createDirectory(
+            at: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         defer { try? FileManager.default.removeItem(at: dir) }
         let client = "nst-\(id)-c"
         let policy = dir.appendingPathComponent("late.toml").path
@@ -164,7 +183,8 @@ extension ApplyIntegrationTests {
             print("skipping: systemd-analyze is not installed")
             return
         }
-        let top = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let top = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("netshape-units-\(Scratch.newID())")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
@@ -181,7 +201,8 @@ extension ApplyIntegrationTests {
     }
 
     func classidOf(_ cls: String, _ s: Scratch) throws -> String? {
-        let id = try String(contentsOfFile: "/sys/fs/cgroup/net_cls/netshape/\(s.client)/\(cls)/net_cls.classid", encoding: .utf8)
+        let id = try String(
+            contentsOfFile: "/sys/fs/cgroup/net_cls/netshape/\(s.client)/\(cls)/net_cls.classid", encoding: .utf8)
         return UInt32(id.trimmingCharacters(in: .whitespacesAndNewlines))?.classidString
     }
 }

@@ -14,7 +14,8 @@ extension ApplyIntegrationTests {
         let sleeper = try background(in: s.client, ["/bin/sleep", "30"])
         defer { sleeper.terminate() }
         for target in ["/run/netns/\(s.client)", "pid:\(sleeper.processIdentifier)"] {
-            let text = "version = 1\n[[namespace]]\nname = \"t\(s.id)\"\nnetns = \"\(target)\"\ndevice = \"\(s.dev)\"\negress = \"50mbit\"\n"
+            let text =
+                "version = 1\n[[namespace]]\nname = \"t\(s.id)\"\nnetns = \"\(target)\"\ndevice = \"\(s.dev)\"\negress = \"50mbit\"\n"
             let path = s.dir.appendingPathComponent("target.toml").path
             try text.write(toFile: path, atomically: true, encoding: .utf8)
             let applied = try cli("apply", path)
@@ -25,7 +26,8 @@ extension ApplyIntegrationTests {
             #expect(!(try rootQdisc(s).contains("htb")), "reset through \(target)")
         }
         let missing = try s.policy(name: "missing", "egress = \"1mbit\"")
-        let text = try String(contentsOfFile: missing, encoding: .utf8).replacingOccurrences(of: "netns = \"\(s.client)\"", with: "netns = \"pid:999999999\"")
+        let text = try String(contentsOfFile: missing, encoding: .utf8).replacingOccurrences(
+            of: "netns = \"\(s.client)\"", with: "netns = \"pid:999999999\"")
         try text.write(toFile: missing, atomically: true, encoding: .utf8)
         let r = try cli("apply", missing)
         #expect(r.status == 1 && r.err.contains("pid:999999999") && r.err.contains("does not exist"), "\(r.err)")
@@ -87,7 +89,8 @@ extension ApplyIntegrationTests {
             text += "[namespace.provision]\naddress = \"198.19.\(subnet).\(i + 2)/24\"\nbridge = \"\(bridge)\"\n"
         }
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("netshape-prov-\(id)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        try FileManager.default.createDirectory(
+            at: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         let policy = dir.appendingPathComponent("p.toml").path
         try text.write(toFile: policy, atomically: true, encoding: .utf8)
         var servers: [Process] = []
@@ -107,15 +110,17 @@ extension ApplyIntegrationTests {
             servers.append(try background(in: srv, [iperf3, "-s", "-1", "-B", srvIP, "-p", String(port)], settle: 0))
         }
         usleep(500_000)
-        let results = try concurrently((0..<3).map { i in
-            [ip, "netns", "exec", names[i], iperf3, "-c", srvIP, "-p", String(5350 + i), "-t", "4", "-J"]
-        })
+        let results = try concurrently(
+            (0..<3).map { i in
+                [ip, "netns", "exec", names[i], iperf3, "-c", srvIP, "-p", String(5350 + i), "-t", "4", "-J"]
+            })
         let measured = try results.map { try goodput($0.out) }
         print("three namespaces at once: \(measured.map(mbit)) for 10/20/30 mbit")
         for (bps, want) in zip(measured, rates.map { Double($0) * 1e6 }) {
             #expect(bps > want * 0.88 && bps < want * 1.03, "\(mbit(bps)) for \(mbit(want))")
         }
-        let ingress = try goodput(try run([ip, "netns", "exec", names[0], iperf3, "-c", srvIP, "-p", "5353", "-t", "3", "-J", "-R"]).out)
+        let ingress = try goodput(
+            try run([ip, "netns", "exec", names[0], iperf3, "-c", srvIP, "-p", "5353", "-t", "3", "-J", "-R"]).out)
         print("ingress into \(names[0]) on its host-side peer: \(mbit(ingress)) for 8mbit")
         #expect(ingress > 8e6 * 0.88 && ingress < 8e6 * 1.03)
         let status = try cli("status", policy, "--interval", "0")
@@ -127,9 +132,10 @@ extension ApplyIntegrationTests {
         #expect(names.allSatisfy { !netns.contains($0) }, "no namespace left: \(netns)")
         // The kernel tears a deleted namespace's veth pair down asynchronously, and later still while
         // orphaned TCP sockets (data an iperf3 left behind) hold the namespace: wait for it.
-        let gone = (try? waitFor(seconds: 20, "the provisioned links to go") {
-            !((try? must([ip, "-br", "link", "show"])) ?? "").contains(String(id))
-        }) != nil
+        let gone =
+            (try? waitFor(seconds: 20, "the provisioned links to go") {
+                !((try? must([ip, "-br", "link", "show"])) ?? "").contains(String(id))
+            }) != nil
         let links = (try? must([ip, "-br", "link", "show"])) ?? ""
         #expect(gone, "no link of the policy left: \(links)")
         #expect(!FileManager.default.fileExists(atPath: "/sys/fs/cgroup/net_cls/netshape/\(names[0])"))
@@ -152,7 +158,8 @@ extension ApplyIntegrationTests {
         let bBefore = try b.snapshot()
         try must([ip, "netns", "del", a.client])
         let again = try cli("apply", policy)
-        #expect(again.status == 1 && again.err.contains(a.client) && again.err.contains("does not exist"), "\(again.err)")
+        #expect(
+            again.status == 1 && again.err.contains(a.client) && again.err.contains("does not exist"), "\(again.err)")
         #expect(try b.snapshot() == bBefore, "the other namespace is untouched")
         let status = try cli("status", policy, "--interval", "0")
         #expect(status.status == 0)

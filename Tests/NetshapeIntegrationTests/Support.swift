@@ -25,7 +25,8 @@ func run(_ args: [String], timeout: Double = 60) throws -> Run {
     let o = out.fileHandleForReading.readDataToEndOfFile()
     let e = err.fileHandleForReading.readDataToEndOfFile()
     p.waitUntilExit()
-    return Run(status: p.terminationStatus, out: String(decoding: o, as: UTF8.self), err: String(decoding: e, as: UTF8.self))
+    return Run(
+        status: p.terminationStatus, out: String(decoding: o, as: UTF8.self), err: String(decoding: e, as: UTF8.self))
 }
 
 /// Runs a command and fails the test (throws) when it exits non-zero.
@@ -49,7 +50,8 @@ let ping = "/usr/bin/ping"
 /// The netshape binary under test: $NETSHAPE_BINARY, or the package's debug build.
 let netshapeBinary: String = {
     if let b = ProcessInfo.processInfo.environment["NETSHAPE_BINARY"] { return b }
-    let pkg = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    let pkg = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
     return pkg.appendingPathComponent(".build/debug/netshape").path
 }()
 
@@ -59,16 +61,21 @@ func cli(_ args: String...) throws -> Run { try run([netshapeBinary] + args, tim
 enum Capability {
     /// Root that can create network namespaces, veth pairs and HTB trees.
     static let netAdmin: (ok: Bool, why: String) = {
-        guard geteuid() == 0 else { return (false, "integration tests need root (CAP_NET_ADMIN, CAP_SYS_ADMIN): run scripts/test as root") }
+        guard geteuid() == 0 else {
+            return (false, "integration tests need root (CAP_NET_ADMIN, CAP_SYS_ADMIN): run scripts/test as root")
+        }
         let name = "nsprobe-\(UInt32.random(in: 0..<UInt32.max))"
-        guard (try? run([ip, "netns", "add", name]))?.status == 0 else { return (false, "cannot create a network namespace (ip netns add)") }
+        guard (try? run([ip, "netns", "add", name]))?.status == 0 else {
+            return (false, "cannot create a network namespace (ip netns add)")
+        }
         defer { _ = try? run([ip, "netns", "del", name]) }
         let htb = try? run([ip, "netns", "exec", name, tc, "qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb"])
         guard htb?.status == 0 else { return (false, "this kernel cannot create an HTB qdisc (sch_htb)") }
         return (true, "")
     }()
 
-    static let iperf: (ok: Bool, why: String) = FileManager.default.isExecutableFile(atPath: iperf3)
+    static let iperf: (ok: Bool, why: String) =
+        FileManager.default.isExecutableFile(atPath: iperf3)
         ? (true, "") : (false, "iperf3 is not installed (scripts/deps installs it)")
 
     /// The kernel's classifiers and leaves, as netshape itself probes them.
@@ -114,12 +121,16 @@ final class Scratch {
         server = "nst-\(id)-s"
         subnet = Int.random(in: 0...255)
         dir = FileManager.default.temporaryDirectory.appendingPathComponent("netshape-test-\(id)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true,
-                                                attributes: [.posixPermissions: 0o700])
+        try FileManager.default.createDirectory(
+            at: dir, withIntermediateDirectories: true,
+            attributes: [.posixPermissions: 0o700])
         do {
             try must([ip, "netns", "add", client])
             try must([ip, "netns", "add", server])
-            try must([ip, "-n", client, "link", "add", "name", dev, "type", "veth", "peer", "name", serverDev, "netns", server])
+            try must([
+                ip, "-n", client, "link", "add", "name", dev, "type", "veth", "peer", "name", serverDev, "netns",
+                server,
+            ])
             try must([ip, "-n", client, "addr", "add", "\(clientIP)/24", "dev", dev])
             try must([ip, "-n", server, "addr", "add", "\(serverIP)/24", "dev", serverDev])
             for (ns, d) in [(client, dev), (server, serverDev)] {
@@ -136,7 +147,8 @@ final class Scratch {
     /// files, and any netshape cgroups of this scratch's policies.
     func close() {
         for p in servers where p.isRunning { p.terminate() }
-        for p in try! FileManager.default.contentsOfDirectory(atPath: dir.path) where p.hasSuffix(".toml") {
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: dir.path)) ?? []
+        for p in files where p.hasSuffix(".toml") {
             _ = try? cli("reset", dir.appendingPathComponent(p).path)
         }
         _ = try? run([ip, "netns", "del", client])
@@ -146,7 +158,8 @@ final class Scratch {
 
     /// Writes a policy for the client namespace (mode 0600, as a root tool expects) and returns its path.
     func policy(name: String = "p", _ body: String, settings: String = "") throws -> String {
-        let text = "version = 1\n\(settings)\n[[namespace]]\nname = \"\(client)\"\nnetns = \"\(client)\"\ndevice = \"\(dev)\"\n\(body)\n"
+        let text =
+            "version = 1\n\(settings)\n[[namespace]]\nname = \"\(client)\"\nnetns = \"\(client)\"\ndevice = \"\(dev)\"\n\(body)\n"
         let url = dir.appendingPathComponent("\(name).toml")
         try text.write(to: url, atomically: true, encoding: .utf8)
         try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: url.path)

@@ -13,12 +13,13 @@ import Testing
         let insns = BPFClassifier.instructions()
         let bytes = insns.flatMap { i in withUnsafeBytes(of: i) { Array($0) } }
         #expect(netshape_bpf_insn_size() == 8)
-        #expect(bytes == [
-            // BPF_JMP|BPF_CALL, dst/src 0, off 0, imm = BPF_FUNC_get_cgroup_classid (17)
-            0x85, 0x00, 0x00, 0x00, 0x11, 0x00, 0x00, 0x00,
-            // BPF_JMP|BPF_EXIT: return r0 (the classid; 0 = no match)
-            0x95, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
-        ])
+        #expect(
+            bytes == [
+                // BPF_JMP|BPF_CALL, dst/src 0, off 0, imm = BPF_FUNC_get_cgroup_classid (17)
+                0x85, 0x00, 0x00, 0x00, 0x11, 0x00, 0x00, 0x00,
+                // BPF_JMP|BPF_EXIT: return r0 (the classid; 0 = no match)
+                0x95, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            ])
     }
 
     /// `tc filter add dev <ifindex 2> parent 3811: protocol all prio 16606 handle 1 bpf fd 7 name netshape_classid`
@@ -26,29 +27,30 @@ import Testing
         let f = FilterSpec(parent: TCHandle(major: 0x3811, minor: 0), kind: .bpf, priority: 16606, handle: 1)
         let bytes = MnlSocket.addBpfFilterRequest(seq: 1, ifindex: 2, f, programFD: 7)
         let name = Array("netshape_classid".utf8)
-        let expected: [UInt8] = [
-            // struct nlmsghdr
-            0x50, 0x00, 0x00, 0x00,  // nlmsg_len = 80
-            0x2C, 0x00,  // nlmsg_type = RTM_NEWTFILTER (44)
-            0x05, 0x06,  // nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_EXCL | NLM_F_CREATE
-            0x01, 0x00, 0x00, 0x00,  // nlmsg_seq = 1 (masked in real use: a counter)
-            0x00, 0x00, 0x00, 0x00,  // nlmsg_pid = 0 (the kernel)
-            // struct tcmsg
-            0x00, 0x00, 0x00, 0x00,  // tcm_family = AF_UNSPEC, padding
-            0x02, 0x00, 0x00, 0x00,  // tcm_ifindex = 2
-            0x01, 0x00, 0x00, 0x00,  // tcm_handle = 1
-            0x00, 0x00, 0x11, 0x38,  // tcm_parent = 3811:0
-            0x00, 0x03, 0xDE, 0x40,  // tcm_info = prio 16606 << 16 | htons(ETH_P_ALL)
-            // TCA_KIND "bpf"
-            0x08, 0x00, 0x01, 0x00, 0x62, 0x70, 0x66, 0x00,
-            // TCA_OPTIONS, nested (NLA_F_NESTED), 36 bytes
-            0x24, 0x00, 0x02, 0x80,
-            //   TCA_BPF_FD = 7
-            0x08, 0x00, 0x06, 0x00, 0x07, 0x00, 0x00, 0x00,
-            //   TCA_BPF_NAME "netshape_classid\0" (21 bytes, padded to 24). No TCA_BPF_FLAGS:
-            //   not direct-action, so the program's return value is the whole classid.
-            0x15, 0x00, 0x07, 0x00,
-        ] + name + [0x00, 0x00, 0x00, 0x00]
+        let expected: [UInt8] =
+            [
+                // struct nlmsghdr
+                0x50, 0x00, 0x00, 0x00,  // nlmsg_len = 80
+                0x2C, 0x00,  // nlmsg_type = RTM_NEWTFILTER (44)
+                0x05, 0x06,  // nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_EXCL | NLM_F_CREATE
+                0x01, 0x00, 0x00, 0x00,  // nlmsg_seq = 1 (masked in real use: a counter)
+                0x00, 0x00, 0x00, 0x00,  // nlmsg_pid = 0 (the kernel)
+                // struct tcmsg
+                0x00, 0x00, 0x00, 0x00,  // tcm_family = AF_UNSPEC, padding
+                0x02, 0x00, 0x00, 0x00,  // tcm_ifindex = 2
+                0x01, 0x00, 0x00, 0x00,  // tcm_handle = 1
+                0x00, 0x00, 0x11, 0x38,  // tcm_parent = 3811:0
+                0x00, 0x03, 0xDE, 0x40,  // tcm_info = prio 16606 << 16 | htons(ETH_P_ALL)
+                // TCA_KIND "bpf"
+                0x08, 0x00, 0x01, 0x00, 0x62, 0x70, 0x66, 0x00,
+                // TCA_OPTIONS, nested (NLA_F_NESTED), 36 bytes
+                0x24, 0x00, 0x02, 0x80,
+                //   TCA_BPF_FD = 7
+                0x08, 0x00, 0x06, 0x00, 0x07, 0x00, 0x00, 0x00,
+                //   TCA_BPF_NAME "netshape_classid\0" (21 bytes, padded to 24). No TCA_BPF_FLAGS:
+                //   not direct-action, so the program's return value is the whole classid.
+                0x15, 0x00, 0x07, 0x00,
+            ] + name + [0x00, 0x00, 0x00, 0x00]
         #expect(bytes == expected)
     }
 
@@ -77,7 +79,8 @@ import Testing
     }
 
     @Test func procCgroupLines() {
-        let v1 = ProcScanner.cgroups("""
+        let v1 = ProcScanner.cgroups(
+            """
             12:net_cls,net_prio:/netshape/web/frontend
             4:cpu,cpuacct:/user.slice
             1:name=systemd:/system.slice/nginx.service
@@ -114,7 +117,8 @@ import Testing
         try h.create("netshape/web/frontend", classid: .unspecified)
         let cls = dir.appendingPathComponent("netshape/web/frontend/net_cls.classid")
         try "0\n".write(to: cls, atomically: false, encoding: .utf8)
-        try "".write(to: dir.appendingPathComponent("netshape/web/frontend/cgroup.procs"), atomically: false, encoding: .utf8)
+        try "".write(
+            to: dir.appendingPathComponent("netshape/web/frontend/cgroup.procs"), atomically: false, encoding: .utf8)
         try h.setClassID("netshape/web/frontend", TCHandle(major: 0x3811, minor: 0xFE2D))
         #expect(try String(contentsOf: cls, encoding: .utf8) == String(0x3811_FE2D), "written in decimal")
         #expect(h.classid("netshape/web/frontend") == TCHandle(major: 0x3811, minor: 0xFE2D))
@@ -132,8 +136,10 @@ import Testing
         let outside = dir.appendingPathComponent("outside")
         try FileManager.default.createDirectory(at: outside, withIntermediateDirectories: true)
         let root = dir.appendingPathComponent("root")
-        try FileManager.default.createDirectory(at: root.appendingPathComponent("netshape"), withIntermediateDirectories: true)
-        try FileManager.default.createSymbolicLink(at: root.appendingPathComponent("netshape/evil"), withDestinationURL: outside)
+        try FileManager.default.createDirectory(
+            at: root.appendingPathComponent("netshape"), withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(
+            at: root.appendingPathComponent("netshape/evil"), withDestinationURL: outside)
         let hier = NetClsHierarchy(root: root.path)
         #expect(throws: KernelError.self) { try hier.create("netshape/evil/x", classid: .unspecified) }
         #expect(throws: KernelError.self) { try hier.move(pid: 1, to: "netshape/evil") }

@@ -65,68 +65,120 @@ func firstDiagnostic(_ text: String) -> PolicyDiagnostic? {
     }
 
     static let rejections: [Rejection] = [
-        Rejection(rule: "TOML syntax", text: base.replacingOccurrences(of: "rate = \"60mbit\"", with: "rate = \"60mbit"),
-                  line: 10, column: 15, contains: "TOML syntax"),
-        Rejection(rule: "unknown key with suggestion", text: base.replacingOccurrences(of: "rate = \"60mbit\"", with: "rat = \"60mbit\""),
-                  line: 10, column: 1, contains: "did you mean 'rate'"),
-        Rejection(rule: "unknown top-level key", text: "verison = 1\n" + base, line: 1, column: 1, contains: "did you mean 'version'"),
-        Rejection(rule: "wrong type", text: base.replacingOccurrences(of: "egress = \"100mbit\"", with: "egress = true"),
-                  line: 5, column: 1, contains: "must be a rate"),
-        Rejection(rule: "unparsable rate", text: base.replacingOccurrences(of: "\"60mbit\"", with: "\"60mbitt\""),
-                  line: 10, column: 1, contains: "is not a rate"),
-        Rejection(rule: "zero rate", text: base.replacingOccurrences(of: "\"60mbit\"", with: "\"0mbit\""),
-                  line: 10, column: 1, contains: "is zero"),
-        Rejection(rule: "ceil below rate", text: base.replacingOccurrences(of: "rate = \"60mbit\"", with: "rate = \"60mbit\"\nceil = \"50mbit\""),
-                  line: 11, column: 1, contains: "below rate"),
-        Rejection(rule: "ceil above egress", text: base.replacingOccurrences(of: "rate = \"60mbit\"", with: "rate = \"60mbit\"\nceil = \"1gbit\""),
-                  line: 11, column: 1, contains: "above the namespace egress"),
-        Rejection(rule: "sum of rates above egress", text: base.replacingOccurrences(of: "\"60mbit\"", with: "\"95mbit\""),
-                  line: 5, column: 1, contains: "add up to 105mbit"),
-        Rejection(rule: "duplicate class name", text: base + "\n\n[[namespace.class]]\nname = \"other\"\nrate = \"1mbit\"\n",
-                  line: 18, column: 1, contains: "duplicate class name"),
-        Rejection(rule: "duplicate namespace name", text: base + "\n\n[[namespace]]\nname = \"web\"\negress = \"1mbit\"\n",
-                  line: 18, column: 1, contains: "duplicate namespace name"),
-        Rejection(rule: "default names no class", text: base.replacingOccurrences(of: "default = \"other\"", with: "default = \"othre\""),
-                  line: 6, column: 1, contains: "did you mean \"other\""),
-        Rejection(rule: "default missing with rules", text: base.replacingOccurrences(of: "default = \"other\"\n", with: ""),
-                  line: 3, column: 1, contains: "needs default"),
-        Rejection(rule: "path traversal in class name", text: base.replacingOccurrences(of: "name = \"frontend\"", with: "name = \"../../etc\""),
-                  line: 9, column: 1, contains: "is not allowed"),
-        Rejection(rule: "slash in namespace name", text: base.replacingOccurrences(of: "name = \"web\"", with: "name = \"a/b\""),
-                  line: 4, column: 1, contains: "is not allowed"),
-        Rejection(rule: "priority out of range", text: base.replacingOccurrences(of: "rate = \"10mbit\"", with: "rate = \"10mbit\"\npriority = 8"),
-                  line: 16, column: 1, contains: "priority must be an integer from 0"),
-        Rejection(rule: "version", text: base.replacingOccurrences(of: "version = 1", with: "version = 2"),
-                  line: 1, column: 1, contains: "version must be 1"),
-        Rejection(rule: "bad classifier", text: base + "\n[settings]\nclassifier = \"u32\"\n", line: 17, column: 1, contains: "classifier must be one of"),
-        Rejection(rule: "bad leaf", text: base + "\n[settings]\nleaf = \"fq-codel\"\n", line: 17, column: 1, contains: "did you mean \"fq_codel\""),
-        Rejection(rule: "bad regex", text: base.replacingOccurrences(of: "match.comm = [\"nginx\"]", with: "match.cmdline = [\"(unclosed\"]"),
-                  line: 11, column: 1, contains: "not a valid regular expression"),
-        Rejection(rule: "unknown match key", text: base.replacingOccurrences(of: "match.comm", with: "match.command"),
-                  line: 11, column: 1, contains: "did you mean 'comm'"),
-        Rejection(rule: "relative exe", text: base.replacingOccurrences(of: "match.comm = [\"nginx\"]", with: "match.exe = [\"nginx\"]"),
-                  line: 11, column: 1, contains: "absolute path"),
-        Rejection(rule: "comm longer than the kernel keeps", text: base.replacingOccurrences(of: "\"nginx\"", with: "\"a-very-long-process-name\""),
-                  line: 11, column: 1, contains: "longer than 15"),
-        Rejection(rule: "percentage of egress itself", text: base.replacingOccurrences(of: "\"100mbit\"", with: "\"50%\""),
-                  line: 5, column: 1, contains: "cannot be a percentage"),
-        Rejection(rule: "burst above one second", text: base.replacingOccurrences(of: "rate = \"10mbit\"", with: "rate = \"10mbit\"\nburst = \"512mb\""),
-                  line: 16, column: 1, contains: "unshaped for seconds"),
-        Rejection(rule: "burst below a frame", text: base.replacingOccurrences(of: "rate = \"10mbit\"", with: "rate = \"10mbit\"\nburst = \"100b\""),
-                  line: 16, column: 1, contains: "smaller than one full-size"),
-        Rejection(rule: "bad netns", text: base.replacingOccurrences(of: "name = \"web\"", with: "name = \"web\"\nnetns = \"pid:x\""),
-                  line: 5, column: 1, contains: "netns must be"),
-        Rejection(rule: "bad device", text: base.replacingOccurrences(of: "name = \"web\"", with: "name = \"web\"\ndevice = \"a-very-long-device-name\""),
-                  line: 5, column: 1, contains: "not a valid interface name"),
-        Rejection(rule: "missing egress", text: base.replacingOccurrences(of: "egress = \"100mbit\"\n", with: ""),
-                  line: 3, column: 1, contains: "needs an egress"),
-        Rejection(rule: "missing rate", text: base.replacingOccurrences(of: "rate = \"10mbit\"", with: ""),
-                  line: 13, column: 1, contains: "needs a rate"),
-        Rejection(rule: "bridge and host_address together",
-                  text: base + "\n[namespace.provision]\nhost_address = \"198.18.0.1/24\"\nbridge = \"br0\"\n",
-                  line: 18, column: 1, contains: "not both"),
-        Rejection(rule: "inline table key", text: base.replacingOccurrences(of: "match.comm = [\"nginx\"]", with: "match = { comm = [\"nginx\"], uesr = [\"x\"] }"),
-                  line: 11, column: 29, contains: "did you mean 'user'"),
+        Rejection(
+            rule: "TOML syntax", text: base.replacingOccurrences(of: "rate = \"60mbit\"", with: "rate = \"60mbit"),
+            line: 10, column: 15, contains: "TOML syntax"),
+        Rejection(
+            rule: "unknown key with suggestion",
+            text: base.replacingOccurrences(of: "rate = \"60mbit\"", with: "rat = \"60mbit\""),
+            line: 10, column: 1, contains: "did you mean 'rate'"),
+        Rejection(
+            rule: "unknown top-level key", text: "verison = 1\n" + base, line: 1, column: 1,
+            contains: "did you mean 'version'"),
+        Rejection(
+            rule: "wrong type", text: base.replacingOccurrences(of: "egress = \"100mbit\"", with: "egress = true"),
+            line: 5, column: 1, contains: "must be a rate"),
+        Rejection(
+            rule: "unparsable rate", text: base.replacingOccurrences(of: "\"60mbit\"", with: "\"60mbitt\""),
+            line: 10, column: 1, contains: "is not a rate"),
+        Rejection(
+            rule: "zero rate", text: base.replacingOccurrences(of: "\"60mbit\"", with: "\"0mbit\""),
+            line: 10, column: 1, contains: "is zero"),
+        Rejection(
+            rule: "ceil below rate",
+            text: base.replacingOccurrences(of: "rate = \"60mbit\"", with: "rate = \"60mbit\"\nceil = \"50mbit\""),
+            line: 11, column: 1, contains: "below rate"),
+        Rejection(
+            rule: "ceil above egress",
+            text: base.replacingOccurrences(of: "rate = \"60mbit\"", with: "rate = \"60mbit\"\nceil = \"1gbit\""),
+            line: 11, column: 1, contains: "above the namespace egress"),
+        Rejection(
+            rule: "sum of rates above egress", text: base.replacingOccurrences(of: "\"60mbit\"", with: "\"95mbit\""),
+            line: 5, column: 1, contains: "add up to 105mbit"),
+        Rejection(
+            rule: "duplicate class name", text: base + "\n\n[[namespace.class]]\nname = \"other\"\nrate = \"1mbit\"\n",
+            line: 18, column: 1, contains: "duplicate class name"),
+        Rejection(
+            rule: "duplicate namespace name", text: base + "\n\n[[namespace]]\nname = \"web\"\negress = \"1mbit\"\n",
+            line: 18, column: 1, contains: "duplicate namespace name"),
+        Rejection(
+            rule: "default names no class",
+            text: base.replacingOccurrences(of: "default = \"other\"", with: "default = \"othre\""),
+            line: 6, column: 1, contains: "did you mean \"other\""),
+        Rejection(
+            rule: "default missing with rules", text: base.replacingOccurrences(of: "default = \"other\"\n", with: ""),
+            line: 3, column: 1, contains: "needs default"),
+        Rejection(
+            rule: "path traversal in class name",
+            text: base.replacingOccurrences(of: "name = \"frontend\"", with: "name = \"../../etc\""),
+            line: 9, column: 1, contains: "is not allowed"),
+        Rejection(
+            rule: "slash in namespace name",
+            text: base.replacingOccurrences(of: "name = \"web\"", with: "name = \"a/b\""),
+            line: 4, column: 1, contains: "is not allowed"),
+        Rejection(
+            rule: "priority out of range",
+            text: base.replacingOccurrences(of: "rate = \"10mbit\"", with: "rate = \"10mbit\"\npriority = 8"),
+            line: 16, column: 1, contains: "priority must be an integer from 0"),
+        Rejection(
+            rule: "version", text: base.replacingOccurrences(of: "version = 1", with: "version = 2"),
+            line: 1, column: 1, contains: "version must be 1"),
+        Rejection(
+            rule: "bad classifier", text: base + "\n[settings]\nclassifier = \"u32\"\n", line: 17, column: 1,
+            contains: "classifier must be one of"),
+        Rejection(
+            rule: "bad leaf", text: base + "\n[settings]\nleaf = \"fq-codel\"\n", line: 17, column: 1,
+            contains: "did you mean \"fq_codel\""),
+        Rejection(
+            rule: "bad regex",
+            text: base.replacingOccurrences(of: "match.comm = [\"nginx\"]", with: "match.cmdline = [\"(unclosed\"]"),
+            line: 11, column: 1, contains: "not a valid regular expression"),
+        Rejection(
+            rule: "unknown match key", text: base.replacingOccurrences(of: "match.comm", with: "match.command"),
+            line: 11, column: 1, contains: "did you mean 'comm'"),
+        Rejection(
+            rule: "relative exe",
+            text: base.replacingOccurrences(of: "match.comm = [\"nginx\"]", with: "match.exe = [\"nginx\"]"),
+            line: 11, column: 1, contains: "absolute path"),
+        Rejection(
+            rule: "comm longer than the kernel keeps",
+            text: base.replacingOccurrences(of: "\"nginx\"", with: "\"a-very-long-process-name\""),
+            line: 11, column: 1, contains: "longer than 15"),
+        Rejection(
+            rule: "percentage of egress itself", text: base.replacingOccurrences(of: "\"100mbit\"", with: "\"50%\""),
+            line: 5, column: 1, contains: "cannot be a percentage"),
+        Rejection(
+            rule: "burst above one second",
+            text: base.replacingOccurrences(of: "rate = \"10mbit\"", with: "rate = \"10mbit\"\nburst = \"512mb\""),
+            line: 16, column: 1, contains: "unshaped for seconds"),
+        Rejection(
+            rule: "burst below a frame",
+            text: base.replacingOccurrences(of: "rate = \"10mbit\"", with: "rate = \"10mbit\"\nburst = \"100b\""),
+            line: 16, column: 1, contains: "smaller than one full-size"),
+        Rejection(
+            rule: "bad netns",
+            text: base.replacingOccurrences(of: "name = \"web\"", with: "name = \"web\"\nnetns = \"pid:x\""),
+            line: 5, column: 1, contains: "netns must be"),
+        Rejection(
+            rule: "bad device",
+            text: base.replacingOccurrences(
+                of: "name = \"web\"", with: "name = \"web\"\ndevice = \"a-very-long-device-name\""),
+            line: 5, column: 1, contains: "not a valid interface name"),
+        Rejection(
+            rule: "missing egress", text: base.replacingOccurrences(of: "egress = \"100mbit\"\n", with: ""),
+            line: 3, column: 1, contains: "needs an egress"),
+        Rejection(
+            rule: "missing rate", text: base.replacingOccurrences(of: "rate = \"10mbit\"", with: ""),
+            line: 13, column: 1, contains: "needs a rate"),
+        Rejection(
+            rule: "bridge and host_address together",
+            text: base + "\n[namespace.provision]\nhost_address = \"198.18.0.1/24\"\nbridge = \"br0\"\n",
+            line: 18, column: 1, contains: "not both"),
+        Rejection(
+            rule: "inline table key",
+            text: base.replacingOccurrences(
+                of: "match.comm = [\"nginx\"]", with: "match = { comm = [\"nginx\"], uesr = [\"x\"] }"),
+            line: 11, column: 29, contains: "did you mean 'user'"),
     ]
 
     @Test(arguments: rejections)
@@ -138,7 +190,8 @@ func firstDiagnostic(_ text: String) -> PolicyDiagnostic? {
     }
 
     @Test func reportsEveryProblemInFileOrder() throws {
-        let text = base.replacingOccurrences(of: "\"60mbit\"", with: "\"x\"").replacingOccurrences(of: "\"10mbit\"", with: "\"y\"")
+        let text = base.replacingOccurrences(of: "\"60mbit\"", with: "\"x\"").replacingOccurrences(
+            of: "\"10mbit\"", with: "\"y\"")
         do {
             _ = try parse(text)
             Issue.record("expected a rejection")
@@ -164,7 +217,8 @@ func firstDiagnostic(_ text: String) -> PolicyDiagnostic? {
 
     @Test func netnsTargets() throws {
         func target(_ s: String) throws -> NetnsTarget {
-            try parse(base.replacingOccurrences(of: "name = \"web\"", with: "name = \"web\"\nnetns = \"\(s)\"")).namespaces[0].netns
+            try parse(base.replacingOccurrences(of: "name = \"web\"", with: "name = \"web\"\nnetns = \"\(s)\""))
+                .namespaces[0].netns
         }
         #expect(try target("host") == .host)
         #expect(try target("pid:42") == .pid(42))
@@ -175,7 +229,9 @@ func firstDiagnostic(_ text: String) -> PolicyDiagnostic? {
     @Test func matchKeysTakeScalarsOrArrays() throws {
         let text = base.replacingOccurrences(
             of: "match.comm = [\"nginx\"]",
-            with: "match.comm = \"nginx\"\nmatch.user = [\"www-data\", 33]\nmatch.pid = [10, 20]\nmatch.cgroup = \"system.slice/nginx.service\"")
+            with:
+                "match.comm = \"nginx\"\nmatch.user = [\"www-data\", 33]\nmatch.pid = [10, 20]\nmatch.cgroup = \"system.slice/nginx.service\""
+        )
         let m = try parse(text).namespaces[0].classes[0].match
         #expect(m.comm == ["nginx"])
         #expect(m.user == [.name("www-data"), .id(33)])
@@ -184,7 +240,8 @@ func firstDiagnostic(_ text: String) -> PolicyDiagnostic? {
     }
 
     @Test func provisionDefaults() throws {
-        let p = try parse(base + "\n[namespace.provision]\naddress = \"198.18.10.2/24\"\nhost_address = \"198.18.10.1/24\"\n")
+        let p = try parse(
+            base + "\n[namespace.provision]\naddress = \"198.18.10.2/24\"\nhost_address = \"198.18.10.1/24\"\n")
         let prov = try #require(p.namespaces[0].provision)
         #expect(prov.hostDevice == "ns-web")
         #expect(prov.address == "198.18.10.2/24")
