@@ -8,6 +8,19 @@ enum Files {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
+        return read(fd: fd, limit: limit)
+    }
+
+    /// Reads `name` in the directory open as `dir`, without following a symlink (cgroupfs walks).
+    static func read(at dir: Int32, _ name: String) -> String? {
+        let fd = openat(dir, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        return String(decoding: read(fd: fd, limit: 1 << 20), as: UTF8.self)
+    }
+
+    /// Reads an open descriptor to its end (or `limit` bytes), retrying EINTR.
+    static func read(fd: Int32, limit: Int) -> [UInt8] {
         var out: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: 4096)
         while out.count < limit {

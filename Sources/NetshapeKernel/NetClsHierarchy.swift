@@ -149,18 +149,7 @@ public final class NetClsHierarchy {
     func readFile(_ relative: String, _ file: String) -> String? {
         guard let dir = try? openDirectory(relative) else { return nil }
         defer { close(dir) }
-        let fd = openat(dir, file, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var out: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { break }
-            out += buf[0..<n]
-        }
-        return String(decoding: out, as: UTF8.self)
+        return Files.read(at: dir, file)
     }
 
     // MARK: - Operations
@@ -212,25 +201,13 @@ public final class NetClsHierarchy {
         var out: [String: ObservedCgroup] = [:]
         guard let top = try? openDirectory("netshape") else { return out }
         defer { close(top) }
-        func read(_ dir: Int32, _ file: String) -> String? {
-            let fd = openat(dir, file, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
-            guard fd >= 0 else { return nil }
-            defer { close(fd) }
-            var bytes: [UInt8] = []
-            var buf = [UInt8](repeating: 0, count: 4096)
-            while true {
-                let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-                if n < 0 && errno == EINTR { continue }
-                if n <= 0 { break }
-                bytes += buf[0..<n]
-            }
-            return String(decoding: bytes, as: UTF8.self)
-        }
         func cgroup(_ dir: Int32, _ path: String) -> ObservedCgroup {
-            let id = read(dir, "net_cls.classid").flatMap {
+            let id = Files.read(at: dir, "net_cls.classid").flatMap {
                 UInt32($0.split(whereSeparator: \.isWhitespace).first ?? "")
             }
-            let pids = (read(dir, "cgroup.procs") ?? "").split(whereSeparator: \.isWhitespace).compactMap { Int32($0) }
+            let pids = (Files.read(at: dir, "cgroup.procs") ?? "").split(whereSeparator: \.isWhitespace).compactMap {
+                Int32($0)
+            }
             return ObservedCgroup(path: path, classid: TCHandle(raw: id ?? 0), pids: pids)
         }
         func subdirectories(_ dir: Int32) -> [String] {
