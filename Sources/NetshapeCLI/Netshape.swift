@@ -61,7 +61,12 @@ public struct Netshape: ParsableCommand {
             printError(e.message)
             Glibc.exit(1)
         } catch let e as KernelError {
-            printError(e.description)
+            var message = e.description
+            if (e.errno == EPERM || e.errno == EACCES) && geteuid() != 0 {
+                message +=
+                    "\nnetshape changes the kernel and cgroupfs: run it as root (it needs CAP_NET_ADMIN and CAP_SYS_ADMIN)"
+            }
+            printError(message)
             Glibc.exit(1)
         } catch {
             let code = exitCode(for: error)

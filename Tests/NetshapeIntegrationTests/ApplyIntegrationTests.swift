@@ -292,6 +292,25 @@ struct ApplyIntegrationTests {
         #expect(bulk > interactive * 3, "the bulk class queues (its bfifo/fq_codel holds the backlog)")
     }
 
+    @Test func withoutRootTheErrorSaysSo() throws {
+        let s = try Scratch()
+        defer { s.close() }
+        let policy = try s.policy(Self.capped)
+        // A policy the unprivileged user owns, in a directory only it can write.
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("netshape-nobody-\(s.id)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let mine = dir.appendingPathComponent("p.toml").path
+        try FileManager.default.copyItem(atPath: policy, toPath: mine)
+        try must(["/bin/chown", "-R", "nobody:nogroup", dir.path])
+        try must(["/bin/chmod", "700", dir.path])
+        let r = try run([
+            "/usr/bin/setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", netshapeBinary, "plan", mine,
+        ])
+        #expect(r.status == 1, "\(r.err)")
+        #expect(r.err.contains("run it as root"), "\(r.err)")
+    }
+
     @Test func classifyAndRunPlaceProcessesAndRefuseOtherNamespaces() throws {
         let s = try Scratch()
         defer { s.close() }
