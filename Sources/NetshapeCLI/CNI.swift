@@ -273,9 +273,4 @@ extension String {
         }
         return out + rest
     }
-
-    func replacingFirst(_ target: String, with replacement: String) -> String {
-        guard let r = firstRange(of: target) else { return self }
-        return String(self[..<r.lowerBound]) + replacement + self[r.upperBound...]
-    }
 }

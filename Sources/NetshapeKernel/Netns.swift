@@ -10,9 +10,16 @@ import NetshapeCore
 /// to that namespace for their whole life.
 func onDedicatedThread<T>(_ body: @escaping () throws -> T) throws -> T {
     var result: Result<T, any Error>?
-    let box = ThreadBox { result = Result { try body() } }
+    let thread = try spawn(name: "netshape-netns") { result = Result { try body() } }
+    pthread_join(thread, nil)
+    guard let result else { throw KernelError(.state, "dedicated thread", reason: "produced no result") }
+    return try result.get()
+}
+
+/// Starts `body` on a new OS thread (the one place netshape calls pthread_create).
+func spawn(name: String, _ body: @escaping () -> Void) throws -> pthread_t {
     var thread = pthread_t()
-    let ctx = Unmanaged.passRetained(box).toOpaque()
+    let ctx = Unmanaged.passRetained(ThreadBox(body)).toOpaque()
     let rc = pthread_create(
         &thread, nil,
         { raw in
@@ -21,11 +28,10 @@ func onDedicatedThread<T>(_ body: @escaping () throws -> T) throws -> T {
         }, ctx)
     guard rc == 0 else {
         Unmanaged<ThreadBox>.fromOpaque(ctx).release()
-        throw KernelError.syscall("pthread_create", rc)
+        throw KernelError.syscall("pthread_create(\(name))", rc)
     }
-    pthread_join(thread, nil)
-    guard let result else { throw KernelError(.state, "dedicated thread", reason: "produced no result") }
-    return try result.get()
+    _ = netshape_set_thread_name(thread, String(name.prefix(15)))
+    return thread
 }
 
 /// The work handed to a dedicated thread (type-erased: a C thread entry cannot be generic).
@@ -103,20 +109,7 @@ public final class NetworkNamespace {
 
 /// Starts `body` on a new detached OS thread named `name` (for the daemon's blocking readers).
 public func startThread(name: String, _ body: @escaping @Sendable () -> Void) throws {
-    var thread = pthread_t()
-    let ctx = Unmanaged.passRetained(ThreadBox(body)).toOpaque()
-    let rc = pthread_create(
-        &thread, nil,
-        { raw in
-            Unmanaged<ThreadBox>.fromOpaque(raw!).takeRetainedValue().run()
-            return nil
-        }, ctx)
-    guard rc == 0 else {
-        Unmanaged<ThreadBox>.fromOpaque(ctx).release()
-        throw KernelError.syscall("pthread_create(\(name))", rc)
-    }
-    _ = netshape_set_thread_name(thread, String(name.prefix(15)))
-    pthread_detach(thread)
+    pthread_detach(try spawn(name: name, body))
 }
 
 /// Reads a whole text file, throwing the kernel's errno (the daemon's policy reload).

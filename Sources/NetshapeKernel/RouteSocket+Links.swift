@@ -47,13 +47,6 @@ extension RouteSocket {
         try body(link)
     }
 
-    private func send(_ op: String, _ make: (inout OpaquePointer?) -> Int32) throws {
-        var msg: OpaquePointer?
-        let rc = make(&msg)
-        guard rc == 0, let msg else { throw Self.nlError(op, rc) }
-        try transact(msg, op)
-    }
-
     /// `ip link add name HOST type veth peer name PEER netns <fd>`.
     func createVeth(host: String, peer: String, peerNamespaceFD: Int32) throws {
         guard let link = rtnl_link_veth_alloc() else {
@@ -66,7 +59,7 @@ extension RouteSocket {
             rtnl_link_set_ns_fd(p, peerNamespaceFD)
             rtnl_link_put(p)
         }
-        try send("ip link add name \(host) type veth peer name \(peer)") {
+        try build("ip link add name \(host) type veth peer name \(peer)") {
             rtnl_link_build_add_request(link, NLM_F_CREATE | NLM_F_EXCL, &$0)
         }
     }
@@ -82,7 +75,7 @@ extension RouteSocket {
             }
             if let q = txqueuelen { rtnl_link_set_txqlen(link, q) }
             rtnl_link_set_flags(link, 0x1 /* IFF_UP */)
-            try send("ip link add name \(name) up type \(type)") {
+            try build("ip link add name \(name) up type \(type)") {
                 rtnl_link_build_add_request(link, NLM_F_CREATE | NLM_F_EXCL, &$0)
             }
         }
@@ -92,7 +85,7 @@ extension RouteSocket {
     func deleteLink(_ name: String) throws {
         try withLink { link in
             rtnl_link_set_name(link, name)
-            try send("ip link del \(name)") { rtnl_link_build_delete_request(link, &$0) }
+            try build("ip link del \(name)") { rtnl_link_build_delete_request(link, &$0) }
         }
     }
 
@@ -114,7 +107,7 @@ extension RouteSocket {
             rtnl_link_set_ifindex(link, idx)
             if let up { up ? rtnl_link_set_flags(link, 0x1) : rtnl_link_unset_flags(link, 0x1) }
             if let m = masterIdx { rtnl_link_set_master(link, m) }
-            try send(
+            try build(
                 "ip link set \(name)\(up.map { $0 ? " up" : " down" } ?? "")\(masterIdx.map { $0 == 0 ? " nomaster" : " master" } ?? "")"
             ) {
                 rtnl_link_build_add_request(link, 0, &$0)
@@ -138,9 +131,9 @@ extension RouteSocket {
         rtnl_addr_set_prefixlen(a, Int32(nl_addr_get_prefixlen(local)))
         let op = "ip addr \(add ? "add" : "del") \(cidr) dev \(device)"
         if add {
-            try send(op) { rtnl_addr_build_add_request(a, NLM_F_CREATE | NLM_F_EXCL, &$0) }
+            try build(op) { rtnl_addr_build_add_request(a, NLM_F_CREATE | NLM_F_EXCL, &$0) }
         } else {
-            try send(op) { rtnl_addr_build_delete_request(a, 0, &$0) }
+            try build(op) { rtnl_addr_build_delete_request(a, 0, &$0) }
         }
     }
 
@@ -168,9 +161,9 @@ extension RouteSocket {
         rtnl_route_add_nexthop(route, nh)  // the route owns the nexthop from here
         let op = "ip route \(add ? "add" : "del") default via \(gateway)"
         if add {
-            try send(op) { rtnl_route_build_add_request(route, NLM_F_CREATE | NLM_F_EXCL, &$0) }
+            try build(op) { rtnl_route_build_add_request(route, NLM_F_CREATE | NLM_F_EXCL, &$0) }
         } else {
-            try send(op) { rtnl_route_build_del_request(route, 0, &$0) }
+            try build(op) { rtnl_route_build_del_request(route, 0, &$0) }
         }
     }
 
@@ -188,7 +181,7 @@ extension RouteSocket {
         rtnl_tc_set_parent(q, TCHandle.ingress.raw)
         rtnl_tc_set_handle(q, 0xFFFF_0000)
         _ = rtnl_tc_set_kind(q, "ingress")
-        try send("tc qdisc add dev \(device) handle ffff: ingress") {
+        try build("tc qdisc add dev \(device) handle ffff: ingress") {
             rtnl_qdisc_build_add_request(q, NLM_F_CREATE | NLM_F_EXCL, &$0)
         }
 
@@ -210,7 +203,7 @@ extension RouteSocket {
         _ = rtnl_u32_add_action(cls, act)  // takes its own reference
         rtnl_act_put(act)
         do {
-            try send(
+            try build(
                 "tc filter add dev \(device) parent ffff: protocol all u32 match u32 0 0 action mirred egress redirect dev \(ifb)"
             ) {
                 rtnl_cls_build_add_request(cls, NLM_F_CREATE | NLM_F_EXCL, &$0)

@@ -97,23 +97,12 @@ final class RouteSocket {
 
     /// ifindex of `name`, or nil when no such device exists.
     func ifindex(of name: String) throws -> Int32? {
-        var cache: OpaquePointer?
-        let rc = rtnl_link_alloc_cache(sock, AF_UNSPEC, &cache)
-        guard rc == 0, let cache else { throw Self.nlError("ip link show (in \(namespace))", rc) }
-        defer { nl_cache_free(cache) }
-        let idx = rtnl_link_name2i(cache, name)
-        return idx > 0 ? idx : nil
+        try links().first { $0.name == name }?.ifindex
     }
 
     /// Name of `ifindex`.
     func name(of ifindex: Int32) throws -> String? {
-        var cache: OpaquePointer?
-        let rc = rtnl_link_alloc_cache(sock, AF_UNSPEC, &cache)
-        guard rc == 0, let cache else { throw Self.nlError("ip link show (in \(namespace))", rc) }
-        defer { nl_cache_free(cache) }
-        var buf = [CChar](repeating: 0, count: 64)
-        guard let p = rtnl_link_i2name(cache, ifindex, &buf, buf.count) else { return nil }
-        return String(cString: p)
+        try links().first { $0.ifindex == ifindex }?.name
     }
 
     /// ifindex of the device the main table's default route leaves through (IPv4, then IPv6).
@@ -317,7 +306,8 @@ final class RouteSocket {
         return try body(qd)
     }
 
-    private func build(_ op: String, _ make: (inout OpaquePointer?) -> Int32) throws {
+    /// Builds a message with libnl and sends it, keeping the kernel's errno (`transact`).
+    func build(_ op: String, _ make: (inout OpaquePointer?) -> Int32) throws {
         var msg: OpaquePointer?
         let rc = make(&msg)
         guard rc == 0, let msg else { throw Self.nlError(op, rc) }
