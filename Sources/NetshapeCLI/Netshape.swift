@@ -54,6 +54,9 @@ public struct Netshape: ParsableCommand {
         } catch let e as ApplyError {
             printError("apply failed: \(e)")
             Glibc.exit(1)
+        } catch let e as ResetError {
+            printError("reset failed: \(e)")
+            Glibc.exit(1)
         } catch let e as DiffError {
             printError(e.message)
             Glibc.exit(1)
@@ -157,7 +160,7 @@ struct Plan: ParsableCommand {
 
     func run() throws {
         let s = try Session(policyPath: options.policy, lock: false)
-        let plan = try s.engine.plan(s.policy, options: ApplyOptions(force: force))
+        let plan = try s.engine.plan(s.policy, policyPath: s.path, options: ApplyOptions(force: force))
         if json {
             print(try encodeJSON(PlanJSON(policy: s.path, plan: plan)))
         } else {
@@ -190,7 +193,8 @@ struct Apply: ParsableCommand {
             let s = try Session(policyPath: options.policy, lock: false)
             print(
                 Render.plan(
-                    try s.engine.plan(s.policy, options: ApplyOptions(force: force)), policyPath: options.policy))
+                    try s.engine.plan(s.policy, policyPath: s.path, options: ApplyOptions(force: force)),
+                    policyPath: options.policy))
             return
         }
         let s = try Session(policyPath: options.policy, verbose: verbose, lock: true)
@@ -208,7 +212,12 @@ struct Apply: ParsableCommand {
 
 struct Status: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Per namespace and class: rate, ceil, bytes, packets, drops, throughput and member pids.")
+        abstract: "Per namespace and class: rate, ceil, bytes, packets, drops, throughput and member pids.",
+        discussion: """
+            Without a policy, shows every namespace netshape's record names on this machine, including \
+            those whose policy file is gone or whose namespace is gone (marked ORPHANED, with the command \
+            that removes them); exits 0. With a policy, exits 1 when one of its namespaces is not there.
+            """)
 
     @Argument(help: "The policy file; omitted = every policy netshape has applied on this machine.")
     var policy: String?
@@ -218,30 +227,58 @@ struct Status: ParsableCommand {
     var interval: Double = 1
 
     func run() throws {
-        var paths: [String] = []
-        if let p = policy {
-            paths = [p]
-        } else {
-            let owned = try StateStore().loadOwnership()
-            paths = Array(Set(owned.namespaces.values.map(\.policy))).sorted()
-            if paths.isEmpty {
-                if json {
-                    print(try encodeJSON(StatusReport(namespaces: [], interval: interval)))
-                } else {
-                    print("netshape has applied no policy on this machine")
-                }
-                return
-            }
+        let sleep: (Double) -> Void = { secs in
+            var ts = timespec(tv_sec: Int(secs), tv_nsec: Int((secs - Double(Int(secs))) * 1e9))
+            var rest = timespec()
+            while nanosleep(&ts, &rest) != 0 && errno == EINTR { ts = rest }
         }
         var combined = StatusReport(namespaces: [], interval: interval)
-        for p in paths {
+        if let p = policy {
             let s = try Session(policyPath: p, lock: false)
-            let r = try s.engine.status(s.policy, interval: interval) { secs in
-                var ts = timespec(tv_sec: Int(secs), tv_nsec: Int((secs - Double(Int(secs))) * 1e9))
-                var rest = timespec()
-                while nanosleep(&ts, &rest) != 0 && errno == EINTR { ts = rest }
+            combined = try s.engine.status(s.policy, interval: interval, sleep: sleep)
+            print(json ? try encodeJSON(combined) : Render.status(combined))
+            let missing = combined.namespaces.filter { $0.problem != nil }.map(\.name)
+            if !missing.isEmpty {
+                throw CLIError(
+                    "\(missing.count) namespace(s) of \(p) are not there: \(missing.joined(separator: ", "))")
             }
-            combined.namespaces += r.namespaces
+            return
+        }
+        let owned = try StateStore().loadOwnership()
+        if owned.namespaces.isEmpty {
+            print(json ? try encodeJSON(combined) : "netshape has applied no policy on this machine")
+            return
+        }
+        // One stale record must never hide the others: each policy is shown from its file when that
+        // can be read, and from the record alone when it cannot.
+        for (path, names) in owned.policies {
+            let recordOnly = Engine(kernel: LinuxKernel(settings: Settings()))
+            if path.hasPrefix("cni:") {
+                combined.namespaces += try recordOnly.recordStatus(names: names, orphaned: nil)
+                continue
+            }
+            do {
+                let s = try Session(policyPath: path, lock: false)
+                let r = try s.engine.status(s.policy, interval: interval, sleep: sleep)
+                combined.namespaces += r.namespaces.map { ns in
+                    var n = ns
+                    n.policy = path
+                    if let problem = ns.problem {
+                        n.orphaned =
+                            "its namespace is not there (\(problem)): run netshape reset \(path) if it is gone for good"
+                    }
+                    return n
+                }
+                // Entries recorded for this policy that it no longer has (an edit dropped them).
+                let dropped = names.filter { s.policy.namespace($0) == nil }
+                if !dropped.isEmpty {
+                    combined.namespaces += try recordOnly.recordStatus(
+                        names: dropped, orphaned: "no longer in \(path)")
+                }
+            } catch {
+                combined.namespaces += try recordOnly.recordStatus(
+                    names: names, orphaned: "its policy \(path) cannot be read (\(Render.firstLine(error)))")
+            }
         }
         print(json ? try encodeJSON(combined) : Render.status(combined))
     }
@@ -251,16 +288,50 @@ struct Status: ParsableCommand {
 
 struct Reset: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Remove everything this policy created (cgroups, HTB tree, classifier); nothing else.")
+        abstract:
+            "Remove everything a policy created (cgroups, HTB trees, classifier, provisioned links); nothing else.",
+        discussion: """
+            Works from netshape's own record, so a policy file that was edited or deleted since it was \
+            applied is still reset by its path. --all removes everything the record names on this host \
+            (every policy and CNI attachment). Objects netshape did not create, even inside its trees \
+            and cgroup directories, are left as they are and named.
+            """)
 
-    @OptionGroup var options: PolicyOptions
+    @Argument(help: "The policy file (it may have been edited or deleted since it was applied).")
+    var policy: String?
+    @Flag(help: "Remove everything netshape's record says it made on this host, every policy and CNI attachment.")
+    var all = false
     @Flag(name: .shortAndLong, help: "Log every change as it is made.")
     var verbose = false
 
+    func validate() throws {
+        if all == (policy != nil) { throw ValidationError("give either a policy file or --all") }
+    }
+
     func run() throws {
-        let s = try Session(policyPath: options.policy, verbose: verbose, lock: true)
-        let report = try s.engine.reset(s.policy)
-        print(Render.reset(report, policyPath: options.policy))
+        var logger = Logger(label: "netshape")
+        logger.logLevel = verbose ? .info : .warning
+        let state = StateStore()
+        try state.lock()
+        guard let policy else {
+            let engine = Engine(kernel: LinuxKernel(settings: Settings(), state: state), logger: logger)
+            print(Render.reset(try engine.resetAll(), label: "reset --all"))
+            return
+        }
+        let path = PolicyLoader.absolutePath(policy)
+        var loaded: Policy?
+        var note: String?
+        do {
+            loaded = try PolicyLoader.load(policy, trusted: true).0
+        } catch {
+            note = "\(policy) cannot be read (\(Render.firstLine(error))): resetting from netshape's record alone"
+            guard try state.loadOwnership().namespaces.values.contains(where: { $0.policy == path }) else {
+                throw CLIError("cannot reset \(policy): \(Render.firstLine(error)), and netshape has no record of it")
+            }
+        }
+        let engine = Engine(kernel: LinuxKernel(settings: loaded?.settings ?? Settings(), state: state), logger: logger)
+        if let note { print("note: \(note)") }
+        print(Render.reset(try engine.reset(policyPath: path, policy: loaded), label: policy))
     }
 }
 
@@ -291,7 +362,7 @@ func resolveClass(_ spec: String, in policy: Policy) throws -> (NamespacePolicy,
 /// The class's cgroup, which `apply` must have created.
 func appliedCgroup(_ s: Session, _ ns: NamespacePolicy, _ cls: ClassPolicy) throws -> (NetClsHierarchy, String) {
     let h = try s.kernel.netCls()
-    let path = "netshape/\(ns.name)/\(cls.name)"
+    let path = CgroupPaths.class(cls.name, in: ns.name)
     guard h.classid(path) != nil else {
         throw CLIError(
             "class \(ns.name)/\(cls.name) has no cgroup yet (\(h.root)/\(path)): run netshape apply \(s.policy.source) first"

@@ -56,7 +56,7 @@ struct PlanJSON: Encodable {
                         name: c.displayName, classid: "\(c.spec.classid)", rate: c.spec.rate.bitsPerSecond,
                         ceil: c.spec.ceil.bitsPerSecond, burst: c.spec.burst.bytes, cburst: c.spec.cburst.bytes,
                         priority: c.spec.priority, quantum: c.spec.quantum, leaf: c.leaf.queue.description,
-                        cgroup: c.name.map { "netshape/\(ns.name)/\($0)" }, isDefault: c.isDefault)
+                        cgroup: c.name.map { CgroupPaths.class($0, in: ns.name) }, isDefault: c.isDefault)
                 })
         }
     }
@@ -142,12 +142,18 @@ enum Render {
         return out.joined(separator: "\n")
     }
 
-    static func reset(_ r: ApplyReport, policyPath: String) -> String {
+    static func reset(_ r: ResetReport, label: String) -> String {
         var out = r.performed.map { "\(symbol($0)) \($0.command)" }
+        out += r.foreign.map { "note: left \($0)" }
         out.append(
             r.performed.isEmpty
-                ? "\(policyPath): nothing to remove" : "\(policyPath): removed \(r.performed.count) object(s)")
+                ? "\(label): nothing to remove" : "\(label): removed \(r.performed.count) object(s)")
         return out.joined(separator: "\n")
+    }
+
+    /// The first line of an error's description (policy errors can run to many lines).
+    static func firstLine(_ error: any Error) -> String {
+        String("\(error)".split(separator: "\n", maxSplits: 1).first ?? "")
     }
 
     static func bits(_ b: UInt64) -> String { Rate(bytesPerSecond: b / 8).description }
@@ -172,6 +178,7 @@ enum Render {
     static func status(_ r: StatusReport) -> String {
         var out: [String] = []
         for ns in r.namespaces {
+            if let o = ns.orphaned { out.append("namespace \(ns.name): ORPHANED: \(o)") }
             if let p = ns.problem {
                 out.append("namespace \(ns.name): netns \(ns.netns): \(p)")
                 continue

@@ -81,15 +81,22 @@ public struct HTBClassSpec: Sendable, Hashable, Codable {
 
     /// True when `observed` carries the same parameters, allowing for the kernel's rounding of
     /// bursts (HTB stores them as transmit times in psched ticks, so a dump reads back a few bytes off).
-    public func matches(_ observed: HTBClassSpec) -> Bool {
+    ///
+    /// For an inner class (one with child classes) the kernel keeps `prio` and `quantum` from when it
+    /// was a leaf and ignores new values (sch_htb.c `htb_change_class` sets them only while
+    /// `cl->level == 0`), so they are not compared: a changed egress rate would never converge.
+    public func matches(_ observed: HTBClassSpec, inner: Bool = false) -> Bool {
         classid == observed.classid && parent == observed.parent && rate == observed.rate && ceil == observed.ceil
-            && priority == observed.priority && quantum == observed.quantum
-            && Self.close(burst, observed.burst) && Self.close(cburst, observed.cburst)
+            && (inner || (priority == observed.priority && quantum == observed.quantum))
+            && Self.close(burst, observed.burst, at: rate) && Self.close(cburst, observed.cburst, at: ceil)
     }
 
-    static func close(_ a: Size, _ b: Size) -> Bool {
+    /// The kernel keeps a burst as the time it takes at the rate, in 64 ns psched ticks, so a dump
+    /// is off by up to two ticks' worth of bytes (80 B per tick at 10 Gbit/s), or 1 %.
+    static func close(_ a: Size, _ b: Size, at rate: Rate) -> Bool {
         let d = a.bytes > b.bytes ? a.bytes - b.bytes : b.bytes - a.bytes
-        return d <= max(64, a.bytes / 100)
+        let ticks = rate.bytesPerSecond / 7_812_500 + 1  // bytes per 128 ns, rounded up
+        return d <= max(64, a.bytes / 100, ticks)
     }
 }
 
@@ -139,7 +146,7 @@ public struct CgroupSpec: Sendable, Hashable, Codable {
     }
 
     /// Path relative to the net_cls mount, built only from validated names.
-    public var relativePath: String { "netshape/\(namespace)/\(className)" }
+    public var relativePath: String { CgroupPaths.class(className, in: namespace) }
 }
 
 /// Ingress shaping of a namespace: one HTB class at the ingress rate on the device that carries the

@@ -5,11 +5,21 @@ public struct DiffError: Error, Sendable, Equatable, CustomStringConvertible {
         case unreachable
         /// The device's root (or ingress) qdisc was configured by someone else.
         case foreignRootQdisc
+        /// The entry's name, or its device, already belongs to another policy's entry.
+        case claimed
+        /// Two entries of one policy resolve to the same device of the same namespace.
+        case duplicateTarget
     }
     public var code: Code
     public var namespace: String
     public var message: String
     public var description: String { message }
+
+    public init(code: Code, namespace: String, message: String) {
+        self.code = code
+        self.namespace = namespace
+        self.message = message
+    }
 }
 
 /// Options of one diff.
@@ -27,8 +37,9 @@ public struct DiffOptions: Sendable {
 /// Desired × observed → the ordered operations that make them equal. Pure.
 ///
 /// Order: creations parent-first (qdisc, classes, leaves, filter, cgroups, moves), then removals
-/// child-first. Nothing that netshape does not own is ever in a delete: classes are only touched
-/// under a root qdisc netshape owns, and cgroups only under `<net_cls>/netshape/<namespace>`.
+/// child-first. Nothing that netshape did not create is ever in a delete: classes only when the
+/// ownership record says netshape created them, cgroups likewise; foreign objects found inside
+/// netshape's trees and directories are left alone and named in a note.
 public enum Differ {
     /// The operations converging `observed` to `desired`. Throws when a namespace is unreachable or a
     /// foreign root qdisc is in the way (without `force`).
@@ -36,9 +47,18 @@ public enum Differ {
         _ desired: DesiredState, _ observed: ObservedState,
         matcher: ProcessMatcher, options: DiffOptions = DiffOptions()
     ) throws -> [Operation] {
+        var notes: [String] = []
+        return try diff(desired, observed, matcher: matcher, options: options, notes: &notes)
+    }
+
+    /// As `diff`, also appending to `notes` what was left alone and why.
+    public static func diff(
+        _ desired: DesiredState, _ observed: ObservedState,
+        matcher: ProcessMatcher, options: DiffOptions = DiffOptions(), notes: inout [String]
+    ) throws -> [Operation] {
         var ops: [Operation] = []
         var removals: [Operation] = []
-        var needRootDir = observed.cgroups["netshape"] == nil
+        var needRootDir = observed.cgroups[CgroupPaths.top] == nil
         for ns in desired.namespaces {
             guard let seen = observed.namespaces[ns.name] else {
                 throw DiffError(code: .unreachable, namespace: ns.name, message: "namespace \(ns.name): not observed")
@@ -49,16 +69,19 @@ public enum Differ {
             let dev = seen.device
             func op(_ a: Operation.Action) -> Operation { Operation(namespace: ns.name, device: dev, action: a) }
             let owned = observed.ownership.namespaces[ns.name]
+            let tree = owned?.egress.flatMap { $0.netnsID == seen.netnsID && $0.ifindex == seen.ifindex ? $0 : nil }
 
             // 1–2. The egress tree: root qdisc (ours, the kernel default, or someone else's), classes, leaves.
             let fresh = try diffTree(
-                namespace: ns.name, device: dev, link: .namespace, qdisc: ns.qdisc, classes: ns.allClasses,
-                leaves: ns.classes.map(\.leaf),
-                view: TreeView(root: seen.configuredRoot, classes: seen.classes, qdiscs: seen.qdiscs),
+                TreeTarget(namespace: ns.name, device: dev, link: .namespace),
+                TreeWant(qdisc: ns.qdisc, classes: ns.allClasses, leaves: ns.classes.map(\.leaf)),
+                TreeView(root: seen.configuredRoot, classes: seen.classes, qdiscs: seen.qdiscs),
                 owns: { owned?.egress?.owns($0, netnsID: seen.netnsID, ifindex: seen.ifindex) == true },
-                adoptable: { adoptable($0, ns, seen) }, force: options.force, ops: &ops, removals: &removals)
+                adoptable: { adoptable($0, ns, seen) }, created: { tree?.created($0) ?? true },
+                force: options.force, ops: &ops, removals: &removals, notes: &notes)
 
             // 3. The classifier: exactly one netshape filter of the chosen kind at our priority.
+            //    Filters at other priorities are someone else's and stay.
             let ourFilters =
                 fresh
                 ? []
@@ -81,10 +104,20 @@ public enum Differ {
                 }
                 ops.append(op(.addFilter(ns.filter)))
             }
+            if !fresh {
+                let foreign = seen.filters.filter {
+                    $0.parent.major == ns.qdisc.handle.major && $0.priority != ns.filter.priority
+                }
+                for f in foreign {
+                    notes.append(
+                        "namespace \(ns.name): filter \(f.kind) prio \(f.priority) on \(dev) was not created by "
+                            + "netshape and is left as it is (it may steer traffic past netshape's classifier)")
+                }
+            }
 
             // 4. Ingress: one class at the ingress rate on the veth peer or an IFB.
             if let plan = ns.ingressPlan {
-                try diffIngress(ns, plan, seen, owned, options, &ops, &removals)
+                try diffIngress(ns, plan, seen, owned, options, &ops, &removals, &notes)
             } else if let ing = seen.ingress, ing.ifindex != 0, let mine = owned?.ingress {
                 // `ingress` was removed from the policy: take down what netshape built for it.
                 if let root = ing.configuredRoot,
@@ -106,70 +139,103 @@ public enum Differ {
                 }
             }
 
-            // 5. cgroups: netshape/, netshape/<ns>/, one per class with its classid.
-            let nsDir = "netshape/\(ns.name)"
-            if needRootDir {
-                ops.append(
-                    Operation(namespace: ns.name, action: .createCgroup(path: "netshape", classid: .unspecified)))
-                needRootDir = false
-            }
-            if observed.cgroups[nsDir] == nil {
-                ops.append(Operation(namespace: ns.name, action: .createCgroup(path: nsDir, classid: .unspecified)))
-            }
-            for cg in ns.cgroups {
-                if let have = observed.cgroups[cg.relativePath] {
-                    if have.classid != cg.classid {
-                        ops.append(
-                            Operation(
-                                namespace: ns.name,
-                                action: .setClassID(
-                                    path: cg.relativePath, classid: cg.classid, old: have.classid)))
-                    }
-                } else {
+            // 5–6. cgroups and memberships.
+            diffCgroups(
+                ns, seen, observed, owned, matcher: matcher, options: options, needRootDir: &needRootDir, ops: &ops,
+                removals: &removals, notes: &notes)
+        }
+        return ops + removals
+    }
+
+    /// cgroups (netshape/, netshape/<ns>/, one per class with its classid), the removal of the class
+    /// cgroups netshape made that the policy no longer has, and process moves.
+    static func diffCgroups(
+        _ ns: DesiredNamespace, _ seen: ObservedNamespace, _ observed: ObservedState,
+        _ owned: OwnershipRecord.Namespace?, matcher: ProcessMatcher, options: DiffOptions,
+        needRootDir: inout Bool, ops: inout [Operation], removals: inout [Operation], notes: inout [String]
+    ) {
+        let nsDir = CgroupPaths.namespace(ns.name)
+        if needRootDir {
+            ops.append(
+                Operation(namespace: ns.name, action: .createCgroup(path: CgroupPaths.top, classid: .unspecified)))
+            needRootDir = false
+        }
+        if observed.cgroups[nsDir] == nil {
+            ops.append(Operation(namespace: ns.name, action: .createCgroup(path: nsDir, classid: .unspecified)))
+        }
+        for cg in ns.cgroups {
+            if let have = observed.cgroups[cg.relativePath] {
+                if have.classid != cg.classid {
                     ops.append(
                         Operation(
                             namespace: ns.name,
-                            action: .createCgroup(
-                                path: cg.relativePath,
-                                classid: cg.classid)))
+                            action: .setClassID(path: cg.relativePath, classid: cg.classid, old: have.classid)))
                 }
-            }
-            let wantedPaths = Set(ns.cgroups.map(\.relativePath))
-            let stale = observed.cgroups.values.filter {
-                $0.path.hasPrefix(nsDir + "/") && !wantedPaths.contains($0.path)
-            }.sorted(by: deepestFirst)
-            for cg in stale {
-                // rmdir refuses a populated cgroup: hand its processes back to the root (classid 0 → default class).
-                for pid in cg.pids {
-                    let comm = seen.processes.first { $0.pid == pid }?.comm ?? "?"
-                    removals.insert(
-                        Operation(
-                            namespace: ns.name,
-                            action: .moveProcess(
-                                pid: pid, comm: comm, from: cg.path, to: "")), at: 0)
+                for child in have.children {
+                    notes.append(
+                        "namespace \(ns.name): cgroup \(cg.relativePath)/\(child) was not created by netshape and "
+                            + "is left as it is (its processes keep their own classid)")
                 }
-                removals.append(
-                    Operation(namespace: ns.name, action: .removeCgroup(path: cg.path, classid: cg.classid)))
-            }
-
-            // 6. Processes of this namespace that a rule places in a class they are not in yet.
-            //    Processes that match no rule are left where they are: an operator may have placed them
-            //    by hand (`classify`, or echo PID > cgroup.procs).
-            if options.memberships {
-                for p in seen.processes.sorted(by: { $0.pid < $1.pid }) {
-                    guard let c = matcher.classify(p, in: ns), let name = c.name else { continue }
-                    let path = "\(nsDir)/\(name)"
-                    if p.netCls != path {
-                        ops.append(
-                            Operation(
-                                namespace: ns.name,
-                                action: .moveProcess(
-                                    pid: p.pid, comm: p.comm, from: p.netCls, to: path)))
-                    }
-                }
+            } else {
+                ops.append(
+                    Operation(namespace: ns.name, action: .createCgroup(path: cg.relativePath, classid: cg.classid)))
             }
         }
-        return ops + removals
+        let wantedPaths = Set(ns.cgroups.map(\.relativePath))
+        let stale = observed.cgroups.values.filter {
+            $0.path.hasPrefix(nsDir + "/") && !wantedPaths.contains($0.path)
+        }.sorted(by: deepestFirst)
+        for cg in stale {
+            guard owned?.created(cgroup: cg.path, entry: ns.name) ?? false else {
+                notes.append(
+                    "namespace \(ns.name): cgroup \(cg.path) was not created by netshape and is left as it is, "
+                        + "with its \(cg.pids.count) process(es)")
+                continue
+            }
+            guard cg.children.isEmpty else {
+                notes.append(
+                    "namespace \(ns.name): cgroup \(cg.path) is no longer in the policy but holds cgroups netshape "
+                        + "did not create (\(cg.children.sorted().joined(separator: ", "))): left until they are gone")
+                continue
+            }
+            // rmdir refuses a populated cgroup: hand its processes back to the root (classid 0 → default class).
+            for pid in cg.pids {
+                let comm = seen.processes.first { $0.pid == pid }?.comm ?? "?"
+                removals.insert(
+                    Operation(namespace: ns.name, action: .moveProcess(pid: pid, comm: comm, from: cg.path, to: "")),
+                    at: 0)
+            }
+            removals.append(Operation(namespace: ns.name, action: .removeCgroup(path: cg.path, classid: cg.classid)))
+        }
+
+        // Processes of this namespace that a rule places in a class they are not in yet. Processes that
+        // match no rule are left where they are: an operator may have placed them by hand (`classify`,
+        // or echo PID > cgroup.procs).
+        guard options.memberships else { return }
+        for p in seen.processes.sorted(by: { $0.pid < $1.pid }) {
+            guard let c = matcher.classify(p, in: ns), let name = c.name else { continue }
+            let path = CgroupPaths.class(name, in: ns.name)
+            if p.netCls != path {
+                ops.append(
+                    Operation(
+                        namespace: ns.name, action: .moveProcess(pid: p.pid, comm: p.comm, from: p.netCls, to: path)))
+            }
+        }
+    }
+
+    /// The device a tree is built on.
+    struct TreeTarget {
+        var namespace: String
+        var device: String
+        var link: Operation.Link
+    }
+
+    /// The tree as the planner wants it.
+    struct TreeWant {
+        var qdisc: HTBQdiscSpec
+        /// Root first (creation order).
+        var classes: [HTBClassSpec]
+        var leaves: [LeafQdiscSpec]
     }
 
     /// What is on one device, for comparing an HTB tree.
@@ -179,17 +245,19 @@ public enum Differ {
         var qdiscs: [ObservedQdisc]
     }
 
-    /// Appends the operations that make one device carry the HTB tree `qdisc` + `classes` + `leaves`.
-    /// Returns true when the tree is (re)built from scratch (nothing of it can be reused).
+    /// Appends the operations that make one device carry the HTB tree `want`. Returns true when the
+    /// tree is (re)built from scratch (nothing of it can be reused).
     static func diffTree(
-        namespace: String, device: String, link: Operation.Link, qdisc: HTBQdiscSpec,
-        classes: [HTBClassSpec], leaves: [LeafQdiscSpec], view: TreeView,
-        owns: (ObservedQdisc) -> Bool, adoptable: (ObservedQdisc) -> Bool, force: Bool,
-        ops: inout [Operation], removals: inout [Operation]
+        _ target: TreeTarget, _ want: TreeWant, _ view: TreeView,
+        owns: (ObservedQdisc) -> Bool, adoptable: (ObservedQdisc) -> Bool, created: (TCHandle) -> Bool,
+        force: Bool, ops: inout [Operation], removals: inout [Operation], notes: inout [String]
     ) throws -> Bool {
+        let namespace = target.namespace
+        let device = target.device
         func op(_ a: Operation.Action) -> Operation {
-            Operation(namespace: namespace, device: device, link: link, action: a)
+            Operation(namespace: namespace, device: device, link: target.link, action: a)
         }
+        let qdisc = want.qdisc
         var fresh = false
         if let root = view.root {
             if owns(root) || adoptable(root) {
@@ -206,7 +274,7 @@ public enum Differ {
                 fresh = true
             } else {
                 let what =
-                    link == .ingress
+                    target.link == .ingress
                     ? "the ingress of namespace \(namespace) is carried by \(device), which" : "device \(device)"
                 throw DiffError(
                     code: .foreignRootQdisc, namespace: namespace,
@@ -230,14 +298,32 @@ public enum Differ {
             : Dictionary(
                 view.qdiscs.filter { $0.parent.major == major && $0.parent.minor != 0 }.map { ($0.parent, $0) },
                 uniquingKeysWith: { a, _ in a })
-        for spec in classes {
+        let wanted = Set(want.classes.map(\.classid))
+        let parents = Set(want.classes.map(\.parent))
+        // Classes someone else hung under one of ours make it an inner class: it can carry no leaf.
+        let foreignChildren = seenClasses.values.filter { !wanted.contains($0.classid) && !created($0.classid) }
+        var blockedLeaves = Set<TCHandle>()
+        for c in foreignChildren.sorted(by: { $0.classid < $1.classid }) {
+            notes.append(
+                "namespace \(namespace): class \(c.classid) (parent \(c.parent)) on \(device) was not created by "
+                    + "netshape and is left as it is")
+            if wanted.contains(c.parent) { blockedLeaves.insert(c.parent) }
+        }
+        for spec in want.classes {
             if let have = seenClasses[spec.classid] {
-                if !spec.matches(have) { ops.append(op(.changeClass(spec, old: have))) }
+                let inner = parents.contains(spec.classid) || blockedLeaves.contains(spec.classid)
+                if !spec.matches(have, inner: inner) { ops.append(op(.changeClass(spec, old: have))) }
             } else {
                 ops.append(op(.addClass(spec)))
             }
         }
-        for leaf in leaves {
+        for leaf in want.leaves {
+            if blockedLeaves.contains(leaf.parent) {
+                notes.append(
+                    "namespace \(namespace): class \(leaf.parent) has child classes netshape did not create, so it "
+                        + "carries no leaf queue")
+                continue
+            }
             if let have = seenLeaves[leaf.parent] {
                 if have.queue != leaf.queue {
                     let old = LeafQdiscSpec(parent: leaf.parent, queue: have.queue ?? .pfifo(limit: 0))
@@ -247,8 +333,13 @@ public enum Differ {
                 ops.append(op(.addLeaf(leaf)))
             }
         }
-        let wanted = Set(classes.map(\.classid))
-        for (id, have) in seenClasses.sorted(by: { $0.key > $1.key }) where !wanted.contains(id) {
+        for (id, have) in seenClasses.sorted(by: { $0.key > $1.key }) where !wanted.contains(id) && created(id) {
+            if seenClasses.values.contains(where: { $0.parent == id }) {
+                notes.append(
+                    "namespace \(namespace): class \(id) is no longer in the policy but has child classes netshape "
+                        + "did not create: left until they are gone")
+                continue
+            }
             if let leaf = seenLeaves[id], let q = leaf.queue {
                 removals.append(op(.deleteLeaf(LeafQdiscSpec(parent: id, queue: q))))
             }
@@ -260,7 +351,7 @@ public enum Differ {
     static func diffIngress(
         _ ns: DesiredNamespace, _ plan: IngressPlan, _ seen: ObservedNamespace,
         _ owned: OwnershipRecord.Namespace?, _ options: DiffOptions,
-        _ ops: inout [Operation], _ removals: inout [Operation]
+        _ ops: inout [Operation], _ removals: inout [Operation], _ notes: inout [String]
     ) throws {
         guard let ing = seen.ingress else {
             throw DiffError(
@@ -286,150 +377,70 @@ public enum Differ {
             }
         }
         let fresh = ing.ifindex == 0
+        let tree = owned?.ingress?.tree.flatMap { $0.netnsID == ing.netnsID && $0.ifindex == ing.ifindex ? $0 : nil }
         _ = try diffTree(
-            namespace: ns.name, device: ing.device, link: .ingress, qdisc: plan.qdisc, classes: [plan.rootClass],
-            leaves: [plan.leaf],
-            view: fresh
+            TreeTarget(namespace: ns.name, device: ing.device, link: .ingress),
+            TreeWant(qdisc: plan.qdisc, classes: [plan.rootClass], leaves: [plan.leaf]),
+            fresh
                 ? TreeView(root: nil, classes: [], qdiscs: [])
                 : TreeView(root: ing.configuredRoot, classes: ing.classes, qdiscs: ing.qdiscs),
             owns: { owned?.ingress?.tree?.owns($0, netnsID: ing.netnsID, ifindex: ing.ifindex) == true },
-            adoptable: { _ in false }, force: options.force, ops: &ops, removals: &removals)
+            adoptable: { _ in false }, created: { tree?.created($0) ?? true }, force: options.force, ops: &ops,
+            removals: &removals, notes: &notes)
     }
 
-    /// The provisioning that must happen before anything can be shaped: namespaces, veth pairs,
-    /// bridges, addresses and routes that `provision` describes and that are missing. Never touches a
-    /// namespace that exists but was not created by netshape.
-    public static func provisioning(_ desired: DesiredState, _ observed: ObservedState) -> (
-        ops: [Operation], notes: [String]
-    ) {
-        var ops: [Operation] = []
-        var notes: [String] = []
-        var bridgesCreated = Set<String>()
+    /// Refuses, before anything changes, a policy whose entries collide with another policy's or with
+    /// each other: an entry name recorded for another policy, a device whose tree another entry owns,
+    /// two entries on the same device of the same namespace.
+    public static func checkClaims(_ desired: DesiredState, _ observed: ObservedState, policyPath: String) throws {
+        let record = observed.ownership
+        var byDevice: [String: String] = [:]
         for ns in desired.namespaces {
-            guard let prov = ns.provision, case .named(let netns) = ns.target else { continue }
-            let seen =
-                observed.provision[ns.name]
-                ?? ObservedProvision(netnsExists: false, hostDeviceExists: false, bridgeExists: false)
-            let ours = observed.ownership.namespaces[ns.name]?.provisioned?.netns == netns
-            let dev = ns.device ?? "eth0"
-            if seen.netnsExists && !ours {
-                notes.append(
-                    "namespace \(ns.name): network namespace \(netns) exists and was not created by netshape: provision left it as it is"
+            if let other = record.namespaces[ns.name], other.policy != policyPath {
+                throw DiffError(
+                    code: .claimed, namespace: ns.name,
+                    message:
+                        "namespace \(ns.name): this name is already applied by \(other.policy); rename the entry, or "
+                        + "remove that policy's shaping first (netshape reset \(other.policy))")
+            }
+            guard let seen = observed.namespaces[ns.name], seen.problem == nil, !seen.netnsID.isEmpty else { continue }
+            let key = "\(seen.netnsID)/\(seen.ifindex)"
+            if let first = byDevice[key] {
+                throw DiffError(
+                    code: .duplicateTarget, namespace: ns.name,
+                    message:
+                        "namespaces \(first) and \(ns.name) both shape device \(seen.device) of the same network "
+                        + "namespace (\(ns.target)): one device carries one tree; merge the entries")
+            }
+            byDevice[key] = ns.name
+            var roots: [(ObservedQdisc, String, Int32, String)] = []
+            if let root = seen.configuredRoot { roots.append((root, seen.netnsID, seen.ifindex, seen.device)) }
+            if let ing = seen.ingress, let root = ing.configuredRoot {
+                roots.append((root, ing.netnsID, ing.ifindex, ing.device))
+            }
+            for (root, netnsID, ifindex, device) in roots {
+                guard let other = record.claimant(of: root, netnsID: netnsID, ifindex: ifindex, except: ns.name),
+                    let entry = record.namespaces[other]
+                else { continue }
+                throw DiffError(
+                    code: .claimed, namespace: ns.name,
+                    message:
+                        "namespace \(ns.name): device \(device) is already shaped by namespace \(other) of "
+                        + "\(entry.policy) (the same network namespace as \(ns.target)); netshape will not "
+                        + "take it over, not even with --force: reset that policy first (netshape reset \(entry.policy))"
                 )
-                continue
             }
-            if seen.netnsExists && seen.hostDeviceExists { continue }
-            func host(_ device: String, _ a: Operation.Action) -> Operation {
-                Operation(namespace: ns.name, device: device, link: .host, action: a)
-            }
-            func inside(_ device: String, _ a: Operation.Action) -> Operation {
-                Operation(namespace: ns.name, device: device, link: .namespace, action: a)
-            }
-            if !seen.netnsExists { ops.append(host("", .createNetns(netns))) }
-            ops.append(host(prov.hostDevice, .createVeth(host: prov.hostDevice, peer: dev, netns: netns)))
-            ops.append(inside("lo", .linkUp))
-            if let a = prov.address { ops.append(inside(dev, .addAddress(a))) }
-            ops.append(inside(dev, .linkUp))
-            if let b = prov.bridge {
-                if !seen.bridgeExists && !bridgesCreated.contains(b) {
-                    ops.append(host(b, .createBridge(b)))
-                    bridgesCreated.insert(b)
-                }
-                ops.append(host(prov.hostDevice, .attachToBridge(bridge: b)))
-            } else if let a = prov.hostAddress {
-                ops.append(host(prov.hostDevice, .addAddress(a)))
-            }
-            ops.append(host(prov.hostDevice, .linkUp))
-            if let g = prov.gateway { ops.append(inside(dev, .addDefaultRoute(gateway: g))) }
         }
-        return (ops, notes)
     }
 
     /// A root HTB with our handle and our classifier filter is netshape's even when the ownership
     /// record was lost (it lives on tmpfs with the rest of the state).
-    static func adoptable(_ root: ObservedQdisc, _ ns: DesiredNamespace, _ seen: ObservedNamespace) -> Bool {
+    public static func adoptable(_ root: ObservedQdisc, _ ns: DesiredNamespace, _ seen: ObservedNamespace) -> Bool {
         root.kind == "htb" && root.handle == ns.qdisc.handle
             && seen.filters.contains { $0.parent == ns.filter.parent && $0.priority == ns.filter.priority }
     }
 
     static func deepestFirst(_ a: ObservedCgroup, _ b: ObservedCgroup) -> Bool {
         a.path.count > b.path.count || (a.path.count == b.path.count && a.path < b.path)
-    }
-
-    /// The operations that remove everything netshape created for `namespaces`: member processes back
-    /// to the root cgroup, the class cgroups, the trees netshape owns (deleting a root qdisc removes
-    /// every class, leaf and filter beneath it and restores the kernel's default), the IFB and
-    /// redirect, and what `provision` created.
-    public static func resetOperations(namespaces: [String], _ observed: ObservedState) -> [Operation] {
-        var ops: [Operation] = []
-        var bridges: [(String, String)] = []
-        for name in namespaces {
-            let dir = "netshape/\(name)"
-            let seen = observed.namespaces[name]
-            let owned = observed.ownership.namespaces[name]
-            let cgroups = observed.cgroups.values.filter { $0.path == dir || $0.path.hasPrefix(dir + "/") }
-                .sorted(by: deepestFirst)
-            for cg in cgroups {
-                for pid in cg.pids {
-                    let comm = seen?.processes.first { $0.pid == pid }?.comm ?? "?"
-                    ops.append(
-                        Operation(namespace: name, action: .moveProcess(pid: pid, comm: comm, from: cg.path, to: "")))
-                }
-            }
-            for cg in cgroups {
-                ops.append(Operation(namespace: name, action: .removeCgroup(path: cg.path, classid: cg.classid)))
-            }
-            if let seen, seen.problem == nil {
-                if let root = seen.configuredRoot, observed.ownership.owns(root, in: seen) {
-                    ops.append(
-                        Operation(
-                            namespace: name, device: seen.device,
-                            action: .deleteRootQdisc(
-                                HTBQdiscSpec(handle: root.handle, defaultMinor: root.htbDefault ?? 0))))
-                }
-                if let ing = seen.ingress, ing.ifindex != 0 {
-                    if let root = ing.configuredRoot,
-                        owned?.ingress?.tree?.owns(root, netnsID: ing.netnsID, ifindex: ing.ifindex) == true
-                    {
-                        ops.append(
-                            Operation(
-                                namespace: name, device: ing.device, link: .ingress,
-                                action: .deleteRootQdisc(
-                                    HTBQdiscSpec(handle: root.handle, defaultMinor: root.htbDefault ?? 0))))
-                    }
-                    if ing.placement == .ifb, ing.ingressQdisc != nil, owned?.ingress?.redirectFrom == seen.device {
-                        ops.append(
-                            Operation(
-                                namespace: name, device: seen.device, action: .deleteIngressRedirect(ifb: ing.device)))
-                    }
-                    if ing.placement == .ifb, owned?.ingress?.ifb == ing.device {
-                        ops.append(Operation(namespace: name, device: ing.device, action: .deleteIFB(ing.device)))
-                    }
-                }
-            }
-            if let prov = owned?.provisioned {
-                if let netns = prov.netns, observed.provision[name]?.netnsExists == true {
-                    // Deleting the namespace destroys its veth end, and with it the host-side peer.
-                    ops.append(Operation(namespace: name, link: .host, action: .deleteNetns(netns)))
-                } else if let h = prov.hostDevice, observed.provision[name]?.hostDeviceExists == true {
-                    ops.append(Operation(namespace: name, device: h, link: .host, action: .deleteVeth(host: h)))
-                }
-                if let b = prov.bridge { bridges.append((name, b)) }
-            }
-        }
-        // A bridge goes last, and only when no namespace outside this reset still uses it.
-        let leaving = Set(namespaces)
-        let stillUsed = Set(
-            observed.ownership.namespaces.filter { !leaving.contains($0.key) }.compactMap {
-                $0.value.provisioned?.bridge
-            })
-        var removed = Set<String>()
-        for (name, b) in bridges
-        where !stillUsed.contains(b) && observed.provision[name]?.bridgeExists == true
-            && removed.insert(b).inserted
-        {
-            ops.append(Operation(namespace: name, device: b, link: .host, action: .deleteBridge(b)))
-        }
-        return ops
     }
 }

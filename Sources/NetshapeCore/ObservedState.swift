@@ -155,10 +155,13 @@ public struct ObservedCgroup: Sendable, Equatable {
     public var path: String
     public var classid: TCHandle
     public var pids: [Int32]
-    public init(path: String, classid: TCHandle, pids: [Int32] = []) {
+    /// Names of the cgroup directories inside it (cgroups below a class cgroup are never netshape's).
+    public var children: [String]
+    public init(path: String, classid: TCHandle, pids: [Int32] = [], children: [String] = []) {
         self.path = path
         self.classid = classid
         self.pids = pids
+        self.children = children
     }
 }
 
@@ -237,7 +240,7 @@ public struct ObservedState: Sendable, Equatable {
         for ns in policy.namespaces {
             var minors: [String: UInt16] = [:]
             for c in ns.classes {
-                guard let cg = cgroups["netshape/\(ns.name)/\(c.name)"], cg.classid.raw != 0 else { continue }
+                guard let cg = cgroups[CgroupPaths.class(c.name, in: ns.name)], cg.classid.raw != 0 else { continue }
                 if let m = result.majors[ns.name], m != cg.classid.major { continue }
                 result.majors[ns.name] = cg.classid.major
                 minors[c.name] = cg.classid.minor
@@ -250,91 +253,5 @@ public struct ObservedState: Sendable, Equatable {
             if !minors.isEmpty { result.minors[ns.name] = minors }
         }
         return result
-    }
-}
-
-/// The objects netshape created, recorded before it creates them, so that `apply`, `reset` and
-/// `--force` only ever delete what is netshape's.
-public struct OwnershipRecord: Sendable, Equatable, Codable {
-    /// An HTB tree netshape built on one device.
-    public struct Tree: Sendable, Equatable, Codable {
-        /// `st_dev:st_ino` of the namespace the device lives in.
-        public var netnsID: String
-        public var device: String
-        public var ifindex: Int32
-        public var handle: TCHandle
-
-        public init(netnsID: String, device: String, ifindex: Int32, handle: TCHandle) {
-            self.netnsID = netnsID
-            self.device = device
-            self.ifindex = ifindex
-            self.handle = handle
-        }
-
-        /// True when `root` on that device is this tree's root.
-        public func owns(_ root: ObservedQdisc, netnsID: String, ifindex: Int32) -> Bool {
-            root.kind == "htb" && root.handle == handle && self.ifindex == ifindex && self.netnsID == netnsID
-        }
-    }
-
-    /// Ingress shaping: the tree on the peer or IFB, and what was created to redirect into an IFB.
-    public struct Ingress: Sendable, Equatable, Codable {
-        public var tree: Tree?
-        /// The IFB netshape created inside the namespace.
-        public var ifb: String?
-        /// The device whose ingress qdisc (and redirect) netshape added.
-        public var redirectFrom: String?
-
-        public init(tree: Tree? = nil, ifb: String? = nil, redirectFrom: String? = nil) {
-            self.tree = tree
-            self.ifb = ifb
-            self.redirectFrom = redirectFrom
-        }
-    }
-
-    /// What `provision` created.
-    public struct Provisioned: Sendable, Equatable, Codable {
-        /// The `ip netns` name netshape created.
-        public var netns: String?
-        /// The host-side veth netshape created.
-        public var hostDevice: String?
-        /// The bridge netshape created (removed when no provisioned namespace uses it any more).
-        public var bridge: String?
-
-        public init(netns: String? = nil, hostDevice: String? = nil, bridge: String? = nil) {
-            self.netns = netns
-            self.hostDevice = hostDevice
-            self.bridge = bridge
-        }
-    }
-
-    public struct Namespace: Sendable, Equatable, Codable {
-        /// Absolute path of the policy that created it.
-        public var policy: String
-        public var egress: Tree?
-        public var ingress: Ingress?
-        public var provisioned: Provisioned?
-
-        public init(policy: String, egress: Tree? = nil, ingress: Ingress? = nil, provisioned: Provisioned? = nil) {
-            self.policy = policy
-            self.egress = egress
-            self.ingress = ingress
-            self.provisioned = provisioned
-        }
-
-        public var isEmpty: Bool { egress == nil && ingress == nil && provisioned == nil }
-    }
-
-    public var namespaces: [String: Namespace]
-    public init(namespaces: [String: Namespace] = [:]) { self.namespaces = namespaces }
-
-    /// True when `root` on `observed`'s device is the HTB qdisc netshape created there.
-    public func owns(_ root: ObservedQdisc, in observed: ObservedNamespace) -> Bool {
-        namespaces[observed.name]?.egress?.owns(root, netnsID: observed.netnsID, ifindex: observed.ifindex) == true
-    }
-
-    /// Bridges netshape created that a namespace other than `except` still uses.
-    public func bridgesInUse(except: String) -> Set<String> {
-        Set(namespaces.filter { $0.key != except }.compactMap { $0.value.provisioned?.bridge })
     }
 }

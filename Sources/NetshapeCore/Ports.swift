@@ -73,6 +73,8 @@ public protocol KernelPort: AnyObject {
     func observe(_ request: ObservationRequest) throws -> ObservedState
     /// Performs one operation.
     func execute(_ operation: Operation) throws
+    /// The ownership record as persisted (empty when none was written yet).
+    func loadOwnership() throws -> OwnershipRecord
     /// Persists the ownership record (before the objects it names are created).
     func saveOwnership(_ record: OwnershipRecord) throws
 }

@@ -42,7 +42,7 @@ final class ExecClassifier: @unchecked Sendable {
             let ns = snap.namespaces[nsid], let info = scanner.process(tgid, fields: snap.fields[nsid] ?? .all),
             let cls = snap.matcher.classify(info, in: ns), let name = cls.name
         else { return nil }
-        let path = "netshape/\(ns.name)/\(name)"
+        let path = CgroupPaths.class(name, in: ns.name)
         // The current cgroup is not read: moving a process into the cgroup it is in is a no-op.
         do {
             try NetClsHierarchy(root: snap.netClsRoot).move(pid: tgid, to: path)

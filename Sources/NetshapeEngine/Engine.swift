@@ -78,7 +78,12 @@ public final class Engine {
 
     /// Observes the machine and computes what `apply` would do, changing nothing. Namespaces that
     /// `provision` will create are planned as if they existed with a bare device.
-    public func plan(_ policy: Policy, options: ApplyOptions = ApplyOptions()) throws -> PlanResult {
+    ///
+    /// `policyPath` (absolute; default the policy's source) is who claims the policy's entries: an
+    /// entry or device another policy's record owns is refused here, before anything changes.
+    public func plan(_ policy: Policy, policyPath: String? = nil, options: ApplyOptions = ApplyOptions()) throws
+        -> PlanResult
+    {
         let caps = try kernel.capabilities()
         var observed = try kernel.observe(ObservationRequest(policy: policy, processes: options.memberships))
         var policy = policy
@@ -90,12 +95,13 @@ public final class Engine {
             policy.namespaces.removeAll { skipped[$0.name] != nil }
         }
         var desired = try Planner.plan(policy, capabilities: caps, previous: observed.previousAssignments(for: policy))
+        try Differ.checkClaims(desired, observed, policyPath: policyPath ?? policy.source)
         let (provisioning, notes) = Differ.provisioning(desired, observed)
         desired.notes += notes
         if !provisioning.isEmpty { observed = Self.assumingProvisioned(observed, desired, provisioning) }
         let ops = try Differ.diff(
             desired, observed, matcher: Self.matcher(policy, observed),
-            options: DiffOptions(force: options.force, memberships: options.memberships))
+            options: DiffOptions(force: options.force, memberships: options.memberships), notes: &desired.notes)
         return PlanResult(
             capabilities: caps, observed: observed, desired: desired, operations: provisioning + ops,
             skipped: skipped)
@@ -124,17 +130,22 @@ public final class Engine {
     public func apply(_ policy: Policy, policyPath: String, options: ApplyOptions = ApplyOptions()) throws
         -> ApplyReport
     {
-        var plan = try self.plan(policy, options: options)
+        var plan = try self.plan(policy, policyPath: policyPath, options: options)
         var report = ApplyReport(
             performed: [], vanished: [], notes: plan.desired.notes, remaining: [],
             skipped: plan.skipped, state: plan)
-        guard !plan.operations.isEmpty else { return report }
+        guard !plan.operations.isEmpty else {
+            _ = try keepRecord(plan.observed.ownership, plan.observed, plan.desired, policy, policyPath)
+            return report
+        }
         let before = plan.observed.ownership
         var record = before
         var done: [Operation] = []
         func fail(_ op: Operation, _ error: any Error) -> ApplyError {
             let rollback = self.rollback(done)
-            if record != before { try? kernel.saveOwnership(before) }
+            // After a clean rollback the machine is as before, and so is the record. When some undo
+            // failed, the larger record stays: it names what is left, so `reset` can still remove it.
+            if record != before && rollback.failures.isEmpty { try? kernel.saveOwnership(before) }
             return ApplyError(
                 failed: op, underlying: error, rolledBack: rollback.undone, rollbackFailures: rollback.failures)
         }
@@ -147,7 +158,7 @@ public final class Engine {
             try kernel.saveOwnership(record)
             if let (op, error) = perform(provisioning, &done, &report) { throw fail(op, error) }
             do {
-                plan = try self.plan(policy, options: options)
+                plan = try self.plan(policy, policyPath: policyPath, options: options)
             } catch {
                 throw fail(provisioning[provisioning.count - 1], error)
             }
@@ -155,7 +166,7 @@ public final class Engine {
 
         // 2. Shaping: record the trees this run creates, then build them.
         let shaping = plan.operations.filter { !$0.isProvisioning }
-        Self.recordTrees(shaping, plan.observed, policyPath: policyPath, into: &record)
+        Self.record(shaping, plan.observed, policy, policyPath: policyPath, into: &record)
         if record != before { try kernel.saveOwnership(record) }
         if let (op, error) = perform(shaping, &done, &report) { throw fail(op, error) }
         report.performed = done
@@ -165,11 +176,11 @@ public final class Engine {
         //    must match exactly; processes may have come and gone meanwhile, so memberships are not
         //    part of the check.
         var after = try kernel.observe(ObservationRequest(policy: verifyPolicy(policy, plan), processes: false))
-        if Self.refreshIfindexes(&record, after) { try kernel.saveOwnership(record) }
-        after.ownership = record
+        after.ownership = try keepRecord(record, after, plan.desired, policy, policyPath)
+        var verifyNotes: [String] = []
         let verify = try Differ.diff(
             plan.desired, after, matcher: Self.matcher(policy, after),
-            options: DiffOptions(force: false, memberships: false))
+            options: DiffOptions(force: false, memberships: false), notes: &verifyNotes)
         report.remaining = verify
         let verifyState = PlanResult(
             capabilities: plan.capabilities, observed: after, desired: plan.desired,
@@ -224,23 +235,43 @@ public final class Engine {
         }
     }
 
-    static func recordTrees(
-        _ ops: [Operation], _ observed: ObservedState, policyPath: String,
+    /// Writes into `record`, before the operations run, what they will create (and forget what they
+    /// delete): trees, the classes in them, cgroups, IFB and redirect, with the entry's target.
+    static func record(
+        _ ops: [Operation], _ observed: ObservedState, _ policy: Policy, policyPath: String,
         into record: inout OwnershipRecord
     ) {
         for op in ops {
             guard let seen = observed.namespaces[op.namespace] else { continue }
-            var entry = record.namespaces[op.namespace] ?? OwnershipRecord.Namespace(policy: policyPath)
+            var entry = record.namespaces[op.namespace] ?? newEntry(op.namespace, policy, policyPath)
             switch (op.action, op.link) {
             case (.addRootQdisc(let q), .namespace), (.replaceRootQdisc(let q, _), .namespace):
                 entry.egress = OwnershipRecord.Tree(
                     netnsID: seen.netnsID, device: seen.device, ifindex: seen.ifindex, handle: q.handle)
+            case (.deleteRootQdisc, .namespace):
+                entry.egress = nil
             case (.addRootQdisc(let q), .ingress), (.replaceRootQdisc(let q, _), .ingress):
                 let ing = seen.ingress
                 var i = entry.ingress ?? OwnershipRecord.Ingress()
                 i.tree = OwnershipRecord.Tree(
                     netnsID: ing?.netnsID ?? "", device: op.device, ifindex: ing?.ifindex ?? 0, handle: q.handle)
                 entry.ingress = i
+            case (.deleteRootQdisc, .ingress):
+                entry.ingress?.tree = nil
+            case (.addClass(let c), .namespace):
+                if entry.egress?.classes?.contains(c.classid) == false { entry.egress?.classes?.append(c.classid) }
+            case (.deleteClass(let c), .namespace):
+                entry.egress?.classes?.removeAll { $0 == c.classid }
+            case (.addClass(let c), .ingress):
+                if entry.ingress?.tree?.classes?.contains(c.classid) == false {
+                    entry.ingress?.tree?.classes?.append(c.classid)
+                }
+            case (.deleteClass(let c), .ingress):
+                entry.ingress?.tree?.classes?.removeAll { $0 == c.classid }
+            case (.createCgroup(let path, _), _) where path != CgroupPaths.top:
+                if entry.cgroups?.contains(path) == false { entry.cgroups?.append(path) }
+            case (.removeCgroup(let path, _), _):
+                entry.cgroups?.removeAll { $0 == path }
             case (.createIFB(let name), _):
                 var i = entry.ingress ?? OwnershipRecord.Ingress()
                 i.ifb = name
@@ -249,8 +280,6 @@ public final class Engine {
                 var i = entry.ingress ?? OwnershipRecord.Ingress()
                 i.redirectFrom = op.device
                 entry.ingress = i
-            case (.deleteRootQdisc, .ingress):
-                entry.ingress?.tree = nil
             case (.deleteIFB, _):
                 entry.ingress?.ifb = nil
             case (.deleteIngressRedirect, _):
@@ -261,15 +290,39 @@ public final class Engine {
         }
     }
 
-    /// Fills in the namespace id and ifindex of trees recorded before their device existed.
-    static func refreshIfindexes(_ record: inout OwnershipRecord, _ observed: ObservedState) -> Bool {
-        var changed = false
-        for (name, entry) in record.namespaces {
-            guard let seen = observed.namespaces[name], seen.problem == nil else { continue }
-            var e = entry
+    static func newEntry(_ name: String, _ policy: Policy, _ policyPath: String) -> OwnershipRecord.Namespace {
+        let ns = policy.namespace(name)
+        return OwnershipRecord.Namespace(policy: policyPath, target: ns?.netns, device: ns?.device)
+    }
+
+    /// After an apply (or a plan with nothing to do): every entry of the policy that is on the machine
+    /// has a record that stands on its own (policy, target, device), names the cgroups of its classes,
+    /// has the real namespace id and ifindex of trees recorded before their device existed, and owns a
+    /// tree with netshape's handle and filter that it found without a record (adopted).
+    @discardableResult
+    func keepRecord(
+        _ start: OwnershipRecord, _ observed: ObservedState, _ desired: DesiredState, _ policy: Policy,
+        _ policyPath: String
+    ) throws -> OwnershipRecord {
+        var record = start
+        for ns in desired.namespaces {
+            guard let seen = observed.namespaces[ns.name], seen.problem == nil else { continue }
+            var e = record.namespaces[ns.name] ?? Self.newEntry(ns.name, policy, policyPath)
+            guard e.policy == policyPath else { continue }
+            e.target = ns.target
+            e.device = policy.namespace(ns.name)?.device
+            for path in [CgroupPaths.namespace(ns.name)] + ns.cgroups.map(\.relativePath)
+            where observed.cgroups[path] != nil && e.cgroups?.contains(path) == false {
+                e.cgroups?.append(path)
+            }
             if let t = e.egress, t.ifindex == 0 || t.netnsID.isEmpty, t.device == seen.device {
                 e.egress?.ifindex = seen.ifindex
                 e.egress?.netnsID = seen.netnsID
+            }
+            if e.egress == nil, let root = seen.configuredRoot, Differ.adoptable(root, ns, seen) {
+                e.egress = OwnershipRecord.Tree(
+                    netnsID: seen.netnsID, device: seen.device, ifindex: seen.ifindex, handle: root.handle,
+                    classes: seen.classes.map(\.spec.classid).filter { $0.major == root.handle.major })
             }
             if let t = e.ingress?.tree, let ing = seen.ingress, t.ifindex == 0 || t.netnsID.isEmpty,
                 t.device == ing.device
@@ -277,12 +330,10 @@ public final class Engine {
                 e.ingress?.tree?.ifindex = ing.ifindex
                 e.ingress?.tree?.netnsID = ing.netnsID
             }
-            if e != entry {
-                record.namespaces[name] = e
-                changed = true
-            }
+            record.namespaces[ns.name] = e
         }
-        return changed
+        if record != observed.ownership { try kernel.saveOwnership(record) }
+        return record
     }
 
     func rollback(_ done: [Operation]) -> (undone: [Operation], failures: [(Operation, any Error)]) {
@@ -301,38 +352,6 @@ public final class Engine {
             }
         }
         return (undone, failures)
-    }
-
-    /// Removes everything `policy`'s namespaces got from netshape: processes go back to the root
-    /// net_cls cgroup, class cgroups are removed, and the root qdisc is deleted where netshape owns it.
-    /// Foreign objects are never touched. Continues past individual failures and reports them.
-    public func reset(_ policy: Policy) throws -> ApplyReport {
-        let names = policy.namespaces.map(\.name)
-        // Ingress is always observed (ObservationRequest): the policy may have dropped `ingress`
-        // since it was applied, or (CNI DEL) be rebuilt without it; the ownership record says what is ours.
-        let observed = try kernel.observe(ObservationRequest(policy: policy, processes: true))
-        let ops = Differ.resetOperations(namespaces: names, observed)
-        var report = ApplyReport(performed: [], vanished: [], notes: [], remaining: [])
-        var failures: [(Operation, any Error)] = []
-        for op in ops {
-            do {
-                try kernel.execute(op)
-                report.performed.append(op)
-                logger.info("\(op.command)", metadata: ["namespace": "\(op.namespace)"])
-            } catch let e as KernelFailure where op.isMembership && e.errno == KernelErrno.ESRCH {
-                if case .moveProcess(let pid, _, _, _) = op.action { report.vanished.append(pid) }
-            } catch {
-                failures.append((op, error))
-            }
-        }
-        var record = observed.ownership
-        for n in names where failures.isEmpty || record.namespaces[n]?.isEmpty == true { record.namespaces[n] = nil }
-        if record != observed.ownership { try kernel.saveOwnership(record) }
-        if let (op, error) = failures.first {
-            throw ApplyError(
-                failed: op, underlying: error, rolledBack: [], rollbackFailures: failures.dropFirst().map { $0 })
-        }
-        return report
     }
 
     /// A matcher for `policy`'s rules with its regular expressions compiled once.

@@ -51,6 +51,10 @@ public struct NamespaceStatus: Sendable, Codable, Equatable {
     public var classes: [ClassStatus]
     /// Where and how incoming traffic is shaped (nil without `ingress`).
     public var ingressShaping: IngressStatus?
+    /// The policy that applied it (as recorded), when known.
+    public var policy: String? = nil
+    /// Why this record has nobody to answer for it (policy file gone, namespace gone), with what to run.
+    public var orphaned: String? = nil
 }
 
 /// The whole status report.
@@ -102,7 +106,7 @@ extension Engine {
                     tput = UInt64(Double(n.stats.bytes - t.stats.bytes) * 8 / interval)
                 }
                 let leaf = seen.qdiscs.first { $0.parent == c.spec.classid }
-                let pids = c.name.flatMap { second.cgroups["netshape/\(ns.name)/\($0)"]?.pids } ?? []
+                let pids = c.name.flatMap { second.cgroups[CgroupPaths.class($0, in: ns.name)]?.pids } ?? []
                 classes.append(
                     ClassStatus(
                         name: c.displayName, classid: "\(c.spec.classid)",
@@ -138,5 +142,56 @@ extension Engine {
                     applied: applied, problem: nil, classes: classes, ingressShaping: ingress))
         }
         return StatusReport(namespaces: out, interval: interval)
+    }
+
+    /// Status of recorded entries from the ownership record alone (their policy file is gone, or they
+    /// are CNI attachments): what is on the machine, read from the kernel, with `orphaned` set to
+    /// `reason`, or to why the namespace is gone.
+    public func recordStatus(names: [String], orphaned reason: String?) throws -> [NamespaceStatus] {
+        let record = try kernel.loadOwnership()
+        let requests = names.map { Self.request(for: $0, record: record.namespaces[$0], policy: nil) }
+        let observed = try kernel.observe(ObservationRequest(namespaces: requests, processes: false))
+        return names.map { name in
+            let entry = record.namespaces[name]
+            let target = entry?.target?.description ?? "?"
+            let hint = "run netshape reset \(entry?.policy ?? "PATH") or netshape reset --all"
+            guard let seen = observed.namespaces[name], seen.problem == nil else {
+                let problem = observed.namespaces[name]?.problem ?? "not observed"
+                return NamespaceStatus(
+                    name: name, netns: target, device: entry?.egress?.device ?? entry?.device ?? "?",
+                    handle: entry?.egress.map { "\($0.handle)" } ?? "-", classifier: "none", egress: 0, ingress: nil,
+                    applied: false, problem: problem, classes: [], ingressShaping: nil, policy: entry?.policy,
+                    orphaned: "\(reason ?? "its namespace is gone: \(problem)"): \(hint)")
+            }
+            let tree = entry?.egress
+            let root = seen.configuredRoot
+            let applied = root.map { tree?.owns($0, netnsID: seen.netnsID, ifindex: seen.ifindex) == true } ?? false
+            let major = tree?.handle.major
+            let byClassid = Dictionary(
+                observed.cgroups.values.filter { $0.path.hasPrefix(CgroupPaths.namespace(name) + "/") }
+                    .map { ($0.classid, $0) }, uniquingKeysWith: { a, _ in a })
+            let classes = seen.classes.filter { $0.spec.classid.major == major && $0.spec.classid.minor != 1 }
+                .sorted { $0.spec.classid < $1.spec.classid }
+                .map { c in
+                    let cg = byClassid[c.spec.classid]
+                    let leaf = seen.qdiscs.first { $0.parent == c.spec.classid }
+                    return ClassStatus(
+                        name: cg.map { String($0.path.split(separator: "/").last ?? "") } ?? "(default)",
+                        classid: "\(c.spec.classid)", rate: c.spec.rate.bitsPerSecond, ceil: c.spec.ceil.bitsPerSecond,
+                        priority: c.spec.priority, leaf: leaf?.queue?.description ?? leaf?.kind ?? "-",
+                        bytes: c.stats.bytes, packets: c.stats.packets,
+                        drops: c.stats.drops + (leaf?.stats.drops ?? 0), overlimits: c.stats.overlimits,
+                        throughput: nil, pids: (cg?.pids ?? []).sorted(), isDefault: cg == nil, present: true)
+                }
+            let egress = seen.classes.first {
+                $0.spec.classid == tree.map { TCHandle(major: $0.handle.major, minor: 1) }
+            }
+            let filter = seen.filters.first { $0.priority == FilterSpec.netshapePriority }
+            return NamespaceStatus(
+                name: name, netns: target, device: seen.device, handle: tree.map { "\($0.handle)" } ?? "-",
+                classifier: filter?.kind ?? "none", egress: egress?.spec.rate.bitsPerSecond ?? 0, ingress: nil,
+                applied: applied, problem: nil, classes: classes, ingressShaping: nil, policy: entry?.policy,
+                orphaned: reason.map { "\($0): \(hint)" })
+        }
     }
 }

@@ -165,7 +165,20 @@ public final class LinuxKernel: KernelPort {
 
     // MARK: - Observation
 
+    /// Drops sockets of namespaces that are no longer what their target names. A container restart
+    /// or `ip netns del` + `add` puts a new namespace behind the same path; the sockets netshape holds
+    /// would keep talking to (and keep alive) the old one. Devices are looked up again every time:
+    /// a veth recreated in the same namespace gets a new ifindex.
+    func dropStale(_ requests: [NamespaceRequest]) {
+        contexts = [:]
+        for r in requests {
+            guard let path = r.target.path, let s = sockets[path] else { continue }
+            if Files.identity(path) != s.netns.id { sockets[path] = nil }
+        }
+    }
+
     public func observe(_ request: ObservationRequest) throws -> ObservedState {
+        dropStale(request.namespaces)
         var state = ObservedState(ownership: try self.state.loadOwnership())
         if hierarchy == nil { hierarchy = NetClsHierarchy.find(configured: settings.cgroupRoot) }
         if let h = hierarchy { state.cgroups = h.listNetshape(namespaces: request.namespaces.map(\.name)) }
@@ -233,6 +246,7 @@ public final class LinuxKernel: KernelPort {
             ingressQdisc: qdiscs.first { $0.parent == .ingress })
     }
 
+    public func loadOwnership() throws -> OwnershipRecord { try state.loadOwnership() }
     public func saveOwnership(_ record: OwnershipRecord) throws { try state.saveOwnership(record) }
 
     // MARK: - Execution

@@ -224,16 +224,22 @@ public final class NetClsHierarchy {
             }
             return names
         }
-        out["netshape"] = cgroup(top, "netshape")
+        out[CgroupPaths.top] = cgroup(top, CgroupPaths.top)
         for ns in namespaces {
             let nsfd = openat(top, ns, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
             guard nsfd >= 0 else { continue }
             defer { close(nsfd) }
-            out["netshape/\(ns)"] = cgroup(nsfd, "netshape/\(ns)")
-            for cls in subdirectories(nsfd) {
+            let nsPath = CgroupPaths.namespace(ns)
+            let classes = subdirectories(nsfd)
+            out[nsPath] = cgroup(nsfd, nsPath)
+            out[nsPath]?.children = classes
+            for cls in classes {
                 let cfd = openat(nsfd, cls, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
                 guard cfd >= 0 else { continue }
-                out["netshape/\(ns)/\(cls)"] = cgroup(cfd, "netshape/\(ns)/\(cls)")
+                let path = CgroupPaths.class(cls, in: ns)
+                out[path] = cgroup(cfd, path)
+                // netshape never makes cgroups below a class: any there are someone else's.
+                out[path]?.children = subdirectories(cfd)
                 close(cfd)
             }
         }

@@ -72,7 +72,12 @@ public final class FakeKernel: KernelPort {
     public func capabilities() throws -> KernelCapabilities { caps }
 
     public func observe(_ request: ObservationRequest) throws -> ObservedState {
-        var state = ObservedState(cgroups: cgroups, ownership: ownership)
+        var seenCgroups = cgroups
+        for path in cgroups.keys {
+            guard let slash = path.lastIndex(of: "/") else { continue }
+            seenCgroups[String(path[..<slash])]?.children.append(String(path[path.index(after: slash)...]))
+        }
+        var state = ObservedState(cgroups: seenCgroups, ownership: ownership)
         for r in request.namespaces {
             if let p = r.provision {
                 state.provision[r.name] = ObservedProvision(
@@ -119,6 +124,7 @@ public final class FakeKernel: KernelPort {
         return state
     }
 
+    public func loadOwnership() throws -> OwnershipRecord { ownership }
     public func saveOwnership(_ record: OwnershipRecord) throws { ownership = record }
 
     public func execute(_ op: Operation) throws {
@@ -229,24 +235,17 @@ public final class FakeKernel: KernelPort {
             ns.classes = []
             ns.filters = []
         case .addClass(let c):
-            guard !ns.classes.contains(where: { $0.spec.classid == c.classid }) else {
-                throw fail(KernelErrno.EEXIST, "class \(c.classid) exists")
-            }
-            ns.classes.append(ObservedClass(spec: c))
+            try Self.addClass(c, classes: &ns.classes, qdiscs: &ns.qdiscs)
         case .changeClass(let c, _):
-            guard let i = ns.classes.firstIndex(where: { $0.spec.classid == c.classid }) else {
-                throw fail(KernelErrno.ENOENT, "no class \(c.classid)")
-            }
-            ns.classes[i].spec = c
+            try Self.changeClass(c, classes: &ns.classes)
         case .deleteClass(let c):
-            guard ns.classes.contains(where: { $0.spec.classid == c.classid }) else {
-                throw fail(KernelErrno.ENOENT, "no class \(c.classid)")
-            }
-            ns.classes.removeAll { $0.spec.classid == c.classid }
-            ns.qdiscs.removeAll { $0.parent == c.classid }
+            try Self.deleteClass(c, classes: &ns.classes, qdiscs: &ns.qdiscs)
         case .addLeaf(let l):
             guard !ns.qdiscs.contains(where: { $0.parent == l.parent }) else {
                 throw fail(KernelErrno.EEXIST, "qdisc at \(l.parent) exists")
+            }
+            guard !ns.classes.contains(where: { $0.spec.parent == l.parent }) else {
+                throw fail(KernelErrno.EINVAL, "class \(l.parent) is an inner class")
             }
             ns.qdiscs.append(
                 ObservedQdisc(
@@ -300,13 +299,9 @@ public final class FakeKernel: KernelPort {
         case .deleteRootQdisc:
             dev.qdiscs = [ObservedQdisc(handle: .unspecified, parent: .root, kind: "noqueue")]
             dev.classes = []
-        case .addClass(let c): dev.classes.append(ObservedClass(spec: c))
-        case .changeClass(let c, _):
-            guard let i = dev.classes.firstIndex(where: { $0.spec.classid == c.classid }) else {
-                throw fail(KernelErrno.ENOENT, "no class")
-            }
-            dev.classes[i].spec = c
-        case .deleteClass(let c): dev.classes.removeAll { $0.spec.classid == c.classid }
+        case .addClass(let c): try Self.addClass(c, classes: &dev.classes, qdiscs: &dev.qdiscs)
+        case .changeClass(let c, _): try Self.changeClass(c, classes: &dev.classes)
+        case .deleteClass(let c): try Self.deleteClass(c, classes: &dev.classes, qdiscs: &dev.qdiscs)
         case .addLeaf(let l), .replaceLeaf(let l, _):
             dev.qdiscs.removeAll { $0.parent == l.parent }
             dev.qdiscs.append(
@@ -317,6 +312,49 @@ public final class FakeKernel: KernelPort {
         case .deleteLeaf(let l): dev.qdiscs.removeAll { $0.parent == l.parent }
         default: throw fail(KernelErrno.EINVAL, "not an ingress tc operation")
         }
+    }
+
+    // HTB classes as sch_htb.c keeps them.
+
+    /// `htb_change_class` creating a class: a child turns its parent into an inner class, which
+    /// loses its leaf queue (`htb_parent_to_leaf`'s reverse: the parent's qdisc is destroyed).
+    static func addClass(_ c: HTBClassSpec, classes: inout [ObservedClass], qdiscs: inout [ObservedQdisc]) throws {
+        guard !classes.contains(where: { $0.spec.classid == c.classid }) else {
+            throw FakeKernelError(errno: KernelErrno.EEXIST, "class \(c.classid) exists")
+        }
+        if c.parent.minor != 0 {
+            guard classes.contains(where: { $0.spec.classid == c.parent }) else {
+                throw FakeKernelError(errno: KernelErrno.ENOENT, "no parent class \(c.parent)")
+            }
+            qdiscs.removeAll { $0.parent == c.parent }
+        }
+        classes.append(ObservedClass(spec: c))
+    }
+
+    /// `htb_change_class` on an existing class: `prio` and `quantum` are taken only while the class
+    /// is a leaf (`if (!cl->level)`); an inner class keeps the values it had as a leaf. Counters stay.
+    static func changeClass(_ c: HTBClassSpec, classes: inout [ObservedClass]) throws {
+        guard let i = classes.firstIndex(where: { $0.spec.classid == c.classid }) else {
+            throw FakeKernelError(errno: KernelErrno.ENOENT, "no class \(c.classid)")
+        }
+        var new = c
+        if classes.contains(where: { $0.spec.parent == c.classid }) {
+            new.priority = classes[i].spec.priority
+            new.quantum = classes[i].spec.quantum
+        }
+        classes[i].spec = new
+    }
+
+    /// `htb_delete`: a class with children is busy.
+    static func deleteClass(_ c: HTBClassSpec, classes: inout [ObservedClass], qdiscs: inout [ObservedQdisc]) throws {
+        guard classes.contains(where: { $0.spec.classid == c.classid }) else {
+            throw FakeKernelError(errno: KernelErrno.ENOENT, "no class \(c.classid)")
+        }
+        guard !classes.contains(where: { $0.spec.parent == c.classid }) else {
+            throw FakeKernelError(errno: 16, "class \(c.classid) has child classes (EBUSY)")
+        }
+        classes.removeAll { $0.spec.classid == c.classid }
+        qdiscs.removeAll { $0.parent == c.classid }
     }
 
     /// Adds traffic to a class's counters (for status tests).

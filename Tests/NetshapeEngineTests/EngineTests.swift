@@ -195,14 +195,16 @@ struct Snapshot: Equatable {
         let engine = Engine(kernel: k)
         let pristine = Snapshot(k)
         try engine.apply(try load(webPolicy), policyPath: "/p")
-        let report = try engine.reset(try load(webPolicy))
+        let report = try engine.reset(policyPath: "/p", policy: try load(webPolicy))
         #expect(!report.performed.isEmpty)
         var after = Snapshot(k)
         // The shared netshape/ directory stays (other policies may use it); nothing of "web" does.
         #expect(after.cgroups.keys.sorted() == ["netshape"])
         after.cgroups = [:]
         #expect(after == pristine)
-        #expect(try engine.reset(try load(webPolicy)).performed.isEmpty, "a second reset has nothing to do")
+        #expect(
+            try engine.reset(policyPath: "/p", policy: try load(webPolicy)).performed.isEmpty,
+            "a second reset has nothing to do")
     }
 
     @Test func processesThatExitMidApplyAreNotFailures() throws {

@@ -31,7 +31,7 @@ let ingressPolicy = """
             try load(ingressPolicy.replacingOccurrences(of: "\"40mbit\"", with: "\"25mbit\"")), policyPath: "/p")
         #expect(edited.performed.map { "\($0.verb) \($0.object) \($0.link)" } == ["change class ingress"])
 
-        _ = try engine.reset(try load(ingressPolicy))
+        _ = try engine.reset(policyPath: "/p", policy: try load(ingressPolicy))
         #expect(k.hostDevices["veth-web"]?.qdiscs.first?.kind == "noqueue", "reset restores the peer's default qdisc")
         #expect(k.ownership.namespaces["web"] == nil)
     }
@@ -47,7 +47,7 @@ let ingressPolicy = """
         let ifb = try #require(k.namespaces["web"]?.links.first)
         #expect(k.hostDevices["web/\(ifb)"]?.classes.map(\.spec.rate) == [.mbit(40)])
         #expect(try engine.apply(try load(ingressPolicy), policyPath: "/p").performed.isEmpty)
-        _ = try engine.reset(try load(ingressPolicy))
+        _ = try engine.reset(policyPath: "/p", policy: try load(ingressPolicy))
         #expect(k.namespaces["web"]?.links.isEmpty == true)
         #expect(k.namespaces["web"]?.ingressQdisc == false)
     }
@@ -115,7 +115,7 @@ let ingressPolicy = """
             k.ownership.namespaces["a"]?.provisioned
                 == OwnershipRecord.Provisioned(netns: "a", hostDevice: "ns-a", bridge: "nsbr0"))
         #expect(try engine.apply(p, policyPath: "/p").performed.isEmpty, "a second apply provisions nothing")
-        _ = try engine.reset(p)
+        _ = try engine.reset(policyPath: "/p", policy: p)
         #expect(k.namespaces.isEmpty)
         #expect(k.hostLinks.isEmpty, "the bridge netshape created goes with its last namespace")
         #expect(k.ownership.namespaces.isEmpty)

@@ -1,0 +1,150 @@
+/// The objects netshape created, recorded before it creates them, so that `apply`, `reset` and
+/// `--force` only ever delete what is netshape's.
+///
+/// The record stands on its own: each entry names its policy, its namespace target and device,
+/// and every object created for it (trees, class ids, cgroups, provisioned links). `reset` of a
+/// policy whose file is gone, `reset --all` and bare `status` work from the record alone.
+public struct OwnershipRecord: Sendable, Equatable, Codable {
+    /// An HTB tree netshape built on one device.
+    public struct Tree: Sendable, Equatable, Codable {
+        /// `st_dev:st_ino` of the namespace the device lives in.
+        public var netnsID: String
+        public var device: String
+        public var ifindex: Int32
+        public var handle: TCHandle
+        /// The classes netshape created in this tree (nil: a record written before classes were
+        /// recorded; every class of the tree's major is then taken as netshape's).
+        public var classes: [TCHandle]?
+
+        public init(netnsID: String, device: String, ifindex: Int32, handle: TCHandle, classes: [TCHandle]? = []) {
+            self.netnsID = netnsID
+            self.device = device
+            self.ifindex = ifindex
+            self.handle = handle
+            self.classes = classes
+        }
+
+        /// True when `root` on that device is this tree's root.
+        public func owns(_ root: ObservedQdisc, netnsID: String, ifindex: Int32) -> Bool {
+            root.kind == "htb" && root.handle == handle && self.ifindex == ifindex && self.netnsID == netnsID
+        }
+
+        /// True when netshape created class `id` in this tree.
+        public func created(_ id: TCHandle) -> Bool {
+            guard let classes else { return id.major == handle.major }
+            return classes.contains(id)
+        }
+    }
+
+    /// Ingress shaping: the tree on the peer or IFB, and what was created to redirect into an IFB.
+    public struct Ingress: Sendable, Equatable, Codable {
+        public var tree: Tree?
+        /// The IFB netshape created inside the namespace.
+        public var ifb: String?
+        /// The device whose ingress qdisc (and redirect) netshape added.
+        public var redirectFrom: String?
+
+        public init(tree: Tree? = nil, ifb: String? = nil, redirectFrom: String? = nil) {
+            self.tree = tree
+            self.ifb = ifb
+            self.redirectFrom = redirectFrom
+        }
+
+        public var isEmpty: Bool { tree == nil && ifb == nil && redirectFrom == nil }
+    }
+
+    /// What `provision` created.
+    public struct Provisioned: Sendable, Equatable, Codable {
+        /// The `ip netns` name netshape created.
+        public var netns: String?
+        /// The host-side veth netshape created.
+        public var hostDevice: String?
+        /// The bridge netshape created (removed when no provisioned namespace uses it any more).
+        public var bridge: String?
+
+        public init(netns: String? = nil, hostDevice: String? = nil, bridge: String? = nil) {
+            self.netns = netns
+            self.hostDevice = hostDevice
+            self.bridge = bridge
+        }
+
+        public var isEmpty: Bool { netns == nil && hostDevice == nil && bridge == nil }
+    }
+
+    public struct Namespace: Sendable, Equatable, Codable {
+        /// Absolute path of the policy that created it (`cni:ID` for a CNI attachment).
+        public var policy: String
+        /// How to find the namespace again without the policy (nil: an older record).
+        public var target: NetnsTarget?
+        /// The device the policy named (nil: the default-route device).
+        public var device: String?
+        public var egress: Tree?
+        public var ingress: Ingress?
+        public var provisioned: Provisioned?
+        /// net_cls cgroups netshape created for this entry, relative to the hierarchy (nil: an
+        /// older record; the class cgroups under `netshape/<name>` are then taken as netshape's).
+        public var cgroups: [String]?
+
+        public init(
+            policy: String, target: NetnsTarget? = nil, device: String? = nil, egress: Tree? = nil,
+            ingress: Ingress? = nil, provisioned: Provisioned? = nil, cgroups: [String]? = []
+        ) {
+            self.policy = policy
+            self.target = target
+            self.device = device
+            self.egress = egress
+            self.ingress = ingress
+            self.provisioned = provisioned
+            self.cgroups = cgroups
+        }
+
+        /// Nothing of it is left on the machine.
+        public var isEmpty: Bool {
+            egress == nil && (ingress?.isEmpty ?? true) && (provisioned?.isEmpty ?? true) && (cgroups ?? []).isEmpty
+        }
+
+        /// True when netshape created the cgroup at `path` for this entry.
+        public func created(cgroup path: String, entry name: String) -> Bool {
+            guard let cgroups else {
+                return path == CgroupPaths.namespace(name) || path.hasPrefix(CgroupPaths.namespace(name) + "/")
+            }
+            return cgroups.contains(path)
+        }
+    }
+
+    public var namespaces: [String: Namespace]
+    public init(namespaces: [String: Namespace] = [:]) { self.namespaces = namespaces }
+
+    /// True when `root` on `observed`'s device is the HTB qdisc netshape created there.
+    public func owns(_ root: ObservedQdisc, in observed: ObservedNamespace) -> Bool {
+        namespaces[observed.name]?.egress?.owns(root, netnsID: observed.netnsID, ifindex: observed.ifindex) == true
+    }
+
+    /// The entry (other than `except`) whose recorded egress or ingress tree is `root` on the device
+    /// `ifindex` of namespace `netnsID`: that device is already shaped by someone else's entry.
+    public func claimant(of root: ObservedQdisc, netnsID: String, ifindex: Int32, except: String) -> String? {
+        namespaces.filter { $0.key != except }.first { _, e in
+            e.egress?.owns(root, netnsID: netnsID, ifindex: ifindex) == true
+                || e.ingress?.tree?.owns(root, netnsID: netnsID, ifindex: ifindex) == true
+        }?.key
+    }
+
+    /// The record's policies, each with its entry names, sorted.
+    public var policies: [(policy: String, names: [String])] {
+        Dictionary(grouping: namespaces.keys, by: { namespaces[$0]!.policy })
+            .map { ($0.key, $0.value.sorted()) }.sorted { $0.policy < $1.policy }
+    }
+}
+
+/// Where a policy entry's net_cls cgroups live: `<net_cls>/netshape/<namespace>/<class>`, built
+/// only from validated names (policy.md: `../` never reaches the filesystem).
+public enum CgroupPaths {
+    /// netshape's top directory in the hierarchy.
+    public static let top = "netshape"
+    /// The directory of one namespace entry.
+    public static func namespace(_ name: String) -> String { "\(top)/\(name)" }
+    /// The cgroup of one class.
+    public static func `class`(_ className: String, in namespace: String) -> String {
+        "\(top)/\(namespace)/\(className)"
+    }
+}
