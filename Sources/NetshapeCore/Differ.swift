@@ -123,11 +123,9 @@ public enum Differ {
                 if let root = ing.configuredRoot,
                     mine.tree?.owns(root, netnsID: ing.netnsID, ifindex: ing.ifindex) == true
                 {
-                    removals.append(
-                        Operation(
-                            namespace: ns.name, device: ing.device, link: .ingress,
-                            action: .deleteRootQdisc(
-                                HTBQdiscSpec(handle: root.handle, defaultMinor: root.htbDefault ?? 0))))
+                    removals += teardown(
+                        root, TreeView(root: root, classes: ing.classes, qdiscs: ing.qdiscs),
+                        TreeTarget(namespace: ns.name, device: ing.device, link: .ingress))
                 }
                 if ing.placement == .ifb, ing.ingressQdisc != nil, mine.redirectFrom == seen.device {
                     removals.append(
@@ -181,6 +179,23 @@ public enum Differ {
                     Operation(namespace: ns.name, action: .createCgroup(path: cg.relativePath, classid: cg.classid)))
             }
         }
+        // Processes of this namespace that a rule places in a class they are not in yet. Processes that
+        // match no rule are left where they are: an operator may have placed them by hand (`classify`,
+        // or echo PID > cgroup.procs).
+        var moved = Set<Int32>()
+        if options.memberships {
+            for p in seen.processes.sorted(by: { $0.pid < $1.pid }) {
+                guard let c = matcher.classify(p, in: ns), let name = c.name else { continue }
+                let path = CgroupPaths.class(name, in: ns.name)
+                if p.netCls != path {
+                    moved.insert(p.pid)
+                    ops.append(
+                        Operation(
+                            namespace: ns.name, action: .moveProcess(pid: p.pid, comm: p.comm, from: p.netCls, to: path)
+                        ))
+                }
+            }
+        }
         let wantedPaths = Set(ns.cgroups.map(\.relativePath))
         let stale = observed.cgroups.values.filter {
             $0.path.hasPrefix(nsDir + "/") && !wantedPaths.contains($0.path)
@@ -199,7 +214,8 @@ public enum Differ {
                 continue
             }
             // rmdir refuses a populated cgroup: hand its processes back to the root (classid 0 → default class).
-            for pid in cg.pids {
+            // (Processes a rule just moved elsewhere have left it already.)
+            for pid in cg.pids where !moved.contains(pid) {
                 let comm = seen.processes.first { $0.pid == pid }?.comm ?? "?"
                 removals.insert(
                     Operation(namespace: ns.name, action: .moveProcess(pid: pid, comm: comm, from: cg.path, to: "")),
@@ -208,19 +224,6 @@ public enum Differ {
             removals.append(Operation(namespace: ns.name, action: .removeCgroup(path: cg.path, classid: cg.classid)))
         }
 
-        // Processes of this namespace that a rule places in a class they are not in yet. Processes that
-        // match no rule are left where they are: an operator may have placed them by hand (`classify`,
-        // or echo PID > cgroup.procs).
-        guard options.memberships else { return }
-        for p in seen.processes.sorted(by: { $0.pid < $1.pid }) {
-            guard let c = matcher.classify(p, in: ns), let name = c.name else { continue }
-            let path = CgroupPaths.class(name, in: ns.name)
-            if p.netCls != path {
-                ops.append(
-                    Operation(
-                        namespace: ns.name, action: .moveProcess(pid: p.pid, comm: p.comm, from: p.netCls, to: path)))
-            }
-        }
     }
 
     /// The device a tree is built on.
@@ -387,6 +390,33 @@ public enum Differ {
             owns: { owned?.ingress?.tree?.owns($0, netnsID: ing.netnsID, ifindex: ing.ifindex) == true },
             adoptable: { _ in false }, created: { tree?.created($0) ?? true }, force: options.force, ops: &ops,
             removals: &removals, notes: &notes)
+    }
+
+    /// Removes a tree object by object, leaves and classes child-first, then the root: deleting the
+    /// root alone would take everything with it, but its undo (`qdisc add`) could not bring the
+    /// classes back if a later step fails and the run rolls back.
+    static func teardown(_ root: ObservedQdisc, _ view: TreeView, _ target: TreeTarget) -> [Operation] {
+        func op(_ a: Operation.Action) -> Operation {
+            Operation(namespace: target.namespace, device: target.device, link: target.link, action: a)
+        }
+        let major = root.handle.major
+        let classes = view.classes.map(\.spec).filter { $0.classid.major == major }
+        func depth(_ c: HTBClassSpec) -> Int {
+            var d = 0
+            var parent = c.parent
+            while let p = classes.first(where: { $0.classid == parent }), d < 8 {
+                d += 1
+                parent = p.parent
+            }
+            return d
+        }
+        var ops: [Operation] = []
+        for q in view.qdiscs where q.parent.major == major && q.parent.minor != 0 {
+            if let queue = q.queue { ops.append(op(.deleteLeaf(LeafQdiscSpec(parent: q.parent, queue: queue)))) }
+        }
+        for c in classes.sorted(by: { depth($0) > depth($1) }) { ops.append(op(.deleteClass(c))) }
+        ops.append(op(.deleteRootQdisc(HTBQdiscSpec(handle: root.handle, defaultMinor: root.htbDefault ?? 0))))
+        return ops
     }
 
     /// Refuses, before anything changes, a policy whose entries collide with another policy's or with

@@ -9,6 +9,9 @@ public struct PlanResult: Sendable {
     public var operations: [Operation]
     /// Namespaces left out because they are not there (yet), with why (`skipUnreachable` only).
     public var skipped: [String: String] = [:]
+    /// Entries this policy's record has that the policy no longer names: their removal is the tail
+    /// of `operations`.
+    public var retired: [String] = []
 }
 
 /// What an `apply` (or `reset`) did.
@@ -85,7 +88,15 @@ public final class Engine {
         -> PlanResult
     {
         let caps = try kernel.capabilities()
-        var observed = try kernel.observe(ObservationRequest(policy: policy, processes: options.memberships))
+        // Entries recorded for this policy that it no longer has are removed like `reset` removes them.
+        let path = policyPath ?? policy.source
+        let record = try kernel.loadOwnership()
+        let retired = record.namespaces.filter { $0.value.policy == path && policy.namespace($0.key) == nil }
+            .keys.sorted()
+        var request = ObservationRequest(policy: policy, processes: options.memberships)
+        request.namespaces += retired.map { Self.request(for: $0, record: record.namespaces[$0], policy: nil) }
+        if !retired.isEmpty { request.processes = true }
+        var observed = try kernel.observe(request)
         var policy = policy
         var skipped: [String: String] = [:]
         if options.skipUnreachable {
@@ -95,16 +106,21 @@ public final class Engine {
             policy.namespaces.removeAll { skipped[$0.name] != nil }
         }
         var desired = try Planner.plan(policy, capabilities: caps, previous: observed.previousAssignments(for: policy))
-        try Differ.checkClaims(desired, observed, policyPath: policyPath ?? policy.source)
+        try Differ.checkClaims(desired, observed, policyPath: path)
         let (provisioning, notes) = Differ.provisioning(desired, observed)
         desired.notes += notes
         if !provisioning.isEmpty { observed = Self.assumingProvisioned(observed, desired, provisioning) }
         let ops = try Differ.diff(
             desired, observed, matcher: Self.matcher(policy, observed),
             options: DiffOptions(force: options.force, memberships: options.memberships), notes: &desired.notes)
+        let retirement = Differ.resetPlan(namespaces: retired, observed)
+        desired.notes += retirement.foreign.map { "left \($0)" } + retirement.blocked.map { "left \($0)" }
+        desired.notes += retired.map {
+            "namespace \($0) is no longer in the policy: removing what netshape made for it"
+        }
         return PlanResult(
-            capabilities: caps, observed: observed, desired: desired, operations: provisioning + ops,
-            skipped: skipped)
+            capabilities: caps, observed: observed, desired: desired,
+            operations: provisioning + ops + retirement.operations, skipped: skipped, retired: retired)
     }
 
     /// `observed` with the namespaces `provisioning` creates stood in by empty ones.
@@ -152,7 +168,7 @@ public final class Engine {
 
         // 1. Provisioning first: shaping needs the namespaces and links to exist. Ownership is
         //    recorded before anything is created, so a crash still leaves it removable by `reset`.
-        let provisioning = plan.operations.filter(\.isProvisioning)
+        let provisioning = plan.operations.filter { $0.isProvisioning && !plan.retired.contains($0.namespace) }
         if !provisioning.isEmpty {
             Self.recordProvisioning(provisioning, policyPath: policyPath, into: &record)
             try kernel.saveOwnership(record)
@@ -165,10 +181,20 @@ public final class Engine {
         }
 
         // 2. Shaping: record the trees this run creates, then build them.
-        let shaping = plan.operations.filter { !$0.isProvisioning }
+        let shaping = plan.operations.filter { !$0.isProvisioning && !plan.retired.contains($0.namespace) }
         Self.record(shaping, plan.observed, policy, policyPath: policyPath, into: &record)
         if record != before { try kernel.saveOwnership(record) }
         if let (op, error) = perform(shaping, &done, &report) { throw fail(op, error) }
+
+        // 2b. Entries dropped from the policy go last, after everything it still names converged: a
+        //     failure before this point never has to rebuild them. Their records go when they are empty.
+        let retiring = plan.operations.filter { plan.retired.contains($0.namespace) }
+        if let (op, error) = perform(retiring, &done, &report) { throw fail(op, error) }
+        if !plan.retired.isEmpty {
+            for op in retiring { Self.forget(op, in: &record) }
+            for name in plan.retired where record.namespaces[name]?.isEmpty ?? true { record.namespaces[name] = nil }
+            try kernel.saveOwnership(record)
+        }
         report.performed = done
 
         // 3. Devices created in this run (an IFB, a provisioned veth) get their real ifindex into the

@@ -1,0 +1,380 @@
+import NetshapeCore
+import NetshapeEngine
+import NetshapePolicy
+import NetshapeTestSupport
+import Testing
+
+/// SplitMix64: small, seedable, the same sequence on every machine.
+struct SeededRandom: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// A policy as the random walk edits it: every field of policy.md that `apply` must converge on.
+struct ModelPolicy: CustomStringConvertible {
+    struct Class {
+        var name: String
+        var rate: UInt64  // mbit
+        var ceil: UInt64?
+        var burstKB: UInt64?
+        var cburstKB: UInt64?
+        var priority: Int?
+        var leaf: String?
+        var comm: String?
+    }
+    struct Namespace {
+        var name: String
+        var egress: UInt64  // mbit
+        var ingress: UInt64?
+        var defaultClass: String?
+        var leaf: String?
+        var classes: [Class]
+    }
+    var leaf: String?
+    var classifier: String?
+    var namespaces: [Namespace]
+
+    /// Leaf kinds the fake kernel's capabilities allow.
+    static func leaves(_ caps: KernelCapabilities) -> [String] {
+        ["bfifo", "pfifo", "auto"] + (caps.fqCodel ? ["fq_codel"] : []) + (caps.sfq ? ["sfq"] : [])
+    }
+    static let comms = ["nginx", "rsync", "curl", "postgres"]
+    static let classNames = ["web", "db", "bulk", "ssh", "backup", "video", "other"]
+
+    /// Restores what policy.md requires of a valid policy after an edit.
+    mutating func normalize() {
+        for i in namespaces.indices {
+            var ns = namespaces[i]
+            var seen = Set<String>()
+            ns.classes = ns.classes.filter { seen.insert($0.name).inserted }
+            let share = max(1, ns.egress / UInt64(ns.classes.count + 1))
+            for j in ns.classes.indices {
+                ns.classes[j].rate = min(max(1, ns.classes[j].rate), share)
+                if let c = ns.classes[j].ceil { ns.classes[j].ceil = min(max(c, ns.classes[j].rate), ns.egress) }
+            }
+            if let d = ns.defaultClass, !ns.classes.contains(where: { $0.name == d }) { ns.defaultClass = nil }
+            if ns.defaultClass == nil {
+                for j in ns.classes.indices { ns.classes[j].comm = nil }
+            }
+            namespaces[i] = ns
+        }
+    }
+
+    var description: String { toml }
+
+    var toml: String {
+        var out = "version = 1\n"
+        if leaf != nil || classifier != nil {
+            out += "[settings]\n"
+            if let l = leaf { out += "leaf = \"\(l)\"\n" }
+            if let c = classifier { out += "classifier = \"\(c)\"\n" }
+        }
+        for ns in namespaces {
+            out += "[[namespace]]\nname = \"\(ns.name)\"\ndevice = \"eth0\"\negress = \"\(ns.egress)mbit\"\n"
+            if let i = ns.ingress { out += "ingress = \"\(i)mbit\"\n" }
+            if let d = ns.defaultClass { out += "default = \"\(d)\"\n" }
+            if let l = ns.leaf { out += "leaf = \"\(l)\"\n" }
+            for c in ns.classes {
+                out += "[[namespace.class]]\nname = \"\(c.name)\"\nrate = \"\(c.rate)mbit\"\n"
+                if let v = c.ceil { out += "ceil = \"\(v)mbit\"\n" }
+                if let v = c.burstKB { out += "burst = \"\(v)kb\"\n" }
+                if let v = c.cburstKB { out += "cburst = \"\(v)kb\"\n" }
+                if let v = c.priority { out += "priority = \(v)\n" }
+                if let v = c.leaf { out += "leaf = \"\(v)\"\n" }
+                if let v = c.comm { out += "match.comm = [\"\(v)\"]\n" }
+            }
+        }
+        return out
+    }
+
+    static func randomClass(_ r: inout SeededRandom, _ caps: KernelCapabilities, name: String) -> Class {
+        Class(
+            name: name, rate: UInt64.random(in: 1...200, using: &r),
+            ceil: Bool.random(using: &r) ? UInt64.random(in: 1...1000, using: &r) : nil,
+            burstKB: Bool.random(using: &r) ? UInt64.random(in: 2...60, using: &r) : nil,
+            cburstKB: Bool.random(using: &r) ? UInt64.random(in: 2...60, using: &r) : nil,
+            priority: Bool.random(using: &r) ? Int.random(in: 0...7, using: &r) : nil,
+            leaf: Bool.random(using: &r) ? leaves(caps).randomElement(using: &r) : nil,
+            comm: Bool.random(using: &r) ? comms.randomElement(using: &r) : nil)
+    }
+
+    static func randomNamespace(_ r: inout SeededRandom, _ caps: KernelCapabilities, name: String) -> Namespace {
+        var ns = Namespace(
+            name: name, egress: UInt64.random(in: 10...2000, using: &r),
+            ingress: Bool.random(using: &r) ? UInt64.random(in: 1...500, using: &r) : nil, defaultClass: nil,
+            leaf: nil, classes: [])
+        for n in classNames.shuffled(using: &r).prefix(Int.random(in: 0...4, using: &r)) {
+            ns.classes.append(randomClass(&r, caps, name: n))
+        }
+        if !ns.classes.isEmpty && Bool.random(using: &r) { ns.defaultClass = ns.classes.randomElement(using: &r)?.name }
+        return ns
+    }
+
+    /// One random edit; returns what it did, for the failure message.
+    mutating func edit(_ r: inout SeededRandom, _ caps: KernelCapabilities) -> String {
+        func pick() -> Int { Int.random(in: 0..<namespaces.count, using: &r) }
+        let i = pick()
+        let kind = Int.random(in: 0..<16, using: &r)
+        var ns = namespaces[i]
+        defer {
+            if i < namespaces.count { namespaces[i] = ns }
+            normalize()
+        }
+        let j = ns.classes.isEmpty ? nil : Int.random(in: 0..<ns.classes.count, using: &r)
+        switch (kind, j) {
+        case (0, _):
+            ns.egress = UInt64.random(in: 10...2000, using: &r)
+            return "\(ns.name): egress \(ns.egress)mbit"
+        case (1, _):
+            ns.ingress = Bool.random(using: &r) ? UInt64.random(in: 1...500, using: &r) : nil
+            return "\(ns.name): ingress \(ns.ingress.map { "\($0)mbit" } ?? "removed")"
+        case (2, _):
+            let name = Self.classNames.randomElement(using: &r) ?? "x"
+            ns.classes.insert(
+                Self.randomClass(&r, caps, name: name), at: Int.random(in: 0...ns.classes.count, using: &r))
+            return "\(ns.name): add class \(name)"
+        case (3, let j?):
+            return "\(ns.name): remove class \(ns.classes.remove(at: j).name)"
+        case (4, let j?):
+            let old = ns.classes[j].name
+            ns.classes[j].name = Self.classNames.randomElement(using: &r) ?? old
+            return "\(ns.name): rename class \(old) to \(ns.classes[j].name)"
+        case (5, let j?):
+            ns.classes[j].rate = UInt64.random(in: 1...300, using: &r)
+            return "\(ns.name)/\(ns.classes[j].name): rate \(ns.classes[j].rate)mbit"
+        case (6, let j?):
+            ns.classes[j].ceil = Bool.random(using: &r) ? UInt64.random(in: 1...2000, using: &r) : nil
+            return "\(ns.name)/\(ns.classes[j].name): ceil \(String(describing: ns.classes[j].ceil))"
+        case (7, let j?):
+            ns.classes[j].burstKB = Bool.random(using: &r) ? UInt64.random(in: 2...60, using: &r) : nil
+            ns.classes[j].cburstKB = Bool.random(using: &r) ? UInt64.random(in: 2...60, using: &r) : nil
+            return "\(ns.name)/\(ns.classes[j].name): burst/cburst"
+        case (8, let j?):
+            ns.classes[j].priority = Bool.random(using: &r) ? Int.random(in: 0...7, using: &r) : nil
+            return "\(ns.name)/\(ns.classes[j].name): priority \(String(describing: ns.classes[j].priority))"
+        case (9, let j?):
+            ns.classes[j].leaf = Bool.random(using: &r) ? Self.leaves(caps).randomElement(using: &r) : nil
+            return "\(ns.name)/\(ns.classes[j].name): leaf \(String(describing: ns.classes[j].leaf))"
+        case (10, _):
+            ns.defaultClass = Bool.random(using: &r) ? ns.classes.randomElement(using: &r)?.name : nil
+            return "\(ns.name): default \(String(describing: ns.defaultClass))"
+        case (11, let j?):
+            if ns.defaultClass == nil { ns.defaultClass = ns.classes.randomElement(using: &r)?.name }
+            ns.classes[j].comm = Bool.random(using: &r) ? Self.comms.randomElement(using: &r) : nil
+            return "\(ns.name)/\(ns.classes[j].name): match.comm \(String(describing: ns.classes[j].comm))"
+        case (12, _):
+            leaf = Bool.random(using: &r) ? Self.leaves(caps).randomElement(using: &r) : nil
+            ns.leaf = Bool.random(using: &r) ? Self.leaves(caps).randomElement(using: &r) : nil
+            return "settings.leaf \(String(describing: leaf)), \(ns.name).leaf \(String(describing: ns.leaf))"
+        case (13, _):
+            let kinds = ["auto", "bpf"] + (caps.clsCgroup ? ["cgroup"] : [])
+            classifier = Bool.random(using: &r) ? kinds.randomElement(using: &r) : nil
+            return "settings.classifier \(String(describing: classifier))"
+        case (14, _) where namespaces.count == 1:
+            let other = namespaces[0].name == "a" ? "b" : "a"
+            namespaces.append(Self.randomNamespace(&r, caps, name: other))
+            return "add namespace \(other)"
+        case (14, _):
+            let gone = namespaces.remove(at: i)
+            return "remove namespace \(gone.name)"
+        default:
+            ns = Self.randomNamespace(&r, caps, name: ns.name)
+            return "\(ns.name): rewritten"
+        }
+    }
+}
+
+/// The fake machine of the walk: namespace "a" whose device has a veth peer in the host (ingress
+/// there), "b" with none (ingress through an IFB), processes that the rules' comms pick.
+func walkMachine(_ caps: KernelCapabilities) -> FakeKernel {
+    let k = FakeKernel(capabilities: caps)
+    k.addNamespace(
+        "a", processes: [ProcessInfo(pid: 100, comm: "nginx"), ProcessInfo(pid: 101, comm: "rsync")],
+        peer: "veth-a")
+    k.addNamespace("b", processes: [ProcessInfo(pid: 200, comm: "curl"), ProcessInfo(pid: 201, comm: "postgres")])
+    return k
+}
+
+/// The machine's configuration, comparable across rollback: leaf qdisc handles are the kernel's
+/// choice (a re-created leaf gets a new one), counters and list order are not configuration.
+struct ConfigSnapshot: Equatable, CustomStringConvertible {
+    var devices: [String: [String]]
+    var cgroups: [String: String]
+    var ownership: OwnershipRecord
+
+    init(_ k: FakeKernel) {
+        func qdisc(_ q: ObservedQdisc) -> String {
+            let handle = q.parent == .root || q.parent == .ingress ? "\(q.handle)" : "auto"
+            return
+                "qdisc \(handle) parent \(q.parent) \(q.kind) \(q.queue.map { "\($0)" } ?? "") def \(q.htbDefault ?? 0)"
+        }
+        func cls(_ c: ObservedClass) -> String { "class \(c.spec.classid) \(c.spec.parent) \(c.spec.tcArguments)" }
+        var d: [String: [String]] = [:]
+        for (name, ns) in k.namespaces {
+            d[name] =
+                (ns.qdiscs.map(qdisc) + ns.classes.map(cls)
+                + ns.filters.map { "filter \($0.parent) \($0.kind) \($0.priority) \($0.handle)" }
+                + ns.links.sorted().map { "link \($0)" } + (ns.ingressQdisc ? ["ingress qdisc"] : [])).sorted()
+        }
+        for (name, dev) in k.hostDevices { d["host:" + name] = (dev.qdiscs.map(qdisc) + dev.classes.map(cls)).sorted() }
+        devices = d
+        cgroups = k.cgroups.mapValues { "\($0.classid) \($0.pids.sorted())" }
+        ownership = k.ownership
+    }
+
+    var description: String { "\(devices)\n\(cgroups)\n\(ownership)" }
+}
+
+@Suite struct ConvergenceProperties {
+    static let policyPath = "/etc/netshape/walk.toml"
+
+    /// Seeded random walks of policy edits against the fake kernel: after every step apply
+    /// converges, a plan right after is empty, classes that stayed kept their counters, the record
+    /// names every cgroup; after reset the machine equals the one before the first apply.
+    @Test func randomEditWalksConverge() throws {
+        let sequences = 2000
+        let steps = 10
+        for seed in UInt64(1)...UInt64(sequences) {
+            var r = SeededRandom(seed: seed)
+            let caps: KernelCapabilities =
+                seed % 3 == 0 ? KernelCapabilities(clsCgroup: true, clsBpf: true, fqCodel: true, sfq: true) : .minimal
+            let k = walkMachine(caps)
+            let engine = Engine(kernel: k)
+            let pristine = ConfigSnapshot(k)
+            var model = ModelPolicy(
+                leaf: nil, classifier: nil,
+                namespaces: [ModelPolicy.randomNamespace(&r, caps, name: "a")]
+                    + (Bool.random(using: &r) ? [ModelPolicy.randomNamespace(&r, caps, name: "b")] : []))
+            model.normalize()
+            var edits = ["start"]
+            func context() -> Comment {
+                "seed \(seed), edits: \(edits.joined(separator: "; "))\npolicy:\n\(model.toml)"
+            }
+            for _ in 0..<steps {
+                // Traffic through every class, so a class that is deleted and re-created shows.
+                for (name, ns) in k.namespaces {
+                    for c in ns.classes { k.count(namespace: name, classid: c.spec.classid, bytes: 1000, packets: 1) }
+                }
+                let before = k.namespaces.mapValues {
+                    Dictionary($0.classes.map { ($0.spec.classid, $0.stats.bytes) }, uniquingKeysWith: max)
+                }
+                let policy: Policy
+                do { policy = try PolicyParser.parse(model.toml, file: "walk.toml") } catch {
+                    Issue.record("the walk made an invalid policy: \(error)\n\(context())")
+                    return
+                }
+                k.clearLog()
+                let report: ApplyReport
+                do { report = try engine.apply(policy, policyPath: Self.policyPath) } catch {
+                    Issue.record("apply failed: \(error)\n\(context())")
+                    return
+                }
+                guard report.remaining.isEmpty else {
+                    Issue.record("not converged: \(report.remaining.map(\.command))\n\(context())")
+                    return
+                }
+                let again = try engine.plan(policy, policyPath: Self.policyPath)
+                guard again.operations.isEmpty else {
+                    Issue.record("plan after apply not empty: \(again.operations.map(\.command))\n\(context())")
+                    return
+                }
+                let rebuilt = Set(
+                    k.log.compactMap { op -> String? in
+                        if case .deleteRootQdisc = op.action { return op.namespace + "/" + op.device }
+                        return nil
+                    })
+                for (name, ns) in k.namespaces where !rebuilt.contains(name + "/eth0") {
+                    for c in ns.classes {
+                        if let old = before[name]?[c.spec.classid], c.stats.bytes < old {
+                            Issue.record("class \(name) \(c.spec.classid) lost its counters\n\(context())")
+                            return
+                        }
+                    }
+                }
+                for ns in policy.namespaces {
+                    let recorded = Set(k.ownership.namespaces[ns.name]?.cgroups ?? [])
+                    let expected = Set(
+                        ns.classes.map { CgroupPaths.class($0.name, in: ns.name) } + [CgroupPaths.namespace(ns.name)])
+                    guard recorded == expected else {
+                        Issue.record(
+                            "record names cgroups \(recorded.sorted()), expected \(expected.sorted())\n\(context())")
+                        return
+                    }
+                }
+                edits.append(model.edit(&r, caps))
+            }
+            let policy = try PolicyParser.parse(model.toml, file: "walk.toml")
+            _ = try engine.reset(policyPath: Self.policyPath, policy: policy)
+            var after = ConfigSnapshot(k)
+            after.cgroups["netshape"] = nil  // netshape's top directory is shared by every policy and stays
+            guard after == pristine else {
+                Issue.record("reset did not restore the machine:\n\(after)\nexpected:\n\(pristine)\n\(context())")
+                return
+            }
+        }
+    }
+
+    /// For edits A → B: fail each operation of B's apply in turn. After each failure the machine
+    /// and the record equal the state before, and the next apply converges.
+    @Test func aFaultAtEveryOperationRollsBack() throws {
+        var checked = 0
+        for seed in UInt64(1)...60 {
+            var r = SeededRandom(seed: seed &* 7919)
+            let caps: KernelCapabilities =
+                seed % 2 == 0 ? KernelCapabilities(clsCgroup: true, clsBpf: true, fqCodel: true, sfq: true) : .minimal
+            var a = ModelPolicy(
+                leaf: nil, classifier: nil, namespaces: [ModelPolicy.randomNamespace(&r, caps, name: "a")])
+            a.normalize()
+            var b = a
+            var edits: [String] = []
+            for _ in 0..<3 { edits.append(b.edit(&r, caps)) }
+            // From scratch (every object created) and from A (changes and removals).
+            for start in [nil, a] {
+                let probe = walkMachine(caps)
+                let probeEngine = Engine(kernel: probe)
+                if let s = start {
+                    _ = try probeEngine.apply(try PolicyParser.parse(s.toml, file: "a"), policyPath: "/p")
+                }
+                let count = try probeEngine.plan(try PolicyParser.parse(b.toml, file: "b"), policyPath: "/p").operations
+                    .count
+                for index in 0..<count {
+                    let k = walkMachine(caps)
+                    let engine = Engine(kernel: k)
+                    if let s = start {
+                        _ = try engine.apply(try PolicyParser.parse(s.toml, file: "a"), policyPath: "/p")
+                    }
+                    let before = ConfigSnapshot(k)
+                    var n = 0
+                    k.failWhen = { _ in
+                        defer { n += 1 }
+                        return n == index ? FakeKernelError(errno: 5, "injected EIO at operation \(index)") : nil
+                    }
+                    let context: Comment =
+                        "seed \(seed), from \(start == nil ? "scratch" : "A"), operation \(index) of \(count), edits \(edits)\nB:\n\(b.toml)"
+                    #expect(throws: ApplyError.self, context) {
+                        try engine.apply(try PolicyParser.parse(b.toml, file: "b"), policyPath: "/p")
+                    }
+                    k.failWhen = nil
+                    let after = ConfigSnapshot(k)
+                    guard after == before else {
+                        Issue.record("rollback left the machine changed:\n\(after)\nexpected:\n\(before)\n\(context)")
+                        return
+                    }
+                    let policyB = try PolicyParser.parse(b.toml, file: "b")
+                    let report = try engine.apply(policyB, policyPath: "/p")
+                    #expect(report.remaining.isEmpty, context)
+                    #expect(try engine.plan(policyB, policyPath: "/p").operations.isEmpty, context)
+                    checked += 1
+                }
+            }
+        }
+        #expect(checked > 500, "the walk injected faults at \(checked) operation indexes")
+    }
+}
