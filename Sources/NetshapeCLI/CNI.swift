@@ -129,7 +129,8 @@ enum CNIPlugin {
                     throw CNIError(code: 4, msg: "CNI_NETNS is not set")
                 }
                 let policy = try self.policy(config, name: name, netns: netns, ifname: ifname)
-                let plan = try engineFor(policy, lock: false).plan(policy, options: ApplyOptions(memberships: false))
+                let plan = try engineFor(policy, lock: false).plan(
+                    policy, policyPath: "cni:\(containerID)", options: ApplyOptions(memberships: false))
                 if !plan.operations.isEmpty {
                     throw CNIError(
                         code: 100, msg: "the shaping of \(ifname) in \(netns) differs from the configuration",

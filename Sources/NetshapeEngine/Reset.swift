@@ -23,6 +23,7 @@ public struct ResetError: Error, CustomStringConvertible {
     public var description: String {
         var lines = ["removed \(report.performed.count) object(s), but not everything netshape made:"]
         lines += blocked.map { "  left \($0)" }
+        lines += report.foreign.map { "  left (not netshape's) \($0)" }
         lines += failures.map { "  failed: \($0.0.command): \($0.1)" }
         lines.append("netshape's record keeps what is left: remove the cause and run reset again")
         return lines.joined(separator: "\n")

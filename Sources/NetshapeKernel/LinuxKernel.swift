@@ -258,7 +258,19 @@ public final class LinuxKernel: KernelPort {
         return h
     }
 
+    /// Test hook: `NETSHAPE_FAIL_OPERATION=N` makes the N-th operation this process executes fail
+    /// with EIO before it touches anything, as a device removed half-way through would. The
+    /// fault-injection tests walk N over every operation of an apply; unset, it costs one compare.
+    let failAt: Int? = Environment.value("NETSHAPE_FAIL_OPERATION").flatMap { Int($0) }
+    var executed = 0
+
     public func execute(_ op: Operation) throws {
+        executed += 1
+        if executed == failAt {
+            throw KernelError(
+                .state, op.command, errno: EIO,
+                reason: "injected failure at operation \(executed) (NETSHAPE_FAIL_OPERATION)")
+        }
         switch op.action {
         case .createCgroup(let path, let id): return try cgroups().create(path, classid: id)
         case .setClassID(let path, let id, _): return try cgroups().setClassID(path, id)

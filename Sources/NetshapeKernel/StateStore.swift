@@ -8,7 +8,11 @@ public final class StateStore {
     public let directory: String
     var lockFD: Int32 = -1
 
-    public init(directory: String = "/run/netshape") { self.directory = directory }
+    /// `directory` defaults to $NETSHAPE_STATE_DIR, else /run/netshape. A separate state directory is
+    /// a separate set of records (and lock): for tests that must not see the host's records.
+    public init(directory: String = Environment.value("NETSHAPE_STATE_DIR") ?? "/run/netshape") {
+        self.directory = directory
+    }
 
     deinit { if lockFD >= 0 { close(lockFD) } }
 
@@ -79,5 +83,15 @@ public final class StateStore {
         let tmp = ownershipPath + ".tmp"
         try Files.write(tmp, String(decoding: data, as: UTF8.self), flags: O_WRONLY | O_CREAT | O_TRUNC)
         try sys("rename(\(tmp), \(ownershipPath))") { rename(tmp, ownershipPath) }
+    }
+}
+
+/// The process environment, read through one wrapper.
+public enum Environment {
+    /// The value of `name`, or nil when unset or empty.
+    public static func value(_ name: String) -> String? {
+        guard let v = getenv(name) else { return nil }
+        let s = String(cString: v)
+        return s.isEmpty ? nil : s
     }
 }

@@ -227,14 +227,19 @@ struct ApplyIntegrationTests {
         let r = try cli("apply", writable)
         #expect(r.status == 1 && r.err.contains("writable by group or others"), "\(r.err)")
         #expect(try s.snapshot() == before)
-        // A device that does not exist.
-        let nodev = try s.policy(name: "nodev", Self.capped)
-        let text = try String(contentsOfFile: nodev, encoding: .utf8).replacingOccurrences(
-            of: "device = \"veth0\"", with: "device = \"nosuch0\"")
-        try text.write(toFile: nodev, atomically: true, encoding: .utf8)
-        let missing = try cli("apply", nodev)
+        // The applied policy edited to a device that does not exist. (Another file naming the same
+        // namespace is refused earlier: that name belongs to the applied policy.)
+        let original = try String(contentsOfFile: good, encoding: .utf8)
+        try original.replacingOccurrences(of: "device = \"veth0\"", with: "device = \"nosuch0\"").write(
+            toFile: good, atomically: true, encoding: .utf8)
+        let missing = try cli("apply", good)
         #expect(missing.status == 1 && missing.err.contains("nosuch0"), "\(missing.err)")
         #expect(try s.snapshot() == before)
+        let other = try s.policy(name: "other", Self.capped)
+        let claimed = try cli("apply", other)
+        #expect(claimed.status == 1 && claimed.err.contains(good), "\(claimed.err)")
+        #expect(try s.snapshot() == before)
+        try original.write(toFile: good, atomically: true, encoding: .utf8)
     }
 
     @Test func aFailureHalfWayRollsBack() throws {

@@ -117,11 +117,13 @@ extension ApplyIntegrationTests {
                 of: "match.comm = [\"nsdiperf\"]", with: "match.comm = [\"nsdsleep\"]"))
         let d = try DaemonProcess(policy: policy, dir: s.dir)
         let sleeper = s.dir.appendingPathComponent("nsdsleep").path
-        try FileManager.default.copyItem(atPath: "/bin/true", toPath: sleeper)
+        try FileManager.default.copyItem(atPath: "/bin/sleep", toPath: sleeper)
         let rss0 = rssKiB(d.process.processIdentifier)
+        // Each lives 10 ms, long enough for the daemon to move it (it takes well under 1 ms), so the
+        // cgroup really had members that then exited.
         try must([
             ip, "netns", "exec", s.client, "/bin/sh", "-c",
-            "i=0; while [ $i -lt 300 ]; do \(sleeper); i=$((i+1)); done",
+            "i=0; while [ $i -lt 300 ]; do \(sleeper) 0.01; i=$((i+1)); done",
         ])
         usleep(1_500_000)
         let rss1 = rssKiB(d.process.processIdentifier)
@@ -130,6 +132,8 @@ extension ApplyIntegrationTests {
         #expect(rss1 - rss0 < 20_000, "no growth beyond 20 MiB")
         let procs = try String(
             contentsOfFile: "/sys/fs/cgroup/net_cls/netshape/\(s.client)/capped/cgroup.procs", encoding: .utf8)
+        let classified = d.text.split(separator: "\n").filter { $0.contains("(nsdsleep) into") }.count
+        #expect(classified >= 250, "the daemon moved the short-lived processes (\(classified) of 300)")
         #expect(procs.isEmpty, "exited processes leave no member behind")
         #expect(d.stop().0 == 0)
     }

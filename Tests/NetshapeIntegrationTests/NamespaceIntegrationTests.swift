@@ -161,9 +161,10 @@ extension ApplyIntegrationTests {
         #expect(
             again.status == 1 && again.err.contains(a.client) && again.err.contains("does not exist"), "\(again.err)")
         #expect(try b.snapshot() == bBefore, "the other namespace is untouched")
+        // status shows the namespace that is left and says which is not there, with exit 1.
         let status = try cli("status", policy, "--interval", "0")
-        #expect(status.status == 0)
-        #expect(status.out.contains("does not exist"), "\(status.out)")
+        #expect(status.status == 1 && status.err.contains(a.client), "\(status.err)")
+        #expect(status.out.contains("does not exist") && status.out.contains(b.client), "\(status.out)")
         let reset = try cli("reset", policy)
         #expect(reset.status == 0, "\(reset.err)")
         #expect(!(try rootQdisc(b).contains("htb")), "reset still cleans the namespace that is left")

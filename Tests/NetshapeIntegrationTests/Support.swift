@@ -11,20 +11,37 @@ struct Run {
 }
 
 /// Runs `args[0]` with arguments, capturing output. Never through a shell.
+/// A command still running after `timeout` seconds is killed and the call throws: a hung binary
+/// fails its test instead of hanging the suite.
 @discardableResult
-func run(_ args: [String], timeout: Double = 60) throws -> Run {
+func run(_ args: [String], timeout: Double = 60, environment: [String: String] = [:]) throws -> Run {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: args[0])
     p.arguments = Array(args.dropFirst())
+    if !environment.isEmpty {
+        p.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
+    }
     let out = Pipe()
     let err = Pipe()
     p.standardOutput = out
     p.standardError = err
     try p.run()
+    final class Flag: @unchecked Sendable { var value = false }
+    let timedOut = Flag()
+    let pid = p.processIdentifier
+    let watchdog = DispatchWorkItem {
+        timedOut.value = true
+        kill(pid, SIGKILL)
+    }
+    DispatchQueue.global().asyncAfter(deadline: .now() + timeout, execute: watchdog)
     // Read before waiting: a full pipe would otherwise block the child forever.
     let o = out.fileHandleForReading.readDataToEndOfFile()
     let e = err.fileHandleForReading.readDataToEndOfFile()
     p.waitUntilExit()
+    watchdog.cancel()
+    if timedOut.value {
+        throw TestFailure("\(args.joined(separator: " ")) did not finish within \(Int(timeout)) s and was killed")
+    }
     return Run(
         status: p.terminationStatus, out: String(decoding: o, as: UTF8.self), err: String(decoding: e, as: UTF8.self))
 }
@@ -56,6 +73,11 @@ let netshapeBinary: String = {
 }()
 
 func cli(_ args: String...) throws -> Run { try run([netshapeBinary] + args, timeout: 120) }
+
+/// `netshape ARGS` with extra environment (a private state directory, a test hook).
+func cli(env: [String: String], _ args: String...) throws -> Run {
+    try run([netshapeBinary] + args, timeout: 120, environment: env)
+}
 
 /// What the integration tests need from the machine, probed once, with the reason when missing.
 enum Capability {
@@ -140,6 +162,26 @@ final class Scratch {
         } catch {
             close()
             throw error
+        }
+    }
+
+    /// What a container restart does: the client namespace is deleted and made again under the same
+    /// name, with a new veth pair (new ifindexes, a new namespace inode).
+    func recreateClient() throws {
+        try must([ip, "netns", "del", client])
+        // The kernel tears the old pair down asynchronously; the peer name must be free again.
+        try waitFor(seconds: 10, "the old veth pair to go") {
+            (try? run([ip, "-n", server, "link", "show", serverDev]))?.status != 0
+        }
+        try must([ip, "netns", "add", client])
+        try must([
+            ip, "-n", client, "link", "add", "name", dev, "type", "veth", "peer", "name", serverDev, "netns", server,
+        ])
+        try must([ip, "-n", client, "addr", "add", "\(clientIP)/24", "dev", dev])
+        try must([ip, "-n", server, "addr", "add", "\(serverIP)/24", "dev", serverDev])
+        for (ns, d) in [(client, dev), (server, serverDev)] {
+            try must([ip, "-n", ns, "link", "set", d, "up"])
+            try must([ip, "-n", ns, "link", "set", "lo", "up"])
         }
     }
 
