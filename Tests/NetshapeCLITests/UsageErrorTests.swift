@@ -185,3 +185,33 @@ let twoNamespaces = """
         #expect(r.err.split(separator: "\n").count == 1)
     }
 }
+
+/// scripts/install's starter policy (issue 18): inert as installed, valid once uncommented.
+@Suite struct StarterPolicyTests {
+    static let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent("systemd/starter-policy.toml").path
+
+    @Test func asInstalledItShapesNothingAndSaysWhy() throws {
+        let r = try runBinary(["check", Self.path])
+        #expect(r.status == 65)
+        #expect(r.err.contains("the policy names no namespace"), "\(r.err)")
+        let text = try String(contentsOfFile: Self.path, encoding: .utf8)
+        #expect(!text.contains("namespace.provision"), "the starter policy must never create namespaces")
+    }
+
+    @Test func uncommentedItIsAValidHostPolicy() throws {
+        // sshd_config's convention: "#key" is a setting to uncomment, "# text" is prose.
+        let text = try String(contentsOfFile: Self.path, encoding: .utf8).split(
+            separator: "\n", omittingEmptySubsequences: false
+        )
+        .map { l in
+            l.hasPrefix("#") && !l.hasPrefix("# ") && l.count > 1 && l != "#" ? String(l.dropFirst()) : String(l)
+        }
+        .joined(separator: "\n")
+        let p = try tempPolicy(text)
+        defer { try? FileManager.default.removeItem(atPath: p) }
+        let r = try runBinary(["check", p])
+        #expect(r.status == 0, "\(r.err)")
+        #expect(r.out.contains("valid (1 namespace(s), 2 class(es))"), "\(r.out)")
+    }
+}
