@@ -41,6 +41,10 @@ public struct Netshape: ParsableCommand {
 
     /// Entry point: runs the command and maps every failure to the documented exit status.
     public static func runMain() -> Never {
+        if let usage = UsageHelp.preflight(Array(CommandLine.arguments.dropFirst())) {
+            FileHandleStderr.write(usage)
+            Glibc.exit(2)
+        }
         do {
             var command = try parseAsRoot()
             try command.run()
@@ -343,14 +347,15 @@ func resolveClass(_ spec: String, in policy: Policy) throws -> (NamespacePolicy,
     let candidates: [(NamespacePolicy, ClassPolicy)]
     if parts.count == 2 {
         guard let ns = policy.namespace(parts[0]) else {
-            throw CLIError("no namespace \"\(parts[0])\" in \(policy.source)", exitCode: 2)
+            throw CLIError(UsageHelp.unknownNamespace(parts[0], in: policy), exitCode: 2)
         }
         candidates = ns.class(parts[1]).map { [(ns, $0)] } ?? []
     } else {
         candidates = policy.namespaces.compactMap { ns in ns.class(spec).map { (ns, $0) } }
     }
     guard let first = candidates.first else {
-        throw CLIError("no class \"\(spec)\" in \(policy.source)", exitCode: 2)
+        let ns = parts.count == 2 ? policy.namespace(parts[0]) : nil
+        throw CLIError(UsageHelp.unknownClass(spec, in: policy, namespace: ns), exitCode: 2)
     }
     guard candidates.count == 1 else {
         let names = candidates.map { "\($0.0.name)/\($0.1.name)" }.joined(separator: ", ")

@@ -27,12 +27,9 @@ public enum PolicyParser {
         do {
             table = try TOMLTable(string: text)
         } catch let e as TOMLParseError {
-            let pos = SourcePosition(line: e.source.begin.line, column: e.source.begin.column)
-            throw PolicyError(diagnostics: [
-                PolicyDiagnostic(
-                    file: file, position: pos, key: "",
-                    message: "TOML syntax: \(e.description)")
-            ])
+            let (pos, message) = TOMLSyntaxMessage.reword(
+                e.description, at: SourcePosition(line: e.source.begin.line, column: e.source.begin.column), in: text)
+            throw PolicyError(diagnostics: [PolicyDiagnostic(file: file, position: pos, key: "", message: message)])
         } catch {
             throw PolicyError(diagnostics: [
                 PolicyDiagnostic(

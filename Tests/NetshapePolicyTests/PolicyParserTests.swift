@@ -67,7 +67,7 @@ func firstDiagnostic(_ text: String) -> PolicyDiagnostic? {
     static let rejections: [Rejection] = [
         Rejection(
             rule: "TOML syntax", text: base.replacingOccurrences(of: "rate = \"60mbit\"", with: "rate = \"60mbit"),
-            line: 10, column: 15, contains: "TOML syntax"),
+            line: 10, column: 8, contains: "unterminated string"),
         Rejection(
             rule: "unknown key with suggestion",
             text: base.replacingOccurrences(of: "rate = \"60mbit\"", with: "rat = \"60mbit\""),
