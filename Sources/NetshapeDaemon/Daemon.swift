@@ -118,8 +118,8 @@ actor DaemonCore {
     /// diff; an invalid one is logged with FILE:LINE:COL and the running policy stays in force.
     func reload() -> Bool {
         do {
-            let text = try readTextFile(path)
-            let new = try PolicyParser.parse(text, file: path)
+            // The same loader and file-safety rule as `netshape apply` and daemon start.
+            let (new, _) = try PolicySource.load(path, trusted: true)
             let old = policy
             policy = new
             do {
@@ -135,6 +135,9 @@ actor DaemonCore {
         } catch let e as PolicyError {
             for d in e.diagnostics { logger.error("\(d.description)") }
             logger.error("reload rejected: \(path) is invalid; the running policy stays in force")
+            return false
+        } catch let e as PolicyFileError {
+            logger.error("reload rejected: \(e.message); the running policy stays in force")
             return false
         } catch {
             logger.error("reload rejected: cannot read \(path): \(error); the running policy stays in force")

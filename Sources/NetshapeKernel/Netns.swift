@@ -111,9 +111,3 @@ public final class NetworkNamespace {
 public func startThread(name: String, _ body: @escaping @Sendable () -> Void) throws {
     pthread_detach(try spawn(name: name, body))
 }
-
-/// Reads a whole text file, throwing the kernel's errno (the daemon's policy reload).
-public func readTextFile(_ path: String) throws -> String {
-    guard let text = Files.readString(path) else { throw KernelError.syscall("open(\(path))", errno) }
-    return text
-}

@@ -11,11 +11,19 @@ public struct PolicyDiagnostic: Sendable, Equatable, CustomStringConvertible {
 
     /// `FILE:LINE:COL: error: MESSAGE`, the format compilers use and editors jump to.
     public var description: String { "\(file):\(position.line):\(position.column): error: \(message)" }
+
+    public init(file: String, position: SourcePosition, key: String, message: String) {
+        self.file = file
+        self.position = position
+        self.key = key
+        self.message = message
+    }
 }
 
 /// A rejected policy (exit 65, `EX_DATAERR`). Holds every problem found, in file order.
 public struct PolicyError: Error, Sendable, Equatable, CustomStringConvertible {
     public var diagnostics: [PolicyDiagnostic]
+    public init(diagnostics: [PolicyDiagnostic]) { self.diagnostics = diagnostics }
     public var description: String { diagnostics.map(\.description).joined(separator: "\n") }
 }
 
