@@ -8,6 +8,9 @@ public struct PolicyDiagnostic: Sendable, Equatable, CustomStringConvertible {
     /// The key as written in the file (`rate`, `match.comm`), empty for syntax errors.
     public var key: String
     public var message: String
+    /// The full path in the document (`namespace.0.class.1.rate`), for front ends that name it
+    /// in their own syntax (the CNI plugin's JSON path).
+    public var path: [String] = []
 
     /// `FILE:LINE:COL: error: MESSAGE`, the format compilers use and editors jump to.
     public var description: String { "\(file):\(position.line):\(position.column): error: \(message)" }
@@ -58,6 +61,11 @@ public enum PolicyParser {
             ])
         }
         return try validate(PolicyTable(toml: table), file: file, locator: SourceLocator(text))
+    }
+
+    /// The closest known key to a misspelt one, if it is a likely typo.
+    public static func suggestion(for word: String, among known: [String]) -> String? {
+        NetshapePolicy.suggestion(for: word, among: known)
     }
 
     /// Validates a document (from any syntax) into a `Policy`; the one validation entry point, used
@@ -143,7 +151,9 @@ struct Validator {
     mutating func error(_ path: [String], _ message: String) {
         let pos = locator.position(of: path)
         let key = path.filter { Int($0) == nil }.joined(separator: ".")
-        diagnostics.append(PolicyDiagnostic(file: file, position: pos, key: key, message: message))
+        var d = PolicyDiagnostic(file: file, position: pos, key: key, message: message)
+        d.path = path
+        diagnostics.append(d)
     }
 
     /// Reports keys of `table` not in `known`, suggesting the closest known key.
