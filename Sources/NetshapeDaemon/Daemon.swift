@@ -1,3 +1,4 @@
+import Glibc
 import Logging
 import NetshapeCore
 import NetshapeEngine
@@ -322,8 +323,13 @@ public struct Daemon {
                     )
                 }
             } catch {
+                let e = (error as? KernelError)?.errno
+                let why =
+                    e == EACCES || e == EPERM
+                    ? "mounting a cgroup hierarchy was refused (needs CAP_SYS_ADMIN in the initial user namespace)"
+                    : e == EINVAL ? "favordynmods needs Linux 6.0" : "the mount failed"
                 logger.warning(
-                    "cannot enable fast cgroup migrations (favordynmods needs Linux 6.0): \(error); moves after idle periods will take an RCU grace period"
+                    "cannot enable fast cgroup migrations (\(why)): \(error); moves after idle periods will take an RCU grace period"
                 )
             }
         }
