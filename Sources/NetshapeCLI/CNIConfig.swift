@@ -267,7 +267,7 @@ struct CNIConfig {
             throw CNIError(code: 6, msg: "cannot decode the network configuration on stdin", details: error.description)
         }
         guard case .object = config else {
-            throw CNIError(code: 6, msg: "the network configuration on stdin is not a JSON object")
+            throw CNIError(code: 6, msg: "the network configuration on stdin is not a JSON object", details: "at stdin:1:1")
         }
     }
 

@@ -43,6 +43,13 @@ public enum PolicyParser {
                 )
             ])
         }
+        if let pos = strayNonASCII(text) {
+            throw PolicyError(diagnostics: [
+                PolicyDiagnostic(
+                    file: file, position: pos, key: "",
+                    message: "TOML syntax: a control character, or a non-ASCII character outside a string or comment")
+            ])
+        }
         let table: TOMLTable
         do {
             table = try TOMLTable(string: text)
@@ -110,6 +117,56 @@ func nulPosition(_ text: String) -> SourcePosition? {
             col += 1
         }
         i += 1
+    }
+    return nil
+}
+
+/// The position of a control character (TOML allows none but tab and newlines), or of a non-ASCII
+/// character outside strings and comments, which TOML 1.0 never allows there. Refused before TOMLKit sees it: toml++ asserts (aborts the process) on some of
+/// them in key position, found by the fuzz test.
+func strayNonASCII(_ text: String) -> SourcePosition? {
+    let u = Array(text.utf8)
+    var line = 1
+    var col = 1
+    var i = 0
+    var delimiter: [UInt8]? = nil  // the open string's delimiter
+    var comment = false
+    func starts(_ d: [UInt8], _ at: Int) -> Bool { at + d.count <= u.count && Array(u[at..<(at + d.count)]) == d }
+    while i < u.count {
+        let c = u[i]
+        var step = 1
+        if (c < 0x20 && c != 0x09 && c != 0x0A && c != 0x0D) || c == 0x7F {
+            return SourcePosition(line: line, column: col)  // TOML allows no control character anywhere
+        }
+        if c == 0x0A {
+            comment = false
+            if let d = delimiter, d.count == 1 { delimiter = nil }  // an unterminated one-line string
+        } else if comment {
+        } else if let d = delimiter {
+            if c == 0x5C && d.first == 0x22 {
+                step = 2
+            } else if starts(d, i) {
+                step = d.count
+                delimiter = nil
+            }
+        } else if c == 0x23 {
+            comment = true
+        } else if c == 0x22 || c == 0x27 {
+            let triple = [c, c, c]
+            delimiter = starts(triple, i) ? triple : [c]
+            step = delimiter!.count
+        } else if c >= 0x80 {
+            return SourcePosition(line: line, column: col)
+        }
+        for k in i..<min(i + step, u.count) {
+            if u[k] == 0x0A {
+                line += 1
+                col = 1
+            } else if u[k] & 0xC0 != 0x80 {
+                col += 1
+            }
+        }
+        i += step
     }
     return nil
 }
