@@ -187,12 +187,15 @@ enum CNIPlugin {
         let state = StateStore()
         try state.lock()
         let prefix = "cni:\(network):"
-        let stale = try state.loadOwnership().namespaces.filter { $0.value.policy.hasPrefix(prefix) && !valid.contains($0.value.policy) }
+        let stale = try state.loadOwnership().namespaces.filter {
+            $0.value.policy.hasPrefix(prefix) && !valid.contains($0.value.policy)
+        }
         for (name, entry) in stale.sorted(by: { $0.key < $1.key }) {
             let ifname = String(entry.policy.split(separator: ":").last ?? "eth0")
             let policy = Policy(
                 namespaces: [
-                    NamespacePolicy(name: name, netns: .path("/nonexistent/netns-of-\(name)"), device: ifname, egress: .gbit(1))
+                    NamespacePolicy(
+                        name: name, netns: .path("/nonexistent/netns-of-\(name)"), device: ifname, egress: .gbit(1))
                 ],
                 source: entry.policy)
             _ = try Engine(kernel: LinuxKernel(settings: policy.settings, state: state)).reset(policy)

@@ -236,7 +236,8 @@ extension JSONValue {
         case .string(let s): return .string(s)
         case .array(let a): return .array(a.map(\.policyValue))
         case .object(let o):
-            return .table(PolicyTable(o.sorted { $0.key < $1.key }.map { .init(key: $0.key, value: $0.value.policyValue) }))
+            return .table(
+                PolicyTable(o.sorted { $0.key < $1.key }.map { .init(key: $0.key, value: $0.value.policyValue) }))
         }
     }
 
@@ -267,7 +268,8 @@ struct CNIConfig {
             throw CNIError(code: 6, msg: "cannot decode the network configuration on stdin", details: error.description)
         }
         guard case .object = config else {
-            throw CNIError(code: 6, msg: "the network configuration on stdin is not a JSON object", details: "at stdin:1:1")
+            throw CNIError(
+                code: 6, msg: "the network configuration on stdin is not a JSON object", details: "at stdin:1:1")
         }
     }
 
@@ -322,11 +324,15 @@ struct CNIConfig {
         let block = config["netshape"]
         if let block {
             guard case .object(let fields) = block else {
-                throw invalid(["netshape"], "must be an object ({\"classes\": [...], \"default\": \"...\"}), found \(block.typeName)")
+                throw invalid(
+                    ["netshape"],
+                    "must be an object ({\"classes\": [...], \"default\": \"...\"}), found \(block.typeName)")
             }
             for key in fields.keys.sorted() where !Self.netshapeKeys.contains(key) {
                 var m = "unknown key \"\(key)\" (known: \(Self.netshapeKeys.joined(separator: ", ")))"
-                if let s = PolicyParser.suggestion(for: key, among: Self.netshapeKeys) { m += "; did you mean \"\(s)\"?" }
+                if let s = PolicyParser.suggestion(for: key, among: Self.netshapeKeys) {
+                    m += "; did you mean \"\(s)\"?"
+                }
                 throw invalid(["netshape", key], m)
             }
             if let c = fields["classifier"] {
@@ -338,13 +344,16 @@ struct CNIConfig {
                 prefixes.append((["namespace", "0", "default"], ["netshape", "default"]))
             }
             if let c = fields["classes"] {
-                guard case .array = c else { throw invalid(["netshape", "classes"], "must be an array of class objects, found \(c.typeName)") }
+                guard case .array = c else {
+                    throw invalid(["netshape", "classes"], "must be an array of class objects, found \(c.typeName)")
+                }
                 ns["class"] = c.policyValue
                 prefixes.append((["namespace", "0", "class"], ["netshape", "classes"]))
             }
         }
         if ns["class"] == nil, let rate = egress,
-            let b = try figure("egressBurst", max: UInt64.max >> 11, unit: "bits"), b.value != UInt64(CNIPlugin.unsetBurst),
+            let b = try figure("egressBurst", max: UInt64.max >> 11, unit: "bits"),
+            b.value != UInt64(CNIPlugin.unsetBurst),
             b.value > 0
         {
             // A real burst (bits) for a pod without classes: one class carrying the whole egress.
@@ -373,7 +382,8 @@ struct CNIConfig {
             let lines = e.diagnostics.map {
                 "stdin:\($0.position.line):\($0.position.column): \(locator.display($0.path)): \($0.message)"
             }
-            throw CNIError(code: 7, msg: "invalid netshape configuration: \(lines[0])", details: lines.joined(separator: "\n"))
+            throw CNIError(
+                code: 7, msg: "invalid netshape configuration: \(lines[0])", details: lines.joined(separator: "\n"))
         }
     }
 }

@@ -440,7 +440,9 @@ struct Classify: ParsableCommand {
             guard let (id, p) = s.kernel.process(pid) else {
                 let e = NetworkNamespace.procAccessErrno(pid)
                 if e == ENOENT || e == ESRCH { throw CLIError("no such process \(pid) (or it is a kernel thread)") }
-                throw CLIError("cannot read process \(pid)'s network namespace (/proc/\(pid)/ns/net): \(String(cString: strerror(e)))")
+                throw CLIError(
+                    "cannot read process \(pid)'s network namespace (/proc/\(pid)/ns/net): \(String(cString: strerror(e)))"
+                )
             }
             guard id == netns.id else {
                 throw CLIError(

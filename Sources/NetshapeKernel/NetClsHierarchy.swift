@@ -270,7 +270,8 @@ public enum FastMigrations {
         let mounts = MountInfoEntry.parse(Files.readString("/proc/self/mountinfo") ?? "")
         // A daemon that died without its defers (a crash, SIGKILL) left its own mount: adopt it,
         // so this run removes it on exit instead of leaving it forever.
-        if mounts.contains(where: { $0.mountPoint == mountPoint && $0.superOptions.contains("name=netshape-dynmods") }) {
+        if mounts.contains(where: { $0.mountPoint == mountPoint && $0.superOptions.contains("name=netshape-dynmods") })
+        {
             return true
         }
         if active { return false }

@@ -117,7 +117,8 @@ public final class NetworkNamespace {
         guard ready > 0 else {
             throw KernelError(
                 .notFound, "open(\(path))", errno: ETIMEDOUT,
-                reason: "network namespace \(target): opening \(path) did not finish within \(openTimeoutMilliseconds) ms")
+                reason:
+                    "network namespace \(target): opening \(path) did not finish within \(openTimeoutMilliseconds) ms")
         }
         defer { close(readEnd) }
         var value: Int32 = 0
@@ -126,7 +127,8 @@ public final class NetworkNamespace {
         if value >= 0 { return value }
         let e = -value
         if e == ENOENT {
-            throw KernelError(.notFound, "open(\(path))", errno: e, reason: "network namespace \(target) does not exist")
+            throw KernelError(
+                .notFound, "open(\(path))", errno: e, reason: "network namespace \(target) does not exist")
         }
         if e == ESRCH, case .pid(let p) = target {
             throw KernelError(.notFound, "open(\(path))", errno: e, reason: "no such process \(p)")

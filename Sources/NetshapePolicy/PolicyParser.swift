@@ -131,6 +131,15 @@ func strayNonASCII(_ text: String) -> SourcePosition? {
     var i = 0
     var delimiter: [UInt8]? = nil  // the open string's delimiter
     var comment = false
+    // In a key (a table header or before `=`): after `[`, `[[`, `.`, `{` or `,` a key must start
+    // with a bare-key character or a quote; toml++ asserts instead of reporting otherwise.
+    var lineStart = true
+    var inKey = false
+    var expectKey = false
+    var braces = 0
+    func bare(_ c: UInt8) -> Bool {
+        (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || (c >= 0x30 && c <= 0x39) || c == 0x5F || c == 0x2D
+    }
     func starts(_ d: [UInt8], _ at: Int) -> Bool { at + d.count <= u.count && Array(u[at..<(at + d.count)]) == d }
     while i < u.count {
         let c = u[i]
@@ -138,7 +147,34 @@ func strayNonASCII(_ text: String) -> SourcePosition? {
         if (c < 0x20 && c != 0x09 && c != 0x0A && c != 0x0D) || c == 0x7F {
             return SourcePosition(line: line, column: col)  // TOML allows no control character anywhere
         }
+        if delimiter == nil && !comment && c != 0x20 && c != 0x09 && c != 0x0A && c != 0x0D && c != 0x23 {
+            if lineStart && braces == 0 {
+                inKey = true
+                expectKey = c != 0x5B
+            }
+            lineStart = false
+            if expectKey {
+                if !(bare(c) || c == 0x22 || c == 0x27 || c == 0x5B) { return SourcePosition(line: line, column: col) }
+                expectKey = c == 0x5B
+            } else if inKey && (c == 0x2E || c == 0x5B && braces == 0) {
+                expectKey = true
+            } else if inKey && (c == 0x3D || c == 0x5D) {
+                inKey = false
+            } else if c == 0x7B || (c == 0x2C && braces > 0) {
+                if c == 0x7B { braces += 1 }
+                inKey = true
+                expectKey = true
+            } else if c == 0x7D && braces > 0 {
+                braces -= 1
+            }
+        }
+        if c == 0x0A || c == 0x0D {
+            if expectKey && delimiter == nil && !comment { return SourcePosition(line: line, column: col) }
+        }
         if c == 0x0A {
+            if braces == 0 { lineStart = true }
+            inKey = false
+            expectKey = false
             comment = false
             if let d = delimiter, d.count == 1 { delimiter = nil }  // an unterminated one-line string
         } else if comment {
@@ -690,13 +726,6 @@ struct Validator {
             )
             return nil
         }
-        if let r = rate, s.bytes > HTBLimits.maxBurst(at: r) {
-            error(
-                path + [key],
-                "\(label): \(key) \(s) at \(r) is more than HTB can express (at most \(Size(bytes: HTBLimits.maxBurst(at: r))): the burst is a 32-bit count of 64 ns ticks)"
-            )
-            return nil
-        }
         if let r = rate {
             let bound = max(r.bytesPerSecond, 64 * 1024)
             if s.bytes > bound {
@@ -706,6 +735,13 @@ struct Validator {
                 )
                 return nil
             }
+        }
+        if let r = rate, s.bytes > HTBLimits.maxBurst(at: r) {
+            error(
+                path + [key],
+                "\(label): \(key) \(s) at \(r) is more than HTB can express (at most \(Size(bytes: HTBLimits.maxBurst(at: r))): the burst is a 32-bit count of 64 ns ticks)"
+            )
+            return nil
         }
         return s
     }
