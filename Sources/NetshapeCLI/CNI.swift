@@ -131,8 +131,16 @@ enum CNIPlugin {
                 let netns = env["CNI_NETNS"].flatMap { $0.isEmpty ? nil : $0 } ?? "/nonexistent/netns-of-\(name)"
                 let policy = Policy(
                     namespaces: [NamespacePolicy(name: name, netns: .path(netns), device: ifname, egress: .gbit(1))],
-                    source: "cni:\(containerID)")
-                _ = try engineFor(policy, lock: true).reset(policy)
+                    source: source)
+                let engine = try engineFor(policy, lock: true)
+                // The record's key for this attachment, also when an older netshape (key
+                // `cni:CONTAINERID`) or another network name made it.
+                let recorded = try StateStore().loadOwnership().namespaces[name]?.policy
+                if let recorded, recorded != source, recorded.hasPrefix("cni:") {
+                    _ = try engine.reset(policyPath: recorded, policy: policy)
+                } else {
+                    _ = try engine.reset(policy)
+                }
             case "CHECK":
                 guard let netns = env["CNI_NETNS"], !netns.isEmpty else {
                     throw CNIError(code: 4, msg: "CNI_NETNS is not set")
@@ -190,15 +198,10 @@ enum CNIPlugin {
         let stale = try state.loadOwnership().namespaces.filter {
             $0.value.policy.hasPrefix(prefix) && !valid.contains($0.value.policy)
         }
-        for (name, entry) in stale.sorted(by: { $0.key < $1.key }) {
-            let ifname = String(entry.policy.split(separator: ":").last ?? "eth0")
-            let policy = Policy(
-                namespaces: [
-                    NamespacePolicy(
-                        name: name, netns: .path("/nonexistent/netns-of-\(name)"), device: ifname, egress: .gbit(1))
-                ],
-                source: entry.policy)
-            _ = try Engine(kernel: LinuxKernel(settings: policy.settings, state: state)).reset(policy)
+        let engine = Engine(kernel: LinuxKernel(settings: Settings(), state: state))
+        // From the record alone: it keeps each attachment's target, device, classes and cgroups.
+        for source in Set(stale.values.map(\.policy)).sorted() {
+            _ = try engine.reset(policyPath: source, policy: nil)
         }
     }
 

@@ -24,4 +24,6 @@ enum PolicyLoader {
             throw CLIError(e.message)
         }
     }
+
+    static func absolutePath(_ path: String) -> String { PolicyFile.absolutePath(path) }
 }
