@@ -1,4 +1,6 @@
 #define _GNU_SOURCE
+#include <linux/nsfs.h>
+#include <sys/ioctl.h>
 #include "CNetshapeShim.h"
 #include <sched.h>
 #include <sys/vfs.h>
@@ -45,6 +47,9 @@ size_t netshape_cn_msg_size(void) { return sizeof(struct cn_msg); }
 size_t netshape_proc_event_size(void) { return sizeof(struct proc_event); }
 
 int netshape_setns_net(int fd) { return setns(fd, CLONE_NEWNET); }
+
+int netshape_ns_get_nstype(int fd) { return ioctl(fd, NS_GET_NSTYPE); }
+int netshape_clone_newnet(void) { return CLONE_NEWNET; }
 int netshape_unshare_net(void) { return unshare(CLONE_NEWNET); }
 long netshape_fstatfs_type(int fd) {
     struct statfs fs;

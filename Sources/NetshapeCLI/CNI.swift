@@ -87,10 +87,8 @@ enum CNIPlugin {
                     ]))
                 exit(0)
             }
-            let stdin = readStdin()
-            guard let config = try? JSONDecoder().decode(JSONValue.self, from: Data(stdin)) else {
-                throw CNIError(code: 6, msg: "cannot decode the network configuration on stdin")
-            }
+            let parsed = try CNIConfig(readStdin())
+            let config = parsed.config
             version = config["cniVersion"]?.string ?? version
             guard supportedVersions.contains(version) else {
                 throw CNIError(
@@ -102,33 +100,52 @@ enum CNIPlugin {
             }
             let ifname = env["CNI_IFNAME"] ?? "eth0"
             let name = namespaceName(containerID: containerID, ifname: ifname)
+            let network = config["name"]?.string ?? ""
+            // The ownership record's policy key names the network and the attachment, so GC can
+            // tell this network's attachments from others'.
+            let source = attachmentSource(network: network, containerID: containerID, ifname: ifname)
             switch command {
             case "ADD":
                 guard let netns = env["CNI_NETNS"], !netns.isEmpty else {
                     throw CNIError(code: 4, msg: "CNI_NETNS is not set")
                 }
-                let policy = try self.policy(config, name: name, netns: netns, ifname: ifname)
+                let policy = try parsed.policy(name: name, netns: netns, ifname: ifname)
                 let engine = try engineFor(policy, lock: true)
-                let report = try engine.apply(policy, policyPath: "cni:\(containerID)")
+                let report = try engine.apply(policy, policyPath: source)
                 guard report.remaining.isEmpty else {
                     throw CNIError(
                         code: 100, msg: "shaping did not converge",
                         details: report.remaining.map(\.command).joined(separator: "; "))
                 }
-                try emit(config["prevResult"] ?? .object(["cniVersion": .string(version)]))
+                // A chained plugin passes its prevResult on; first in a chain, it owes a valid
+                // (empty) result of its own.
+                try emit(
+                    config["prevResult"]
+                        ?? .object([
+                            "cniVersion": .string(version), "interfaces": .array([]), "ips": .array([]),
+                            "dns": .object([:]),
+                        ]))
             case "DEL":
                 // Works without prevResult and after the namespace is gone: ownership is keyed by the
                 // container id, and everything inside a deleted namespace went with it.
                 let netns = env["CNI_NETNS"].flatMap { $0.isEmpty ? nil : $0 } ?? "/nonexistent/netns-of-\(name)"
                 let policy = Policy(
                     namespaces: [NamespacePolicy(name: name, netns: .path(netns), device: ifname, egress: .gbit(1))],
-                    source: "cni:\(containerID)")
-                _ = try engineFor(policy, lock: true).reset(policy)
+                    source: source)
+                let engine = try engineFor(policy, lock: true)
+                // The record's key for this attachment, also when an older netshape (key
+                // `cni:CONTAINERID`) or another network name made it.
+                let recorded = try StateStore().loadOwnership().namespaces[name]?.policy
+                if let recorded, recorded != source, recorded.hasPrefix("cni:") {
+                    _ = try engine.reset(policyPath: recorded, policy: policy)
+                } else {
+                    _ = try engine.reset(policy)
+                }
             case "CHECK":
                 guard let netns = env["CNI_NETNS"], !netns.isEmpty else {
                     throw CNIError(code: 4, msg: "CNI_NETNS is not set")
                 }
-                let policy = try self.policy(config, name: name, netns: netns, ifname: ifname)
+                let policy = try parsed.policy(name: name, netns: netns, ifname: ifname)
                 let plan = try engineFor(policy, lock: false).plan(
                     policy, policyPath: "cni:\(containerID)", options: ApplyOptions(memberships: false))
                 if !plan.operations.isEmpty {
@@ -139,7 +156,7 @@ enum CNIPlugin {
             case "STATUS":
                 _ = try LinuxKernel(settings: Settings()).capabilities()
             case "GC":
-                break  // DEL already removes everything; nothing is left to collect.
+                try collectGarbage(config, network: network)
             default:
                 throw CNIError(code: 4, msg: "unknown CNI_COMMAND \"\(command)\"")
             }
@@ -155,6 +172,40 @@ enum CNIPlugin {
         }
     }
 
+    /// `cni:NETWORK:CONTAINERID:IFNAME`, the ownership record's policy key of one attachment.
+    static func attachmentSource(network: String, containerID: String, ifname: String) -> String {
+        "cni:\(network):\(containerID):\(ifname)"
+    }
+
+    /// CNI 1.1 GC: removes the shaping and records of this network's attachments that are not in
+    /// `cni.dev/valid-attachments`, and nothing else (other networks, policy files, CNI records
+    /// written before the network was part of the key).
+    static func collectGarbage(_ config: JSONValue, network: String) throws {
+        guard !network.isEmpty else { throw CNIError(code: 7, msg: "name: GC needs the network's name") }
+        guard case .array(let items)? = config["cni.dev/valid-attachments"] else {
+            throw CNIError(code: 7, msg: "cni.dev/valid-attachments: GC needs the list of valid attachments")
+        }
+        var valid = Set<String>()
+        for (n, item) in items.enumerated() {
+            guard let id = item["containerID"]?.string, let ifname = item["ifname"]?.string else {
+                throw CNIError(
+                    code: 7, msg: "cni.dev/valid-attachments[\(n)]: needs string containerID and ifname")
+            }
+            valid.insert(attachmentSource(network: network, containerID: id, ifname: ifname))
+        }
+        let state = StateStore()
+        try state.lock()
+        let prefix = "cni:\(network):"
+        let stale = try state.loadOwnership().namespaces.filter {
+            $0.value.policy.hasPrefix(prefix) && !valid.contains($0.value.policy)
+        }
+        let engine = Engine(kernel: LinuxKernel(settings: Settings(), state: state))
+        // From the record alone: it keeps each attachment's target, device, classes and cgroups.
+        for source in Set(stale.values.map(\.policy)).sorted() {
+            _ = try engine.reset(policyPath: source, policy: nil)
+        }
+    }
+
     static func engineFor(_ policy: Policy, lock: Bool) throws -> Engine {
         let state = StateStore()
         if lock { try state.lock() }
@@ -166,57 +217,6 @@ enum CNIPlugin {
         let h = UInt64(Planner.fnv1a(containerID)) << 32 | UInt64(Planner.fnv1a(containerID + "/" + ifname))
         let hex = String(h, radix: 16)
         return "cni-" + String(repeating: "0", count: 16 - hex.count) + hex
-    }
-
-    /// The network config as a policy: written as TOML and parsed by the same validator as policy
-    /// files, so every rule and message is the same.
-    static func policy(_ config: JSONValue, name: String, netns: String, ifname: String) throws -> Policy {
-        let bw = config["runtimeConfig"]?["bandwidth"] ?? .object([:])
-        func value(_ key: String) -> Double? { bw[key]?.number ?? config[key]?.number }
-        var toml = "version = 1\n"
-        let ns = config["netshape"] ?? .object([:])
-        if let c = ns["classifier"]?.string { toml += "[settings]\nclassifier = \(quote(c))\n" }
-        toml += "[[namespace]]\nname = \(quote(name))\nnetns = \(quote(netns))\ndevice = \(quote(ifname))\n"
-        // Without an egress rate the namespace still gets its HTB (so classes work); 100 Gbit/s
-        // leaves it effectively unshaped.
-        let egress = value("egressRate").map { "\(UInt64($0))bit" } ?? "100gbit"
-        toml += "egress = \(quote(egress))\n"
-        if let r = value("ingressRate") { toml += "ingress = \(quote("\(UInt64(r))bit"))\n" }
-        if let d = ns["default"]?.string { toml += "default = \(quote(d))\n" }
-        if case .array(let classes)? = ns["classes"] {
-            for c in classes {
-                toml += "[[namespace.class]]\n"
-                if case .object(let fields) = c {
-                    for (k, v) in fields.sorted(by: { $0.key < $1.key }) { toml += "\(k) = \(tomlValue(v))\n" }
-                }
-            }
-        } else if let rate = value("egressRate"), let b = value("egressBurst"), b != unsetBurst, b > 0 {
-            // A real burst (bits) for a pod without classes: one class carrying the whole egress.
-            // Clamped to what netshape accepts (one full frame … one second at the rate) rather than
-            // refused: a pod's owner cannot easily mend an annotation.
-            let bytes = min(max(UInt64(b / 8), 1514), max(UInt64(rate / 8), 65_536))
-            toml +=
-                "default = \"pod\"\n[[namespace.class]]\nname = \"pod\"\nrate = \(quote("\(UInt64(rate))bit"))\nburst = \"\(bytes)b\"\n"
-        }
-        return try PolicyParser.parse(toml, file: "cni-config(\(name))")
-    }
-
-    static func quote(_ s: String) -> String {
-        "\"" + s.replacingAll("\\", with: "\\\\").replacingAll("\"", with: "\\\"") + "\""
-    }
-
-    static func tomlValue(_ v: JSONValue) -> String {
-        switch v {
-        case .string(let s): return quote(s)
-        case .number(let n): return n == n.rounded() ? String(Int64(n)) : String(n)
-        case .bool(let b): return b ? "true" : "false"
-        case .array(let a): return "[" + a.map(tomlValue).joined(separator: ", ") + "]"
-        case .object(let o):
-            return "{ "
-                + o.sorted(by: { $0.key < $1.key }).map { "\($0.key) = \(tomlValue($0.value))" }.joined(separator: ", ")
-                + " }"
-        case .null: return "\"\""
-        }
     }
 
     static func emit(_ v: JSONValue) throws {

@@ -120,6 +120,14 @@ struct Session {
         let (policy, path) = try PolicyLoader.load(policyPath, trusted: true)
         self.policy = policy
         self.path = path
+        // Every target resolved before the lock: a bad one (a FIFO, another kind of namespace, a
+        // hung filesystem) is reported without ever holding up other netshape commands. A missing
+        // one is the engine's to judge (provision creates it, the daemon waits for it).
+        if lock {
+            for ns in policy.namespaces {
+                do { _ = try NetworkNamespace(ns.netns) } catch let e as KernelError where e.errno == ENOENT {}
+            }
+        }
         let state = StateStore()
         if lock { try state.lock() }
         kernel = LinuxKernel(settings: policy.settings, state: state)
@@ -229,6 +237,12 @@ struct Status: ParsableCommand {
     var json = false
     @Option(help: "Seconds between the two counter samples that give the current throughput (0 = one sample).")
     var interval: Double = 1
+
+    func validate() throws {
+        guard interval >= 0 && interval <= 3600 else {
+            throw ValidationError("--interval must be a number of seconds from 0 to 3600, not \(interval)")
+        }
+    }
 
     func run() throws {
         let sleep: (Double) -> Void = { secs in
@@ -429,7 +443,11 @@ struct Classify: ParsableCommand {
         // Check every pid before moving any, so a bad one changes nothing.
         for pid in pids {
             guard let (id, p) = s.kernel.process(pid) else {
-                throw CLIError("no such process \(pid) (or it is a kernel thread)")
+                let e = NetworkNamespace.procAccessErrno(pid)
+                if e == ENOENT || e == ESRCH { throw CLIError("no such process \(pid) (or it is a kernel thread)") }
+                throw CLIError(
+                    "cannot read process \(pid)'s network namespace (/proc/\(pid)/ns/net): \(String(cString: strerror(e)))"
+                )
             }
             guard id == netns.id else {
                 throw CLIError(
@@ -468,7 +486,10 @@ struct DaemonCommand: ParsableCommand {
     var favorDynmods = true
 
     func validate() throws {
-        if interval < 0.2 { throw ValidationError("--interval must be at least 0.2 seconds") }
+        // Written so that NaN fails too (every comparison with NaN is false).
+        guard interval >= 0.2 && interval <= 86_400 else {
+            throw ValidationError("--interval must be a number of seconds from 0.2 to 86400, not \(interval)")
+        }
     }
 
     func run() throws {

@@ -144,7 +144,7 @@ public enum Planner {
         if ns.defaultClass == nil {
             // No `default`: unmatched traffic still must meet a class, or HTB lets it bypass shaping
             // entirely (measured 9.6 Gbit/s through a 10 Mbit tree). It gets what the classes leave.
-            let sum = ns.classes.reduce(UInt64(0)) { $0 + $1.rate.bytesPerSecond }
+            let sum = ns.classes.reduce(UInt64(0)) { $0.addingReportingOverflow($1.rate.bytesPerSecond).partialValue }
             let remainder = ns.egress.bytesPerSecond > sum ? ns.egress.bytesPerSecond - sum : 0
             let rate = Rate(bytesPerSecond: max(remainder, ns.egress.bytesPerSecond / 100, 125))
             let id = TCHandle(major: major, minor: defaultMinor)
@@ -229,7 +229,8 @@ public enum Planner {
     public static func defaultBurst(for rate: Rate) -> Size {
         let bps = rate.bytesPerSecond
         let floor = min(64 * 1024, max(bps / 5, 1600))
-        return Size(bytes: max(bps * 4 / 1000, floor))
+        // bps / 250 is 4 ms without the overflow of bps * 4; capped to what HTB can express.
+        return Size(bytes: min(max(bps / 250, floor), HTBLimits.maxBurst(at: rate)))
     }
 
     /// HTB quantum (bytes a class may send per DRR round when borrowing): 1 ms at the rate, kept

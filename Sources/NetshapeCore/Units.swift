@@ -169,3 +169,27 @@ extension StringProtocol {
         return Substring(s)
     }
 }
+
+/// What an HTB class can hold, so that `check` refuses what the kernel would silently mangle.
+///
+/// HTB takes the rate as a 64-bit byte count per second (`TCA_HTB_RATE64`), but the burst as a
+/// 32-bit byte count that libnl turns into a 32-bit count of psched ticks (64 ns each, from
+/// /proc/net/psched) through whole microseconds. Measured on this project's kernel: at 4 tbit the
+/// default 4 ms burst is programmed and read back exactly; from 5 tbit it reads back off by tens
+/// of kilobytes (apply never converges), and above ~8.6 tbit the burst no longer fits in 32 bits
+/// and the kernel shows `burst 0b`.
+public enum HTBLimits {
+    /// The fastest rate netshape programs: 4 tbit (500 GB/s).
+    public static let maxRate = Rate(bytesPerSecond: 500_000_000_000)
+    /// The longest burst HTB can express: 2^32-1 ticks of 64 ns (≈ 274.9 s at the class's rate).
+    public static let maxBurstNanoseconds: UInt64 = UInt64(UInt32.max) * 64
+    /// The largest burst in bytes (a u32).
+    public static let maxBurstBytes = UInt64(UInt32.max)
+
+    /// The largest burst `rate` can take: both the byte and the tick limit.
+    public static func maxBurst(at rate: Rate) -> UInt64 {
+        let (bytes, overflow) = rate.bytesPerSecond.multipliedReportingOverflow(by: maxBurstNanoseconds)
+        let byTicks = overflow ? UInt64.max : bytes / 1_000_000_000
+        return min(byTicks, maxBurstBytes)
+    }
+}

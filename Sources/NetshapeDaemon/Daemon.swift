@@ -1,3 +1,4 @@
+import Glibc
 import Logging
 import NetshapeCore
 import NetshapeEngine
@@ -118,8 +119,8 @@ actor DaemonCore {
     /// diff; an invalid one is logged with FILE:LINE:COL and the running policy stays in force.
     func reload() -> Bool {
         do {
-            let text = try readTextFile(path)
-            let new = try PolicyParser.parse(text, file: path)
+            // The same loader and file-safety rule as `netshape apply` and daemon start.
+            let (new, _) = try PolicySource.load(path, trusted: true)
             let old = policy
             policy = new
             do {
@@ -135,6 +136,9 @@ actor DaemonCore {
         } catch let e as PolicyError {
             for d in e.diagnostics { logger.error("\(d.description)") }
             logger.error("reload rejected: \(path) is invalid; the running policy stays in force")
+            return false
+        } catch let e as PolicyFileError {
+            logger.error("reload rejected: \(e.message); the running policy stays in force")
             return false
         } catch {
             logger.error("reload rejected: cannot read \(path): \(error); the running policy stays in force")
@@ -319,8 +323,13 @@ public struct Daemon {
                     )
                 }
             } catch {
+                let e = (error as? KernelError)?.errno
+                let why =
+                    e == EACCES || e == EPERM
+                    ? "mounting a cgroup hierarchy was refused (needs CAP_SYS_ADMIN in the initial user namespace)"
+                    : e == EINVAL ? "favordynmods needs Linux 6.0" : "the mount failed"
                 logger.warning(
-                    "cannot enable fast cgroup migrations (favordynmods needs Linux 6.0): \(error); moves after idle periods will take an RCU grace period"
+                    "cannot enable fast cgroup migrations (\(why)): \(error); moves after idle periods will take an RCU grace period"
                 )
             }
         }

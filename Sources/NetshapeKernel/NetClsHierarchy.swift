@@ -267,6 +267,13 @@ public enum FastMigrations {
 
     /// Mounts the helper hierarchy unless fast mode is on already. Returns whether netshape mounted it.
     public static func enable() throws -> Bool {
+        let mounts = MountInfoEntry.parse(Files.readString("/proc/self/mountinfo") ?? "")
+        // A daemon that died without its defers (a crash, SIGKILL) left its own mount: adopt it,
+        // so this run removes it on exit instead of leaving it forever.
+        if mounts.contains(where: { $0.mountPoint == mountPoint && $0.superOptions.contains("name=netshape-dynmods") })
+        {
+            return true
+        }
         if active { return false }
         try NetClsHierarchy.makeDirectories(mountPoint)
         try sys("mount -t cgroup -o none,name=netshape-dynmods,favordynmods cgroup \(mountPoint)") {

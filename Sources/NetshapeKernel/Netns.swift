@@ -58,16 +58,7 @@ public final class NetworkNamespace {
         // The host is the namespace netshape was started in: the main thread's, which is only
         // ever changed by `netshape run` right before exec.
         let path = target.path ?? "/proc/self/ns/net"
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else {
-            let e = errno
-            if e == ENOENT {
-                throw KernelError(
-                    .notFound, "open(\(path))", errno: e,
-                    reason: "network namespace \(target) does not exist")
-            }
-            throw KernelError.syscall("open(\(path))", e)
-        }
+        let fd = try Self.openBounded(path, target: target)
         var st = stat()
         let fsType = netshape_fstatfs_type(fd)
         guard fsType >= 0, fstat(fd, &st) == 0 else {
@@ -75,13 +66,22 @@ public final class NetworkNamespace {
             close(fd)
             throw KernelError.syscall("fstat(\(path))", e)
         }
-        // Refuse a path that is not a namespace file (a typo'd path to a regular file would
-        // otherwise surface as a confusing EINVAL from setns).
+        // Refuse a path that is not a network namespace file (a regular file, a FIFO, or another
+        // kind of namespace such as /proc/self/ns/mnt) before anything can block or reach setns.
         guard fsType == 0x6E73_6673 /* NSFS_MAGIC */ else {
             close(fd)
             throw KernelError(
                 .notFound, "open(\(path))", errno: EINVAL,
-                reason: "\(path) is not a network namespace file")
+                reason: "\(path) is not a network namespace file (not on nsfs)")
+        }
+        let type = netshape_ns_get_nstype(fd)
+        guard type == netshape_clone_newnet() else {
+            let e = errno
+            close(fd)
+            throw KernelError(
+                .notFound, "ioctl(\(path), NS_GET_NSTYPE)", errno: type < 0 ? e : EINVAL,
+                reason: type < 0
+                    ? String(cString: strerror(e)) : "\(path) is a namespace, but not a network namespace")
         }
         self.fd = fd
         self.id = "\(st.st_dev):\(st.st_ino)"
@@ -89,6 +89,63 @@ public final class NetworkNamespace {
     }
 
     deinit { close(fd) }
+
+    /// How long opening a namespace file may take. O_NONBLOCK keeps a FIFO from blocking; the
+    /// bound covers what it cannot (a hung FUSE or network filesystem under a path target).
+    public static let openTimeoutMilliseconds: Int32 = 2000
+
+    /// Opens `path` read-only and non-blocking on a helper thread, giving up after the bound. A
+    /// thread stuck in open(2) is left behind (it closes what it opens, late).
+    static func openBounded(_ path: String, target: NetnsTarget) throws -> Int32 {
+        var fds: [Int32] = [0, 0]
+        try sys("pipe(open \(path))") { pipe(&fds) }
+        let readEnd = fds[0]
+        let writeEnd = fds[1]
+        // The helper writes the fd (or -errno) into the pipe. After a timeout the read end is left
+        // open on purpose: the late write then succeeds instead of raising SIGPIPE, and the pipe
+        // and the late fd are the whole cost of a hung filesystem.
+        let thread = try spawn(name: "netshape-open") {
+            let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
+            var value: Int32 = fd >= 0 ? fd : -errno
+            _ = withUnsafeBytes(of: &value) { Glibc.write(writeEnd, $0.baseAddress, 4) }
+            close(writeEnd)
+        }
+        pthread_detach(thread)
+        var pfd = pollfd(fd: readEnd, events: Int16(POLLIN), revents: 0)
+        var ready: Int32 = 0
+        repeat { ready = poll(&pfd, 1, openTimeoutMilliseconds) } while ready < 0 && errno == EINTR
+        guard ready > 0 else {
+            throw KernelError(
+                .notFound, "open(\(path))", errno: ETIMEDOUT,
+                reason:
+                    "network namespace \(target): opening \(path) did not finish within \(openTimeoutMilliseconds) ms")
+        }
+        defer { close(readEnd) }
+        var value: Int32 = 0
+        let n = withUnsafeMutableBytes(of: &value) { Glibc.read(readEnd, $0.baseAddress, 4) }
+        guard n == 4 else { throw KernelError.syscall("open(\(path))", EIO) }
+        if value >= 0 { return value }
+        let e = -value
+        if e == ENOENT {
+            throw KernelError(
+                .notFound, "open(\(path))", errno: e, reason: "network namespace \(target) does not exist")
+        }
+        if e == ESRCH, case .pid(let p) = target {
+            throw KernelError(.notFound, "open(\(path))", errno: e, reason: "no such process \(p)")
+        }
+        throw KernelError.syscall("open(\(path))", e)
+    }
+
+    /// Why `pid`'s /proc entry cannot be read: ENOENT or ESRCH when there is no such process,
+    /// EACCES when it exists but is not readable; 0 when it is readable.
+    public static func procAccessErrno(_ pid: Int32) -> Int32 {
+        let fd = open("/proc/\(pid)/ns/net", O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+        if fd >= 0 {
+            close(fd)
+            return 0
+        }
+        return errno
+    }
 
     /// Runs `body` on a dedicated thread inside this namespace. Keep `body` synchronous: no
     /// `await`, so it cannot hop to a thread in another namespace.
@@ -110,10 +167,4 @@ public final class NetworkNamespace {
 /// Starts `body` on a new detached OS thread named `name` (for the daemon's blocking readers).
 public func startThread(name: String, _ body: @escaping @Sendable () -> Void) throws {
     pthread_detach(try spawn(name: name, body))
-}
-
-/// Reads a whole text file, throwing the kernel's errno (the daemon's policy reload).
-public func readTextFile(_ path: String) throws -> String {
-    guard let text = Files.readString(path) else { throw KernelError.syscall("open(\(path))", errno) }
-    return text
 }

@@ -8,14 +8,25 @@ public struct PolicyDiagnostic: Sendable, Equatable, CustomStringConvertible {
     /// The key as written in the file (`rate`, `match.comm`), empty for syntax errors.
     public var key: String
     public var message: String
+    /// The full path in the document (`namespace.0.class.1.rate`), for front ends that name it
+    /// in their own syntax (the CNI plugin's JSON path).
+    public var path: [String] = []
 
     /// `FILE:LINE:COL: error: MESSAGE`, the format compilers use and editors jump to.
     public var description: String { "\(file):\(position.line):\(position.column): error: \(message)" }
+
+    public init(file: String, position: SourcePosition, key: String, message: String) {
+        self.file = file
+        self.position = position
+        self.key = key
+        self.message = message
+    }
 }
 
 /// A rejected policy (exit 65, `EX_DATAERR`). Holds every problem found, in file order.
 public struct PolicyError: Error, Sendable, Equatable, CustomStringConvertible {
     public var diagnostics: [PolicyDiagnostic]
+    public init(diagnostics: [PolicyDiagnostic]) { self.diagnostics = diagnostics }
     public var description: String { diagnostics.map(\.description).joined(separator: "\n") }
 }
 
@@ -23,6 +34,20 @@ public struct PolicyError: Error, Sendable, Equatable, CustomStringConvertible {
 public enum PolicyParser {
     /// Parses and validates the policy text; `file` names it in diagnostics.
     public static func parse(_ text: String, file: String) throws -> Policy {
+        if let pos = nulPosition(text) {
+            throw PolicyError(diagnostics: [
+                PolicyDiagnostic(
+                    file: file, position: pos, key: "",
+                    message:
+                        "the policy contains a NUL character (or a \\u0000 escape): the TOML library and the kernel would cut the string there"
+                )
+            ])
+        }
+        if let pos = strayNonASCII(text) {
+            throw PolicyError(diagnostics: [
+                PolicyDiagnostic(file: file, position: pos, key: "", message: strayMessage(text, at: pos))
+            ])
+        }
         let table: TOMLTable
         do {
             table = try TOMLTable(string: text)
@@ -37,13 +62,160 @@ public enum PolicyParser {
                     key: "", message: "TOML syntax: \(error)")
             ])
         }
-        var v = Validator(file: file, locator: SourceLocator(text))
-        let policy = v.policy(table)
+        return try validate(PolicyTable(toml: table), file: file, locator: SourceLocator(text))
+    }
+
+    /// The closest known key to a misspelt one, if it is a likely typo.
+    public static func suggestion(for word: String, among known: [String]) -> String? {
+        NetshapePolicy.suggestion(for: word, among: known)
+    }
+
+    /// Validates a document (from any syntax) into a `Policy`; the one validation entry point, used
+    /// by `parse` for TOML files and by the CNI plugin for its JSON config. Throws `PolicyError`
+    /// with every problem, positioned by `locator`.
+    public static func validate(_ document: PolicyTable, file: String, locator: any PolicyLocating) throws -> Policy {
+        var v = Validator(file: file, locator: locator)
+        let policy = v.policy(document)
         if !v.diagnostics.isEmpty {
             throw PolicyError(diagnostics: v.diagnostics.sorted { $0.position < $1.position })
         }
         return policy
     }
+}
+
+/// The position of a NUL byte or an unescaped `\u0000` / `\U00000000` escape. TOMLKit hands strings
+/// through C, which cuts them at a NUL without a word, so they are refused before parsing.
+func nulPosition(_ text: String) -> SourcePosition? {
+    let u = Array(text.utf8)
+    var line = 1
+    var col = 1
+    var i = 0
+    var backslashes = 0
+    while i < u.count {
+        let c = u[i]
+        if c == 0 { return SourcePosition(line: line, column: col) }
+        if c == 0x5C {
+            backslashes += 1
+        } else {
+            if backslashes % 2 == 1 {
+                let digits = c == 0x75 ? 4 : c == 0x55 ? 8 : 0
+                if digits > 0, i + digits < u.count, u[(i + 1)...(i + digits)].allSatisfy({ $0 == 0x30 }) {
+                    return SourcePosition(line: line, column: col - 1)
+                }
+            }
+            backslashes = 0
+        }
+        if c == 0x0A {
+            line += 1
+            col = 1
+        } else if c & 0xC0 != 0x80 {
+            col += 1
+        }
+        i += 1
+    }
+    return nil
+}
+
+/// The position of a control character (TOML allows none but tab and newlines), or of a non-ASCII
+/// character outside strings and comments, which TOML 1.0 never allows there. Refused before TOMLKit sees it: toml++ asserts (aborts the process) on some of
+/// them in key position, found by the fuzz test.
+/// What the character at `pos` (found by `strayNonASCII`) is, in a person's words.
+func strayMessage(_ text: String, at pos: SourcePosition) -> String {
+    let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+    let line = pos.line - 1 < lines.count ? Array(lines[pos.line - 1].utf8) : []
+    let i = pos.column - 1
+    guard i >= 0 && i < line.count else { return "TOML syntax: a key is missing at the end of the line" }
+    let c = line[i]
+    if c < 0x20 || c == 0x7F { return "TOML syntax: a control character (only tab and newlines are allowed)" }
+    if c >= 0x80 { return "TOML syntax: a non-ASCII character outside a string or comment" }
+    let before = line[..<i].last { $0 != 0x20 && $0 != 0x09 }
+    if c == 0x7D && before == 0x2C {
+        return "a comma before '}': TOML allows no trailing comma in an inline table"
+    }
+    return "TOML syntax: a key must start with a letter, a digit, '_', '-' or a quote"
+}
+
+func strayNonASCII(_ text: String) -> SourcePosition? {
+    let u = Array(text.utf8)
+    var line = 1
+    var col = 1
+    var i = 0
+    var delimiter: [UInt8]? = nil  // the open string's delimiter
+    var comment = false
+    // In a key (a table header or before `=`): after `[`, `[[`, `.`, `{` or `,` a key must start
+    // with a bare-key character or a quote; toml++ asserts instead of reporting otherwise.
+    var lineStart = true
+    var inKey = false
+    var expectKey = false
+    var braces = 0
+    func bare(_ c: UInt8) -> Bool {
+        (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || (c >= 0x30 && c <= 0x39) || c == 0x5F || c == 0x2D
+    }
+    func starts(_ d: [UInt8], _ at: Int) -> Bool { at + d.count <= u.count && Array(u[at..<(at + d.count)]) == d }
+    while i < u.count {
+        let c = u[i]
+        var step = 1
+        if (c < 0x20 && c != 0x09 && c != 0x0A && c != 0x0D) || c == 0x7F {
+            return SourcePosition(line: line, column: col)  // TOML allows no control character anywhere
+        }
+        if delimiter == nil && !comment && c != 0x20 && c != 0x09 && c != 0x0A && c != 0x0D && c != 0x23 {
+            if lineStart && braces == 0 {
+                inKey = true
+                expectKey = c != 0x5B
+            }
+            lineStart = false
+            if expectKey {
+                if !(bare(c) || c == 0x22 || c == 0x27 || c == 0x5B) { return SourcePosition(line: line, column: col) }
+                expectKey = c == 0x5B
+            } else if inKey && (c == 0x2E || c == 0x5B && braces == 0) {
+                expectKey = true
+            } else if inKey && (c == 0x3D || c == 0x5D) {
+                inKey = false
+            } else if c == 0x7B || (c == 0x2C && braces > 0) {
+                if c == 0x7B { braces += 1 }
+                inKey = true
+                expectKey = true
+            } else if c == 0x7D && braces > 0 {
+                braces -= 1
+            }
+        }
+        if c == 0x0A || c == 0x0D {
+            if expectKey && delimiter == nil && !comment { return SourcePosition(line: line, column: col) }
+        }
+        if c == 0x0A {
+            if braces == 0 { lineStart = true }
+            inKey = false
+            expectKey = false
+            comment = false
+            if let d = delimiter, d.count == 1 { delimiter = nil }  // an unterminated one-line string
+        } else if comment {
+        } else if let d = delimiter {
+            if c == 0x5C && d.first == 0x22 {
+                step = 2
+            } else if starts(d, i) {
+                step = d.count
+                delimiter = nil
+            }
+        } else if c == 0x23 {
+            comment = true
+        } else if c == 0x22 || c == 0x27 {
+            let triple = [c, c, c]
+            delimiter = starts(triple, i) ? triple : [c]
+            step = delimiter!.count
+        } else if c >= 0x80 {
+            return SourcePosition(line: line, column: col)
+        }
+        for k in i..<min(i + step, u.count) {
+            if u[k] == 0x0A {
+                line += 1
+                col = 1
+            } else if u[k] & 0xC0 != 0x80 {
+                col += 1
+            }
+        }
+        i += step
+    }
+    return nil
 }
 
 /// Names become cgroup directories and netns names: `[a-z0-9][a-z0-9_.-]{0,31}`, so `..`, `/`
@@ -65,7 +237,7 @@ public func isValidInterfaceName(_ s: String) -> Bool {
 
 struct Validator {
     let file: String
-    let locator: SourceLocator
+    let locator: any PolicyLocating
     var diagnostics: [PolicyDiagnostic] = []
     /// Known keys some unknown key was suggested for, per table path: a misspelt required key is
     /// reported once, as a typo, not a second time as missing.
@@ -83,11 +255,13 @@ struct Validator {
     mutating func error(_ path: [String], _ message: String) {
         let pos = locator.position(of: path)
         let key = path.filter { Int($0) == nil }.joined(separator: ".")
-        diagnostics.append(PolicyDiagnostic(file: file, position: pos, key: key, message: message))
+        var d = PolicyDiagnostic(file: file, position: pos, key: key, message: message)
+        d.path = path
+        diagnostics.append(d)
     }
 
     /// Reports keys of `table` not in `known`, suggesting the closest known key.
-    mutating func checkKeys(_ table: TOMLTable, _ path: [String], _ known: [String], what: String) {
+    mutating func checkKeys(_ table: PolicyTable, _ path: [String], _ known: [String], what: String) {
         for key in table.keys where !known.contains(key) {
             var msg = "unknown key '\(key)' in \(what)"
             if let s = suggestion(for: key, among: known) {
@@ -104,7 +278,7 @@ struct Validator {
 
     // MARK: - Top level
 
-    mutating func policy(_ t: TOMLTable) -> Policy {
+    mutating func policy(_ t: PolicyTable) -> Policy {
         checkKeys(t, [], Self.topKeys, what: "the policy")
         if let v = t["version"] {
             if v.int != 1 {
@@ -128,7 +302,7 @@ struct Validator {
             if let arr = n.array, arr.allSatisfy({ $0.table != nil }) {
                 if arr.count == 0 { error(["namespace"], "at least one [[namespace]] is required") }
                 for (i, item) in arr.enumerated() {
-                    if let ns = namespace(item.table ?? TOMLTable(), ["namespace", String(i)]) {
+                    if let ns = namespace(item.table ?? PolicyTable(), ["namespace", String(i)]) {
                         namespaces.append(ns)
                     }
                 }
@@ -148,7 +322,7 @@ struct Validator {
         return Policy(settings: settings, namespaces: namespaces, source: file)
     }
 
-    mutating func settings(_ t: TOMLTable) -> Settings {
+    mutating func settings(_ t: PolicyTable) -> Settings {
         checkKeys(t, ["settings"], Self.settingsKeys, what: "[settings]")
         var s = Settings()
         if let c = string(t, ["settings"], "classifier") {
@@ -160,7 +334,7 @@ struct Validator {
             }
         }
         if let r = string(t, ["settings"], "cgroup_root") {
-            if !r.hasPrefix("/") || r.split(separator: "/").contains("..") {
+            if !r.hasPrefix("/") || r.split(separator: "/").contains("..") || r.utf8.contains(0) {
                 error(["settings", "cgroup_root"], "cgroup_root must be an absolute path without '..', not \"\(r)\"")
             } else {
                 s.cgroupRoot = r
@@ -170,7 +344,7 @@ struct Validator {
         return s
     }
 
-    mutating func leaf(_ t: TOMLTable, _ path: [String]) -> LeafChoice? {
+    mutating func leaf(_ t: PolicyTable, _ path: [String]) -> LeafChoice? {
         guard let l = string(t, path, "leaf") else { return nil }
         if let v = LeafChoice(rawValue: l) { return v }
         let all = LeafChoice.allCases.map { "\"\($0.rawValue)\"" }.joined(separator: ", ")
@@ -182,7 +356,7 @@ struct Validator {
 
     // MARK: - Namespaces
 
-    mutating func namespace(_ t: TOMLTable, _ path: [String]) -> NamespacePolicy? {
+    mutating func namespace(_ t: PolicyTable, _ path: [String]) -> NamespacePolicy? {
         checkKeys(t, path, Self.namespaceKeys, what: "[[namespace]]")
         let name = string(t, path, "name")
         if name == nil && t["name"] == nil && !wasSuggested(path, "name") { error(path, "[[namespace]] needs a name") }
@@ -249,7 +423,7 @@ struct Validator {
                 for (i, item) in arr.enumerated() {
                     if let n = item.table?["name"]?.string { writtenNames.append(n) }
                     if let cls = self.class(
-                        item.table ?? TOMLTable(), path + ["class", String(i)], egress: egress, nsLabel: label)
+                        item.table ?? PolicyTable(), path + ["class", String(i)], egress: egress, nsLabel: label)
                     {
                         classes.append(cls)
                     }
@@ -280,7 +454,11 @@ struct Validator {
             )
         }
         if let e = egress {
-            let sum = classes.reduce(UInt64(0)) { $0 + $1.rate.bytesPerSecond }
+            // Saturating: each rate is at most HTBLimits.maxRate, but the count of classes is the user's.
+            let sum = classes.reduce(UInt64(0)) {
+                let (s, o) = $0.addingReportingOverflow($1.rate.bytesPerSecond)
+                return o ? UInt64.max : s
+            }
             if sum > e.bytesPerSecond {
                 error(
                     path + ["egress"],
@@ -300,13 +478,15 @@ struct Validator {
             guard let p = Int32(s.dropFirst(4)), p > 0 else { return nil }
             return .pid(p)
         }
+        // A NUL would silently cut the path or name where the kernel reads it.
+        if s.utf8.contains(0) { return nil }
         if s.hasPrefix("/") { return s.split(separator: "/").contains("..") ? nil : .path(s) }
         // `ip netns` names are files in /run/netns: no '/', not '.' or '..' (iproute2 netns_name_valid).
         guard !s.isEmpty, !s.contains("/"), s != ".", s != "..", s.utf8.count <= 255 else { return nil }
         return .named(s)
     }
 
-    mutating func provision(_ t: TOMLTable, _ path: [String], nsName: String, label: String) -> Provision? {
+    mutating func provision(_ t: PolicyTable, _ path: [String], nsName: String, label: String) -> Provision? {
         checkKeys(t, path, Self.provisionKeys, what: "[namespace.provision]")
         let address = string(t, path, "address")
         if let a = address, !isCIDR(a) {
@@ -347,7 +527,7 @@ struct Validator {
 
     // MARK: - Classes
 
-    mutating func `class`(_ t: TOMLTable, _ path: [String], egress: Rate?, nsLabel: String) -> ClassPolicy? {
+    mutating func `class`(_ t: PolicyTable, _ path: [String], egress: Rate?, nsLabel: String) -> ClassPolicy? {
         checkKeys(t, path, Self.classKeys, what: "[[namespace.class]]")
         let name = string(t, path, "name")
         if name == nil && t["name"] == nil && !wasSuggested(path, "name") {
@@ -403,7 +583,7 @@ struct Validator {
             leaf: leafChoice, match: rules)
     }
 
-    mutating func match(_ t: TOMLTable, _ path: [String], label: String) -> MatchRules {
+    mutating func match(_ t: PolicyTable, _ path: [String], label: String) -> MatchRules {
         checkKeys(t, path, Self.matchKeys, what: "match")
         var m = MatchRules()
         m.comm = strings(t, path, "comm", label: label)
@@ -428,7 +608,7 @@ struct Validator {
         m.user = principals(t, path, "user", label: label)
         m.group = principals(t, path, "group", label: label)
         if let p = t["pid"] {
-            let values = p.array.map { Array($0) } ?? [p]
+            let values = p.array ?? [p]
             for v in values {
                 if let i = v.int, i > 0, i <= Int(Int32.max) {
                     m.pid.append(Int32(i))
@@ -444,14 +624,14 @@ struct Validator {
 
     // MARK: - Typed values
 
-    mutating func string(_ t: TOMLTable, _ path: [String], _ key: String) -> String? {
+    mutating func string(_ t: PolicyTable, _ path: [String], _ key: String) -> String? {
         guard let v = t[key] else { return nil }
         if let s = v.string { return s }
-        error(path + [key], "\(key) must be a string, found \(typeName(v))")
+        error(path + [key], "\(key) must be a string, found \(v.typeName)")
         return nil
     }
 
-    mutating func strings(_ t: TOMLTable, _ path: [String], _ key: String, label: String) -> [String] {
+    mutating func strings(_ t: PolicyTable, _ path: [String], _ key: String, label: String) -> [String] {
         guard let v = t[key] else { return [] }
         if let s = v.string { return [s] }
         if let a = v.array {
@@ -460,18 +640,18 @@ struct Validator {
                 if let s = item.string, !s.isEmpty {
                     out.append(s)
                 } else {
-                    error(path + [key], "\(label): match.\(key) takes non-empty strings, found \(typeName(item))")
+                    error(path + [key], "\(label): match.\(key) takes non-empty strings, found \(item.typeName)")
                 }
             }
             return out
         }
-        error(path + [key], "\(label): match.\(key) must be a string or an array of strings, found \(typeName(v))")
+        error(path + [key], "\(label): match.\(key) must be a string or an array of strings, found \(v.typeName)")
         return []
     }
 
-    mutating func principals(_ t: TOMLTable, _ path: [String], _ key: String, label: String) -> [Principal] {
+    mutating func principals(_ t: PolicyTable, _ path: [String], _ key: String, label: String) -> [Principal] {
         guard let v = t[key] else { return [] }
-        let items = v.array.map { Array($0) } ?? [v]
+        let items = v.array ?? [v]
         var out: [Principal] = []
         for item in items {
             if let i = item.int, i >= 0, i <= Int(UInt32.max) {
@@ -479,14 +659,14 @@ struct Validator {
             } else if let s = item.string, !s.isEmpty {
                 out.append(UInt32(s).map(Principal.id) ?? .name(s))
             } else {
-                error(path + [key], "\(label): match.\(key) takes names or numeric ids, found \(typeName(item))")
+                error(path + [key], "\(label): match.\(key) takes names or numeric ids, found \(item.typeName)")
             }
         }
         return out
     }
 
     /// A rate or `N%` of `of` (the namespace egress); nil after reporting when invalid.
-    mutating func rate(_ t: TOMLTable, _ path: [String], _ key: String, of base: Rate?, label: String) -> Rate? {
+    mutating func rate(_ t: PolicyTable, _ path: [String], _ key: String, of base: Rate?, label: String) -> Rate? {
         guard let v = t[key] else { return nil }
         let text: String
         if let s = v.string {
@@ -494,7 +674,7 @@ struct Validator {
         } else if let i = v.int, i >= 0 {
             text = String(i)
         } else {
-            error(path + [key], "\(label): \(key) must be a rate such as \"100mbit\", found \(typeName(v))")
+            error(path + [key], "\(label): \(key) must be a rate such as \"100mbit\", found \(v.typeName)")
             return nil
         }
         if text.hasSuffix("%") {
@@ -506,6 +686,7 @@ struct Validator {
                 error(path + [key], "\(label): \(key) \"\(text)\" is not a percentage between 0 and 100")
                 return nil
             }
+            // pct is in (0, 100], so the product stays below the base: no overflow.
             let r = Rate(bytesPerSecond: UInt64(Double(base.bytesPerSecond) * pct / 100))
             if r.bytesPerSecond == 0 { error(path + [key], "\(label): \(key) \"\(text)\" of \(base) rounds to zero") }
             return r.bytesPerSecond == 0 ? nil : r
@@ -521,13 +702,20 @@ struct Validator {
             error(path + [key], "\(label): \(key) \"\(text)\" is zero (rates below 8bit round to 0 bytes/s)")
             return nil
         }
+        guard r <= HTBLimits.maxRate else {
+            error(
+                path + [key],
+                "\(label): \(key) \"\(text)\" is above \(HTBLimits.maxRate), the fastest rate HTB can hold with a burst it can express (burst is a 32-bit count of 64 ns ticks)"
+            )
+            return nil
+        }
         return r
     }
 
     /// A size (`burst`, `cburst`): at least one full-size frame, at most one second at `rate` (or 64 KiB,
     /// whichever is more). Larger bursts let a class run unshaped for seconds: the CNI bandwidth
     /// plugin's 4294967295-bit default let 4 Gbit/s through a 20 Mbit limit.
-    mutating func size(_ t: TOMLTable, _ path: [String], _ key: String, rate: Rate?, label: String) -> Size? {
+    mutating func size(_ t: PolicyTable, _ path: [String], _ key: String, rate: Rate?, label: String) -> Size? {
         guard let v = t[key] else { return nil }
         let text: String
         if let s = v.string {
@@ -535,7 +723,7 @@ struct Validator {
         } else if let i = v.int, i >= 0 {
             text = String(i)
         } else {
-            error(path + [key], "\(label): \(key) must be a size such as \"64kb\", found \(typeName(v))")
+            error(path + [key], "\(label): \(key) must be a size such as \"64kb\", found \(v.typeName)")
             return nil
         }
         guard let s = Size(parsing: text) else {
@@ -559,19 +747,14 @@ struct Validator {
                 return nil
             }
         }
+        if let r = rate, s.bytes > HTBLimits.maxBurst(at: r) {
+            error(
+                path + [key],
+                "\(label): \(key) \(s) at \(r) is more than HTB can express (at most \(Size(bytes: HTBLimits.maxBurst(at: r))): the burst is a 32-bit count of 64 ns ticks)"
+            )
+            return nil
+        }
         return s
-    }
-}
-
-func typeName(_ v: TOMLValueConvertible) -> String {
-    switch v.type {
-    case .string: return "a string"
-    case .int: return "an integer (\(v.debugDescription))"
-    case .double: return "a number (\(v.debugDescription))"
-    case .bool: return "a boolean"
-    case .array: return "an array"
-    case .table: return "a table"
-    default: return "a date or time"
     }
 }
 

@@ -19,7 +19,7 @@ public struct SourcePosition: Sendable, Equatable, Comparable, Hashable {
 /// array indices as components: `namespace.0.class.1.rate`. It only runs on text TOMLKit accepted,
 /// so it can ignore malformed input; strings and multi-line arrays are skipped so that their
 /// content is never mistaken for keys.
-struct SourceLocator {
+struct SourceLocator: PolicyLocating {
     private(set) var positions: [String: SourcePosition] = [:]
 
     init(_ text: String) {

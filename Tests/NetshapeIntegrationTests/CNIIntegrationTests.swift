@@ -126,7 +126,7 @@ extension ApplyIntegrationTests {
         }
         #expect(!(try must([tc, "-n", pod.netns, "qdisc", "show", "dev", "eth0"]).contains("htb")))
         let owned = (try? String(contentsOfFile: "/run/netshape/ownership.json", encoding: .utf8)) ?? ""
-        #expect(!owned.contains("cni:\(pod.id)"), "no ownership left")
+        #expect(!owned.contains(pod.id), "no ownership left")
         #expect(
             try cniRun(netshapeBinary, "DEL", pod, ["cniVersion": "1.0.0", "name": "nstest", "type": "netshape"]).0
                 == 0,

@@ -35,6 +35,10 @@ struct bpf_insn netshape_bpf_insn(uint8_t code, uint8_t dst, uint8_t src, int16_
 
 /// setns(fd, CLONE_NEWNET) (needs _GNU_SOURCE, which Swift's Glibc module does not define).
 int netshape_setns_net(int fd);
+/// ioctl(fd, NS_GET_NSTYPE): the CLONE_NEW* type of a namespace file, or -1 with errno set.
+int netshape_ns_get_nstype(int fd);
+/// The CLONE_NEWNET constant (sched.h needs _GNU_SOURCE).
+int netshape_clone_newnet(void);
 /// unshare(CLONE_NEWNET) for the calling thread.
 int netshape_unshare_net(void);
 /// fstatfs(fd).f_type, or -1 with errno set.
