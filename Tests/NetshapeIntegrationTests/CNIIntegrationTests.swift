@@ -87,6 +87,10 @@ extension ApplyIntegrationTests {
         let (s2, out2) = try cniRun(netshapeBinary, "ADD", pod, config)
         #expect(s2 == 0, "ADD twice is fine: \(out2)")
         #expect(try cniRun(netshapeBinary, "CHECK", pod, config).0 == 0, "CHECK passes on a fresh pod")
+        // Bare status shows the attachment from its record (there is no policy file to read).
+        let status = try cli("status", "--interval", "0", "--json")
+        #expect(status.status == 0, "\(status.err)")
+        #expect(status.out.contains("\"policy\" : \"cni:"), "the CNI attachment is listed: \(status.out.prefix(600))")
 
         // 3. Shaped both ways: egress from the pod to the gateway, ingress into it (-R).
         let srv = { (port: Int) throws -> Process in

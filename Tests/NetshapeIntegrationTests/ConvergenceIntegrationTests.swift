@@ -161,6 +161,17 @@ extension ApplyIntegrationTests {
         #expect(reset.status == 0, "\(reset.err)")
         #expect(try fullSnapshot(s) == pristine)
         #expect(try cli(env: env, "status").out.contains("no policy"))
+        // A lost record (tmpfs wiped, a crash before it was written): apply adopts the tree it finds
+        // with netshape's handle and filter, reset removes it.
+        let again = try s.policy(Self.capped)
+        #expect(try cli(env: env, "apply", again).status == 0)
+        try FileManager.default.removeItem(atPath: "\(env["NETSHAPE_STATE_DIR"] ?? "")/ownership.json")
+        let adopted = try cli(env: env, "apply", again)
+        #expect(adopted.status == 0 && adopted.out.contains("no changes"), "adopted, not rebuilt: \(adopted.out)")
+        try FileManager.default.removeItem(atPath: "\(env["NETSHAPE_STATE_DIR"] ?? "")/ownership.json")
+        let resetLost = try cli(env: env, "reset", again)
+        #expect(resetLost.status == 0, "\(resetLost.err)")
+        #expect(try fullSnapshot(s) == pristine, "reset removed the tree whose record was lost")
     }
 
     @Test func resetAllRemovesEveryRecordedPolicyAndNothingElse() throws {
