@@ -147,7 +147,7 @@ enum CNIPlugin {
                 }
                 let policy = try parsed.policy(name: name, netns: netns, ifname: ifname)
                 let plan = try engineFor(policy, lock: false).plan(
-                    policy, policyPath: "cni:\(containerID)", options: ApplyOptions(memberships: false))
+                    policy, policyPath: source, options: ApplyOptions(memberships: false))
                 if !plan.operations.isEmpty {
                     throw CNIError(
                         code: 100, msg: "the shaping of \(ifname) in \(netns) differs from the configuration",
