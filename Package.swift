@@ -71,11 +71,11 @@ let package = Package(
             name: "NetshapeEngineTests",
             dependencies: ["NetshapeEngine", "NetshapeCore", "NetshapePolicy", "NetshapeTestSupport"]
         ),
-        .testTarget(name: "NetshapeCLITests", dependencies: ["NetshapeCLI"]),
+        .testTarget(name: "NetshapeCLITests", dependencies: ["NetshapeCLI", "NetshapeTestSupport"]),
         .testTarget(name: "NetshapeKernelTests", dependencies: ["NetshapeKernel", "NetshapeCore", "CNetshapeShim"]),
         .testTarget(
             name: "NetshapeIntegrationTests",
-            dependencies: ["NetshapeCore", "NetshapeKernel"]
+            dependencies: ["NetshapeCore", "NetshapeKernel", "NetshapeTestSupport"]
         ),
     ]
 )

@@ -1,4 +1,5 @@
 import Foundation
+import NetshapeTestSupport
 import Testing
 
 /// Issue "Every edit converges, and netshape always knows what it made", on the real kernel.
@@ -56,7 +57,7 @@ extension ApplyIntegrationTests {
     /// and reset gives back the machine as it was before the first apply.
     @Test func aRandomWalkOfEditsConvergesOnTheRealKernel() throws {
         let seed = UInt64.random(in: 1...UInt64(UInt32.max))
-        var rng = SeededRNG(seed)
+        var rng = SeededRandom(seed: seed)
         let s = try Scratch()
         defer { s.close() }
         let pristine = try fullSnapshot(s)
@@ -267,18 +268,6 @@ extension ApplyIntegrationTests {
     }
 }
 
-/// xorshift64*, seeded: the same walk again from a printed seed.
-struct SeededRNG: RandomNumberGenerator {
-    var state: UInt64
-    init(_ seed: UInt64) { state = seed | 1 }
-    mutating func next() -> UInt64 {
-        state ^= state >> 12
-        state ^= state << 25
-        state ^= state >> 27
-        return state &* 2_685_821_657_736_338_717
-    }
-}
-
 /// A namespace body edited at random: egress, ingress, classes added, removed, renamed and tuned.
 struct WalkModel {
     struct Class {
@@ -307,7 +296,7 @@ struct WalkModel {
         return out
     }
 
-    mutating func edit(_ r: inout SeededRNG) -> String {
+    mutating func edit(_ r: inout SeededRandom) -> String {
         defer { normalize() }
         let j = classes.isEmpty ? nil : Int.random(in: 0..<classes.count, using: &r)
         switch (Int.random(in: 0..<9, using: &r), j) {
