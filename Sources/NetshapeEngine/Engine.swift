@@ -194,6 +194,11 @@ public final class Engine {
         if let (op, error) = perform(retiring, &done, &report) { throw fail(op, error) }
         if !plan.retired.isEmpty {
             for op in retiring { Self.forget(op, in: &record) }
+            // As in reset: a tree whose namespace is gone (a removed container's) went with it.
+            for name in plan.retired where plan.observed.namespaces[name]?.problem != nil {
+                record.namespaces[name]?.egress = nil
+                record.namespaces[name]?.ingress = nil
+            }
             for name in plan.retired where record.namespaces[name]?.isEmpty ?? true { record.namespaces[name] = nil }
             try kernel.saveOwnership(record)
         }

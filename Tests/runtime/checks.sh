@@ -172,7 +172,7 @@ EOF
 )
 out=$("$ns" apply "$pol2" --force 2>&1)
 rc=$?
-if ((rc != 0)) && [[ $out == *"tree of namespace $RT_PREFIX-web of policy $pol"* && $out == *"--net=container"* ]]; then
+if ((rc != 0)) && [[ $out == *"already shaped by namespace $RT_PREFIX-web of $pol"* ]]; then
     ok "--net=container: names the other policy's entry"
 else
     fail "--net=container: names the other policy's entry" "exit $rc: $out"
@@ -334,7 +334,7 @@ egress = "20mbit"
 EOF
 )
     out=$("$ns" plan "$ppol" 2>&1)
-    if [[ $out == *"tree of namespace cni-"* ]]; then
+    if [[ $out == *"already shaped by namespace cni-"* ]]; then
         ok "podman: target resolves (and meets the CNI entry's tree)"
     else
         fail "podman: target resolves" "$out"
