@@ -10,7 +10,7 @@ failed=0
 declare -a daemons=()
 declare -a policies=()
 # The host's end of docker0 (our bip): the iperf3 server listens there, and only there.
-gw=198.19.250.1
+gw=198.18.250.1
 
 log() { echo "runtime: $*" >&2; }
 ok() { echo "ok - $1"; }
@@ -299,7 +299,7 @@ fi
 # ---------------------------------------------------------------------------------------------
 # 6. Podman (CNI backend) with netshape chained after the bridge plugin; stop/rm leave nothing.
 net=$RT_PREFIX-net
-$P network create --subnet 198.19.240.0/24 "$net" >/dev/null
+$P network create --subnet 198.18.240.0/24 "$net" >/dev/null
 conf=/etc/cni/net.d/$net.conflist
 python3 - "$conf" <<'PY'
 import json, sys
@@ -312,12 +312,12 @@ pod=$RT_PREFIX-pod
 cni_cgroups() { ls "$cg/netshape" 2>/dev/null | grep '^cni-' | sort; }
 cni_cgroups >"$RT_WORK/cni-cgroups.before"
 if $P run -d --name "$pod" --network "$net" "localhost/$RT_IMAGE" sleep 600 >/dev/null 2>"$RT_WORK/podman.err"; then
-    iperf3 -s -1 -B 198.19.240.1 -p 5405 >/dev/null 2>&1 &
+    iperf3 -s -1 -B 198.18.240.1 -p 5405 >/dev/null 2>&1 &
     sleep 0.5
-    up=$($P exec "$pod" iperf3 -c 198.19.240.1 -p 5405 -t 3 -J 2>/dev/null | mbits)
-    iperf3 -s -1 -B 198.19.240.1 -p 5406 >/dev/null 2>&1 &
+    up=$($P exec "$pod" iperf3 -c 198.18.240.1 -p 5405 -t 3 -J 2>/dev/null | mbits)
+    iperf3 -s -1 -B 198.18.240.1 -p 5406 >/dev/null 2>&1 &
     sleep 0.5
-    down=$($P exec "$pod" iperf3 -c 198.19.240.1 -p 5406 -t 3 -J -R 2>/dev/null | mbits)
+    down=$($P exec "$pod" iperf3 -c 198.18.240.1 -p 5406 -t 3 -J -R 2>/dev/null | mbits)
     echo "measured: podman + chained netshape egress $up/20, ingress $down/10 Mbit/s"
     if within "$up" 17 20.5 && within "$down" 8.5 10.25; then
         ok "podman with netshape chained shapes both ways"
