@@ -141,7 +141,10 @@ else
     echo "measured: after docker restart, shaped again $followed s after it returned; egress $up/20 Mbit/s"
     if ! within "$up" 17 20.5; then
         fail "docker restart followed by the daemon" "egress after restart $up/20 Mbit/s"
-    elif ls -l /proc/"$d1"/fd 2>/dev/null | grep -q "net:\[$old_ino\]"; then
+    # The kernel reuses a freed namespace's inode number: the new namespace having the old one's
+    # number proves the old was freed; otherwise no fd of the daemon may name it.
+    elif new_ino=$(netns_inode "$new_pid") && [[ $new_ino != "$old_ino" ]] &&
+        ls -l /proc/"$d1"/fd 2>/dev/null | grep -q "net:\[$old_ino\]"; then
         fail "docker restart followed by the daemon" "the daemon still holds the old namespace net:[$old_ino] open"
     elif ! grep -q "docker: container" "$RT_WORK/daemon-web.log"; then
         fail "docker restart followed by the daemon" "no reconcile on a docker event in the log"
