@@ -274,8 +274,8 @@ public struct ContainerRuntimes: Sendable {
     public var podman: String
 
     public init(
-        dockerSocket: String = Environment.get("NETSHAPE_DOCKER_SOCKET") ?? "/var/run/docker.sock",
-        podman: String = Environment.get("NETSHAPE_PODMAN") ?? "podman"
+        dockerSocket: String = Environment.value("NETSHAPE_DOCKER_SOCKET") ?? "/var/run/docker.sock",
+        podman: String = Environment.value("NETSHAPE_PODMAN") ?? "podman"
     ) {
         self.dockerSocket = dockerSocket
         self.podman = podman
@@ -427,11 +427,6 @@ public struct ContainerRuntimes: Sendable {
         }
         return out + "\""
     }
-}
-
-/// Environment variables (read once; netshape never sets them).
-public enum Environment {
-    public static func get(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
 }
 
 /// Runs `argv` (looked up in PATH) to completion: its exit status, standard output and error.
