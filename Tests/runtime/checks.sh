@@ -343,10 +343,11 @@ EOF
         fail "podman: target resolves" "$out"
     fi
     pod_id=$($P inspect -f '{{.Id}}' "$pod")
-    had=$(grep -c "\"cni:$pod_id\"" /run/netshape/ownership.json)
+    # CNI attachments are recorded as cni:NETWORK:CONTAINERID:IFNAME.
+    had=$(grep -c "\"cni:[^\"]*$pod_id" /run/netshape/ownership.json)
     new_cgroups=$(comm -13 "$RT_WORK/cni-cgroups.before" <(cni_cgroups) | wc -l)
     $P stop -t 1 "$pod" >/dev/null
-    left=$(grep -c "\"cni:$pod_id\"" /run/netshape/ownership.json)
+    left=$(grep -c "\"cni:[^\"]*$pod_id" /run/netshape/ownership.json)
     cgs=$(comm -13 "$RT_WORK/cni-cgroups.before" <(cni_cgroups) | wc -l)
     $P rm -f "$pod" >/dev/null
     if ((had == 1 && left == 0 && cgs == 0)); then
