@@ -124,7 +124,8 @@ struct Session {
         // hung filesystem) is reported without ever holding up other netshape commands. A missing
         // one is the engine's to judge (provision creates it, the daemon waits for it).
         if lock {
-            for ns in policy.namespaces {
+            // Containers are asked of their runtime at each observation instead.
+            for ns in policy.namespaces where ns.netns.container == nil {
                 do { _ = try NetworkNamespace(ns.netns) } catch let e as KernelError where e.errno == ENOENT {}
             }
         }

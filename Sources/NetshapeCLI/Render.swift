@@ -187,6 +187,7 @@ enum Render {
                 "namespace \(ns.name): netns \(ns.netns), dev \(ns.device), egress \(bits(ns.egress)), htb \(ns.handle), "
                     + "classifier \(ns.classifier == "cgroup" ? "cls_cgroup" : ns.classifier == "bpf" ? "cls_bpf" : "none")"
                     + (ns.applied ? "" : " (NOT APPLIED)"))
+            if let r = ns.resolved { out.append("  \(r)" + (ns.hostDevice.map { ", host veth \($0)" } ?? "")) }
             var rows = [["  class", "classid", "rate", "ceil", "now", "bytes", "packets", "drops", "pids"]]
             for c in ns.classes {
                 rows.append([

@@ -221,6 +221,10 @@ public struct ObservedState: Sendable, Equatable {
     public var ownership: OwnershipRecord
     /// For namespaces with `provision`: what of it exists now.
     public var provision: [String: ObservedProvision] = [:]
+    /// For container targets: where the runtime said the container is (`pid 412, /proc/412/ns/net`).
+    public var resolved: [String: String] = [:]
+    /// What the machine does that the user should know about (a firewall that blocks a bridge).
+    public var notes: [String] = []
 
     public init(
         namespaces: [String: ObservedNamespace] = [:], cgroups: [String: ObservedCgroup] = [:],

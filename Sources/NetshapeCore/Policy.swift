@@ -64,14 +64,29 @@ public enum NetnsTarget: Sendable, Hashable, Codable, CustomStringConvertible {
     case path(String)
     /// The namespace of a running process: `/proc/PID/ns/net`.
     case pid(Int32)
+    /// A Docker container by name or id (`docker:NAME`), asked of the Docker Engine API each time
+    /// netshape observes: its namespace changes with every restart.
+    case docker(String)
+    /// A Podman container by name or id (`podman:NAME`), asked of `podman inspect` each time.
+    case podman(String)
 
-    /// The file that names this namespace (nil for the host: netshape's own namespace).
+    /// The file that names this namespace (nil for the host, and for a container, whose file is
+    /// known only by asking its runtime: see `container`).
     public var path: String? {
         switch self {
-        case .host: return nil
+        case .host, .docker, .podman: return nil
         case .named(let n): return "/run/netns/\(n)"
         case .path(let p): return p
         case .pid(let p): return "/proc/\(p)/ns/net"
+        }
+    }
+
+    /// The runtime and container name or id of a container target.
+    public var container: (runtime: ContainerRuntimeKind, reference: String)? {
+        switch self {
+        case .docker(let r): return (.docker, r)
+        case .podman(let r): return (.podman, r)
+        default: return nil
         }
     }
 
@@ -81,6 +96,8 @@ public enum NetnsTarget: Sendable, Hashable, Codable, CustomStringConvertible {
         case .named(let n): return n
         case .path(let p): return p
         case .pid(let p): return "pid:\(p)"
+        case .docker(let r): return "docker:\(r)"
+        case .podman(let r): return "podman:\(r)"
         }
     }
 }
@@ -123,12 +140,18 @@ public struct NamespacePolicy: Sendable, Equatable {
     public var leaf: LeafChoice?
     public var provision: Provision?
     public var classes: [ClassPolicy]
+    /// `containers`: a template for every container the selector matches (nil: one namespace).
+    public var containers: ContainerSelector?
+    /// For an instance of a `containers` entry: the entry's name and the container it shapes.
+    public var instanceOf: ContainerInstance?
 
     public init(
         name: String, netns: NetnsTarget, device: String? = nil, egress: Rate, ingress: Rate? = nil,
         defaultClass: String? = nil, leaf: LeafChoice? = nil, provision: Provision? = nil,
-        classes: [ClassPolicy] = []
+        classes: [ClassPolicy] = [], containers: ContainerSelector? = nil, instanceOf: ContainerInstance? = nil
     ) {
+        self.containers = containers
+        self.instanceOf = instanceOf
         self.name = name
         self.netns = netns
         self.device = device

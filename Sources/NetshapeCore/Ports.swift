@@ -77,6 +77,13 @@ public protocol KernelPort: AnyObject {
     func loadOwnership() throws -> OwnershipRecord
     /// Persists the ownership record (before the objects it names are created).
     func saveOwnership(_ record: OwnershipRecord) throws
+    /// The running containers `selector` matches (for `containers` entries).
+    func containers(matching selector: ContainerSelector) throws -> [ContainerInfo]
+}
+
+extension KernelPort {
+    /// No container runtime: nothing matches (the in-memory fake and other ports without one).
+    public func containers(matching selector: ContainerSelector) throws -> [ContainerInfo] { [] }
 }
 
 /// errno values the engine branches on. Core and the engine import no libc, and these numbers

@@ -335,6 +335,7 @@ public struct Daemon {
         }
         defer { if mountedDynmods { FastMigrations.disable() } }
         let kernel = LinuxKernel(settings: policy.settings)
+        let runtimes = kernel.runtimes
         let classifier = ExecClassifier(logger: logger)
         let core = DaemonCore(
             policy: policy, path: path, engine: Engine(kernel: kernel, logger: logger),
@@ -345,6 +346,7 @@ public struct Daemon {
             ProcEventService(core: core, classifier: classifier, logger: logger),
             ReconcileService(core: core, interval: interval, logger: logger),
             ReloadService(core: core, logger: logger),
+            ContainerEventService(core: core, runtimes: runtimes, logger: logger),
         ]
         if let usec = SystemdNotify.watchdogMicroseconds {
             services.append(WatchdogService(core: core, microseconds: usec))

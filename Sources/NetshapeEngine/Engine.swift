@@ -88,6 +88,7 @@ public final class Engine {
         -> PlanResult
     {
         let caps = try kernel.capabilities()
+        var policy = try expandingContainers(policy)
         // Entries recorded for this policy that it no longer has are removed like `reset` removes them.
         let path = policyPath ?? policy.source
         let record = try kernel.loadOwnership()
@@ -97,7 +98,6 @@ public final class Engine {
         request.namespaces += retired.map { Self.request(for: $0, record: record.namespaces[$0], policy: nil) }
         if !retired.isEmpty { request.processes = true }
         var observed = try kernel.observe(request)
-        var policy = policy
         var skipped: [String: String] = [:]
         if options.skipUnreachable {
             for ns in policy.namespaces where ns.provision == nil {
@@ -108,7 +108,7 @@ public final class Engine {
         var desired = try Planner.plan(policy, capabilities: caps, previous: observed.previousAssignments(for: policy))
         try Differ.checkClaims(desired, observed, policyPath: path)
         let (provisioning, notes) = Differ.provisioning(desired, observed)
-        desired.notes += notes
+        desired.notes += notes + observed.notes
         if !provisioning.isEmpty { observed = Self.assumingProvisioned(observed, desired, provisioning) }
         let ops = try Differ.diff(
             desired, observed, matcher: Self.matcher(policy, observed),
@@ -146,6 +146,8 @@ public final class Engine {
     public func apply(_ policy: Policy, policyPath: String, options: ApplyOptions = ApplyOptions()) throws
         -> ApplyReport
     {
+        // Expanded once, so that the plan, the record and the verification see the same instances.
+        let policy = try expandingContainers(policy)
         var plan = try self.plan(policy, policyPath: policyPath, options: options)
         var report = ApplyReport(
             performed: [], vanished: [], notes: plan.desired.notes, remaining: [],
@@ -192,6 +194,11 @@ public final class Engine {
         if let (op, error) = perform(retiring, &done, &report) { throw fail(op, error) }
         if !plan.retired.isEmpty {
             for op in retiring { Self.forget(op, in: &record) }
+            // As in reset: a tree whose namespace is gone (a removed container's) went with it.
+            for name in plan.retired where plan.observed.namespaces[name]?.problem != nil {
+                record.namespaces[name]?.egress = nil
+                record.namespaces[name]?.ingress = nil
+            }
             for name in plan.retired where record.namespaces[name]?.isEmpty ?? true { record.namespaces[name] = nil }
             try kernel.saveOwnership(record)
         }

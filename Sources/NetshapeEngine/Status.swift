@@ -55,6 +55,10 @@ public struct NamespaceStatus: Sendable, Codable, Equatable {
     public var policy: String? = nil
     /// Why this record has nobody to answer for it (policy file gone, namespace gone), with what to run.
     public var orphaned: String? = nil
+    /// For a container target: where its runtime says it is (pid and namespace file).
+    public var resolved: String? = nil
+    /// The veth peer of the namespace's device in the host namespace, when it has one.
+    public var hostDevice: String? = nil
 }
 
 /// The whole status report.
@@ -73,6 +77,7 @@ extension Engine {
     /// (two dumps `sleep` apart), and member pids.
     public func status(_ policy: Policy, interval: Double, sleep: (Double) -> Void) throws -> StatusReport {
         let caps = try kernel.capabilities()
+        let policy = try expandingContainers(policy)
         let request = ObservationRequest(policy: policy, processes: false)
         let first = try kernel.observe(request)
         var second = first
@@ -139,7 +144,9 @@ extension Engine {
                     name: ns.name, netns: ns.target.description, device: seen.device, handle: "\(ns.qdisc.handle)",
                     classifier: filter?.kind ?? "none", egress: ns.egress.bitsPerSecond,
                     ingress: ns.ingress?.bitsPerSecond,
-                    applied: applied, problem: nil, classes: classes, ingressShaping: ingress))
+                    applied: applied, problem: nil, classes: classes, ingressShaping: ingress,
+                    resolved: second.resolved[ns.name],
+                    hostDevice: seen.ingress?.placement == .peer ? seen.ingress?.device : nil))
         }
         return StatusReport(namespaces: out, interval: interval)
     }

@@ -47,6 +47,12 @@ public final class LinuxKernel: KernelPort {
     var hierarchy: NetClsHierarchy?
     var cachedCapabilities: KernelCapabilities?
     let procs = ProcScanner()
+    /// Docker and Podman, for `docker:`/`podman:` targets and `containers` selectors.
+    public var runtimes = ContainerRuntimes()
+    /// Container target → the namespace file it resolved to last (the key of its sockets).
+    var containerKeys: [NetnsTarget: String] = [:]
+    /// Policy namespace name → the container its target resolved to in the last observation.
+    public private(set) var resolvedContainers: [String: ResolvedContainer] = [:]
 
     public init(settings: Settings, state: StateStore = StateStore()) {
         self.settings = settings
@@ -116,6 +122,15 @@ public final class LinuxKernel: KernelPort {
 
     /// Sockets inside `target`, opened once.
     func sockets(_ target: NetnsTarget, label: String) throws -> Sockets {
+        // A container is asked of its runtime every time: a restart gives it a new namespace and
+        // pid. The sockets of the namespace it left are closed, so that namespace can go away.
+        if let (runtime, ref) = target.container {
+            let c = try runtimes.resolve(runtime, ref)
+            if let previous = containerKeys[target], previous != c.netnsPath { sockets[previous] = nil }
+            containerKeys[target] = c.netnsPath
+            resolvedContainers[label] = c
+            return try sockets(.path(c.netnsPath), label: label)
+        }
         let key = target.path ?? "host"
         if let s = sockets[key] { return s }
         let ns = try NetworkNamespace(target)
@@ -160,7 +175,7 @@ public final class LinuxKernel: KernelPort {
     /// Forgets cached handles of a namespace whose namespace or devices were created or deleted.
     func forget(_ name: String) {
         contexts[name] = nil
-        if let r = requests[name] { sockets[r.target.path ?? "host"] = nil }
+        if let r = requests[name] { sockets[containerKeys[r.target] ?? r.target.path ?? "host"] = nil }
     }
 
     // MARK: - Observation
@@ -185,7 +200,12 @@ public final class LinuxKernel: KernelPort {
         let byNamespace = request.processes ? procs.scan() : [:]
         for r in request.namespaces {
             requests[r.name] = r
+            // Where a container is can change between any two observations (sockets() asks again).
+            resolvedContainers[r.name] = nil
             if let p = r.provision { state.provision[r.name] = try observeProvision(r, p) }
+            if let b = r.provision?.bridge, let note = Firewall.bridgeNote(b), !state.notes.contains(note) {
+                state.notes.append(note)
+            }
             do {
                 let c = try context(r)
                 let qdiscs = try c.route.qdiscs(ifindex: c.ifindex, device: c.device)
@@ -201,6 +221,11 @@ public final class LinuxKernel: KernelPort {
             } catch let e as KernelError where e.code == .notFound {
                 forget(r.name)
                 state.namespaces[r.name] = ObservedNamespace(name: r.name, problem: e.reason)
+            }
+            if let c = resolvedContainers[r.name] {
+                state.resolved[r.name] =
+                    "\(c.runtime.rawValue) container \(c.name) (\(c.id.prefix(12))), pid \(c.pid), \(c.netnsPath)"
+                    + (c.sharesNetnsWith.map { ", sharing the network namespace of \($0)" } ?? "")
             }
         }
         for u in request.users {
@@ -248,6 +273,10 @@ public final class LinuxKernel: KernelPort {
 
     public func loadOwnership() throws -> OwnershipRecord { try state.loadOwnership() }
     public func saveOwnership(_ record: OwnershipRecord) throws { try state.saveOwnership(record) }
+
+    public func containers(matching selector: ContainerSelector) throws -> [ContainerInfo] {
+        try runtimes.list(selector)
+    }
 
     // MARK: - Execution
 

@@ -57,6 +57,10 @@ public final class NetworkNamespace {
         self.target = target
         // The host is the namespace netshape was started in: the main thread's, which is only
         // ever changed by `netshape run` right before exec.
+        // A container target must be resolved to its namespace file first (LinuxKernel.sockets).
+        guard target == .host || target.path != nil else {
+            throw KernelError(.state, "open(\(target))", reason: "container target \(target) was not resolved")
+        }
         let path = target.path ?? "/proc/self/ns/net"
         let fd = try Self.openBounded(path, target: target)
         var st = stat()

@@ -247,6 +247,7 @@ struct Validator {
     static let settingsKeys = ["classifier", "cgroup_root", "leaf"]
     static let namespaceKeys = [
         "name", "netns", "device", "egress", "ingress", "default", "leaf", "provision", "class",
+        "containers",
     ]
     static let provisionKeys = ["address", "host_device", "host_address", "bridge", "gateway"]
     static let classKeys = ["name", "rate", "ceil", "burst", "cburst", "priority", "leaf", "match"]
@@ -374,9 +375,26 @@ struct Validator {
             } else {
                 error(
                     path + ["netns"],
-                    "\(label): netns must be \"host\", an `ip netns` name, an absolute path to a namespace file, or \"pid:N\"; \"\(n)\" is none of these"
+                    "\(label): netns must be \"host\", an `ip netns` name, an absolute path to a namespace file, \"pid:N\", \"docker:NAME\" or \"podman:NAME\" (a container name or id); \"\(n)\" is none of these"
                 )
             }
+        }
+        var selector: ContainerSelector?
+        if let c = string(t, path, "containers") {
+            selector = containerSelector(c, path + ["containers"], label: label)
+            if t["netns"] != nil {
+                error(
+                    path + ["containers"],
+                    "\(label): containers and netns exclude each other (each container is its own netns)")
+            }
+            if let n = name, n.count > containerEntryNameLimit {
+                error(
+                    path + ["name"],
+                    "\(label): a containers entry's name has at most \(containerEntryNameLimit) characters, because each container's instance is named NAME-SHORTID (12 digits)"
+                )
+            }
+            // Never resolvable (container names have no '='), so an unexpanded template can only ever be "not running".
+            if let sel = selector { target = sel.runtime.target(sel.description) }
         }
         var device: String?
         if let d = string(t, path, "device") {
@@ -469,7 +487,34 @@ struct Validator {
         guard let n = name, let e = egress else { return nil }
         return NamespacePolicy(
             name: n, netns: target, device: device, egress: e, ingress: ingress,
-            defaultClass: defaultClass, leaf: leafChoice, provision: provision, classes: classes)
+            defaultClass: defaultClass, leaf: leafChoice, provision: provision, classes: classes,
+            containers: selector)
+    }
+
+    /// `docker:label=KEY=VALUE,label=KEY`: a runtime and one or more labels, all required.
+    mutating func containerSelector(_ s: String, _ path: [String], label: String) -> ContainerSelector? {
+        let usage =
+            "\(label): containers must be \"docker:label=KEY=VALUE\" or \"podman:label=KEY\" (several labels comma-separated, all required)"
+        guard let colon = s.firstIndex(of: ":"), let runtime = ContainerRuntimeKind(rawValue: String(s[..<colon]))
+        else {
+            error(path, "\(usage); \"\(s)\" names no runtime")
+            return nil
+        }
+        var labels: [String: String?] = [:]
+        for term in s[s.index(after: colon)...].split(separator: ",", omittingEmptySubsequences: false) {
+            guard term.hasPrefix("label="), term.count > 6 else {
+                error(path, "\(usage); \"\(term)\" is not label=KEY or label=KEY=VALUE")
+                return nil
+            }
+            let kv = term.dropFirst(6)
+            let key = kv.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            guard let k = key.first, !k.isEmpty, !k.contains(where: { $0 == " " || $0 == "," }) else {
+                error(path, "\(usage); \"\(term)\" has an empty or blank label key")
+                return nil
+            }
+            labels[String(k)] = key.count > 1 ? String(key[1]) : nil
+        }
+        return ContainerSelector(runtime: runtime, labels: labels)
     }
 
     func netnsTarget(_ s: String) -> NetnsTarget? {
@@ -481,6 +526,14 @@ struct Validator {
         // A NUL would silently cut the path or name where the kernel reads it.
         if s.utf8.contains(0) { return nil }
         if s.hasPrefix("/") { return s.split(separator: "/").contains("..") ? nil : .path(s) }
+        for runtime in ContainerRuntimeKind.allCases where s.hasPrefix(runtime.rawValue + ":") {
+            // Docker's and Podman's name rule ([a-zA-Z0-9][a-zA-Z0-9_.-]*), which a hex id also meets.
+            let ref = s.dropFirst(runtime.rawValue.count + 1)
+            guard let first = ref.first, first.isASCII, first.isLetter || first.isNumber,
+                ref.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "_.-".contains($0)) })
+            else { return nil }
+            return runtime.target(String(ref))
+        }
         // `ip netns` names are files in /run/netns: no '/', not '.' or '..' (iproute2 netns_name_valid).
         guard !s.isEmpty, !s.contains("/"), s != ".", s != "..", s.utf8.count <= 255 else { return nil }
         return .named(s)

@@ -147,3 +147,71 @@ import Testing
         #expect(throws: KernelError.self) { try h.create("netshape/../../etc", classid: .unspecified) }
     }
 }
+
+/// The HTTP/1.1 client for dockerd's socket: responses as dockerd 20.10 sends them.
+@Suite struct UnixHTTPTests {
+    func bytes(_ s: String) -> [UInt8] { Array(s.utf8) }
+
+    /// `curl --unix-socket /var/run/docker.sock -i localhost/containers/x/json` (headers trimmed).
+    @Test func contentLengthResponse() throws {
+        let r = try HTTPResponse.parse(
+            bytes(
+                "HTTP/1.1 404 Not Found\r\nApi-Version: 1.41\r\nContent-Length: 34\r\n\r\n"
+                    + "{\"message\":\"No such container: x\"}\r\n\r\n--trailing"),
+            what: "test")
+        #expect(r.status == 404)
+        #expect(r.headers["api-version"] == "1.41")
+        #expect(String(decoding: r.body, as: UTF8.self) == "{\"message\":\"No such container: x\"}")
+    }
+
+    @Test func chunkedResponse() throws {
+        let r = try HTTPResponse.parse(
+            bytes("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n[{}]\r\n3;ext=1\r\n,{}\r\n0\r\n\r\n"),
+            what: "test")
+        #expect(r.status == 200)
+        #expect(String(decoding: r.body, as: UTF8.self) == "[{}],{}")
+    }
+
+    @Test func notHTTPIsAnError() {
+        #expect(throws: KernelError.self) { try HTTPResponse.parse(bytes("SSH-2.0-OpenSSH\r\n\r\n"), what: "test") }
+        #expect(throws: KernelError.self) { try HTTPResponse.parse(bytes("HTTP/1.1 200 OK\r\n"), what: "test") }
+    }
+
+    /// `/events` arrives one chunk per event, split anywhere by the socket.
+    @Test func chunkedDecoderAcrossArbitrarySplits() throws {
+        let wire = bytes("1b\r\n{\"Action\":\"start\",\"id\":\"1\"}\r\n19\r\n{\"Action\":\"die\",\"id\":\"1\"}\r\n")
+        for split in 1..<wire.count {
+            var d = ChunkedDecoder()
+            var out = try d.feed(Array(wire[..<split]), what: "t")
+            out += try d.feed(Array(wire[split...]), what: "t")
+            #expect(
+                String(decoding: out, as: UTF8.self)
+                    == "{\"Action\":\"start\",\"id\":\"1\"}{\"Action\":\"die\",\"id\":\"1\"}")
+        }
+        var d = ChunkedDecoder()
+        #expect(throws: KernelError.self) { try d.feed(bytes("zz\r\n"), what: "t") }
+    }
+
+    @Test func filtersArePercentEncoded() {
+        #expect(percentEncoded("{\"label\":[\"a=b\"]}") == "%7B%22label%22%3A%5B%22a%3Db%22%5D%7D")
+        #expect(percentEncoded("web-1_x.y~") == "web-1_x.y~")
+    }
+
+    @Test func aMissingSocketReadsAsNotRunning() throws {
+        let c = UnixHTTPClient(socketPath: "/nonexistent/netshape-test/docker.sock", service: "Docker")
+        do {
+            _ = try c.get("/_ping")
+            Issue.record("connect to a missing socket succeeded")
+        } catch let e as KernelError {
+            #expect(e.code == .notFound)
+            #expect(e.errno == ENOENT)
+            #expect(e.reason.contains("cannot reach Docker at /nonexistent/netshape-test/docker.sock"))
+        }
+    }
+
+    @Test func runProgramKeepsStatusAndOutput() throws {
+        let (status, out, err) = try runProgram(["sh", "-c", "echo out; echo err >&2; exit 3"])
+        #expect(status == 3 && out == "out\n" && err == "err\n")
+        #expect(throws: KernelError.self) { try runProgram(["netshape-no-such-program-x"]) }
+    }
+}

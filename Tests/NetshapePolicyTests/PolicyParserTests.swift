@@ -283,3 +283,54 @@ func readFile(_ path: String) -> String? {
 #if canImport(Glibc)
     import Glibc
 #endif
+
+/// `docker:` / `podman:` targets and `containers` selectors (issue 12).
+@Suite struct ContainerPolicyTests {
+    func one(_ lines: String) -> String {
+        "version = 1\n[[namespace]]\nname = \"web\"\negress = \"20mbit\"\n" + lines + "\n"
+    }
+
+    @Test func containerTargetsParse() throws {
+        #expect(try parse(one("netns = \"docker:web-1\"")).namespaces[0].netns == .docker("web-1"))
+        #expect(try parse(one("netns = \"podman:db.2_x\"")).namespaces[0].netns == .podman("db.2_x"))
+        let id = String(repeating: "ab", count: 32)
+        #expect(try parse(one("netns = \"docker:\(id)\"")).namespaces[0].netns == .docker(id))
+    }
+
+    @Test(arguments: ["docker:", "docker:-x", "docker:a/b", "podman:a b", "docker:é"])
+    func badContainerReferencesAreRejected(_ target: String) throws {
+        let d = try #require(firstDiagnostic(one("netns = \"\(target)\"")))
+        #expect(d.key == "namespace.netns")
+        #expect(d.message.contains("\"docker:NAME\""))
+    }
+
+    @Test func selectorParses() throws {
+        let p = try parse(one("containers = \"docker:label=tier=batch,label=team,label=a=b=c\""))
+        let sel = try #require(p.namespaces[0].containers)
+        #expect(sel == ContainerSelector(runtime: .docker, labels: ["tier": "batch", "team": nil, "a": "b=c"]))
+        // Never a real container name: an unexpanded template can only be "not running".
+        #expect(p.namespaces[0].netns == .docker(sel.description))
+    }
+
+    @Test(arguments: [
+        ("containers = \"docker:tier=batch\"", "is not label=KEY"),
+        ("containers = \"lxc:label=a\"", "names no runtime"),
+        ("containers = \"docker:label=\"", "is not label=KEY"),
+        ("containers = \"docker:label==x\"", "empty or blank label key"),
+        ("containers = \"docker:label=a\"\nnetns = \"host\"", "exclude each other"),
+    ])
+    func badSelectorsAreRejected(_ lines: String, _ message: String) throws {
+        let d = try #require(firstDiagnostic(one(lines)))
+        #expect(d.message.contains(message), "\(d.message)")
+    }
+
+    @Test func aSelectorEntryNameLeavesRoomForTheShortID() throws {
+        let long = String(repeating: "n", count: containerEntryNameLimit + 1)
+        let text =
+            "version = 1\n[[namespace]]\nname = \"\(long)\"\negress = \"1mbit\"\ncontainers = \"docker:label=a\"\n"
+        let d = try #require(firstDiagnostic(text))
+        #expect(d.message.contains("at most \(containerEntryNameLimit) characters"))
+        let ok = String(repeating: "n", count: containerEntryNameLimit)
+        #expect(throws: Never.self) { try parse(text.replacingOccurrences(of: long, with: ok)) }
+    }
+}
