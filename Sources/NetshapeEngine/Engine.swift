@@ -109,6 +109,13 @@ public final class Engine {
         try Differ.checkClaims(desired, observed, policyPath: path)
         let (provisioning, notes) = Differ.provisioning(desired, observed)
         desired.notes += notes + observed.notes
+        for ns in policy.namespaces where ns.netns == .host && ns.device == nil {
+            // The host's default-route device is its uplink: say so rather than shape it silently.
+            guard let dev = observed.namespaces[ns.name]?.device, !dev.isEmpty else { continue }
+            desired.notes.append(
+                "namespace \(ns.name): no device given: shaping \(dev), the host's default-route device "
+                    + "(write device = \"\(dev)\" to pin it)")
+        }
         if !provisioning.isEmpty { observed = Self.assumingProvisioned(observed, desired, provisioning) }
         let ops = try Differ.diff(
             desired, observed, matcher: Self.matcher(policy, observed),

@@ -46,6 +46,7 @@ extension ApplyIntegrationTests {
         let applied = try run(nsenter + ["apply", path])
         #expect(applied.status == 0, "\(applied.err)")
         #expect(applied.out.contains("dev veth0"), "the default-route device was chosen: \(applied.out)")
+        #expect(applied.out.contains("no device given: shaping veth0"), "and it says so: \(applied.out)")
         #expect(try rootQdisc(s).contains("htb"))
         let hostRoot = try must([tc, "qdisc", "show", "dev", "lo"])
         #expect(!hostRoot.contains("htb"), "the real host was not touched")
