@@ -28,25 +28,37 @@ extension DaemonCore {
         guard let cni else { return [] }
         let (records, unreadable) = cni.store.load()
         var out: [AttachmentState] = []
-        var problems = unreadable
+        var status = unreadable
         for (name, a) in records.sorted(by: { $0.key < $1.key }) {
             do {
                 let p = try cni.policy(a)
                 let report = try engine.apply(
                     p, policyPath: a.owner, options: ApplyOptions(skipUnreachable: true))
+                if let problem = report.skipped.values.first {
+                    status[name] = "pod \(a.containerID): \(problem)"
+                    continue
+                }
                 let changes = report.performed.filter { !$0.isMembership }.count
                 if changes > 0 { logger.notice("\(reason): made \(changes) change(s) to pod \(a.containerID)") }
                 let moved = report.performed.count - changes
                 if moved > 0 { logger.info("\(reason): classified \(moved) process(es) of pod \(a.containerID)") }
                 if let state = report.state { out.append(AttachmentState(policy: p, state: state)) }
+                status[name] = ""
             } catch {
-                problems[name] = "pod \(a.containerID) (\(a.netns)): \(error)"
+                status[name] = "pod \(a.containerID) (\(a.netns)): \(error)"
             }
         }
-        for (name, problem) in problems where attachmentProblems[name] != problem {
-            logger.warning("CNI attachment \(name) is not shaped by the daemon: \(problem)")
+        for (name, problem) in status where attachmentStatus[name] != problem {
+            if problem.isEmpty {
+                logger.notice("following CNI attachment \(name) (pod \(records[name]?.containerID ?? "?"))")
+            } else {
+                logger.warning("CNI attachment \(name) is not shaped by the daemon: \(problem)")
+            }
         }
-        attachmentProblems = problems
+        for name in attachmentStatus.keys where status[name] == nil {
+            logger.notice("CNI attachment \(name) is gone (DEL): no longer followed")
+        }
+        attachmentStatus = status
         return out
     }
 

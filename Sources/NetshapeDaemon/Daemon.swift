@@ -75,9 +75,9 @@ actor DaemonCore {
     let classifier: ExecClassifier
     let logger: Logger
     var waiting: [String: String] = [:]
-    /// The CNI plugin's pod attachments (see CNIAttachments.swift), and why some are not shaped.
+    /// The CNI plugin's pod attachments (see CNIAttachments.swift): name → "" when followed, else why not.
     var cni: CNIAttachments?
-    var attachmentProblems: [String: String] = [:]
+    var attachmentStatus: [String: String] = [:]
 
     init(policy: Policy, path: String, engine: Engine, state: StateStore, classifier: ExecClassifier, logger: Logger) {
         self.policy = policy

@@ -9,7 +9,11 @@ import Testing
 // `nodecap-*` with a veth pair d0/d1; policy: classifier "bpf", egress 10mbit on d0, two classes):
 //
 //   strace -f -X raw -s 65536 -e trace=sendto,recvfrom,sendmsg,recvmsg -e write=all \
-//       netshape apply|status|daemon POLICY        (netshape built with libmnl, commit a613c98)
+//       netshape apply|status|daemon POLICY
+//
+// The requests (cls_bpf add, filter dump, proc connector subscribe) were captured from netshape
+// built with libmnl (commit a613c98): the new layer sends the same bytes. The kernel's replies
+// come from a second run (strace printed them decoded; rebuilt from header fields + payload).
 //   strace … ip netns exec NS tc filter del dev d0 parent 245b: protocol all prio 16606 handle 1 bpf
 //   strace … ip netns exec NS tc qdisc add dev d0 root handle 245b: htb     (exists: EEXIST + ext-ACK)
 //
@@ -118,7 +122,8 @@ final class ReplayTransport: NetlinkTransport {
                 0x00, 0x00, 0x5B, 0x24,  // tcm_parent = 245b:
                 0x00, 0x00, 0x00, 0x00,  // tcm_info = 0: every priority and protocol
             ])
-        #expect(masked(m.bytes) == masked(hex("240000002e000103e6ed0e6b0000000000000000030000000000000000005b2400000000")))
+        #expect(
+            masked(m.bytes) == masked(hex("240000002e000103e6ed0e6b0000000000000000030000000000000000005b2400000000")))
     }
 
     @Test func deleteFilterMatchesIproute2() {
@@ -187,13 +192,15 @@ final class ReplayTransport: NetlinkTransport {
         let m = try #require(try NetlinkMessage.parse(hex(Captures.eexistWithExtAck)).first)
         let ack = try #require(NetlinkAck(m))
         #expect(ack.errno == EEXIST)
-        #expect(ack.message == "Exclusivity flag on, cannot modify.")
+        #expect(ack.message == "Exclusivity flag on, cannot modify")  // tc adds the final "."
         let t = ReplayTransport(replies: [.success(hex(Captures.eexistWithExtAck))])
         let s = FilterSocket(transport: t, namespace: "test", firstSeq: 1)
         let f = FilterSpec(parent: TCHandle(major: 0x245B, minor: 0), kind: .bpf, priority: 16606, handle: 1)
-        let e = try #require(throws: KernelError.self) { try s.addBpfFilter(ifindex: 3, device: "d0", f, programFD: 12) }
+        let e = try #require(throws: KernelError.self) {
+            try s.addBpfFilter(ifindex: 3, device: "d0", f, programFD: 12)
+        }
         #expect(e.code == .netlinkSocket && e.errno == EEXIST)
-        #expect(e.reason == "Exclusivity flag on, cannot modify.")
+        #expect(e.reason == "Exclusivity flag on, cannot modify")
         #expect(e.operation.hasPrefix("tc filter add dev d0 parent 245b: protocol all prio 16606 handle 1 bpf"))
     }
 
@@ -267,15 +274,31 @@ final class ReplayTransport: NetlinkTransport {
 /// Captured datagrams (hex as strace/Python printed them).
 enum Captures {
     /// `tc filter del dev d0 parent 245b: protocol all prio 16606 handle 1 bpf` (iproute2 6.1).
-    static let tcFilterDel = "TODO"
-    /// The kernel's reply to the filter dump: the chain head of prio 16606, then the filter.
-    static let filterDumpReply = "TODO"
+    static let tcFilterDel =
+        "2c0000002d0005003af40e6b00000000 0000000003000000010000000000 5b240003de40 0800010062706600"
+    /// The kernel's reply to the filter dump: the chain head of prio 16606 (handle 0, TCA_KIND
+    /// and TCA_CHAIN 0), then the filter: TCA_KIND "bpf", TCA_CHAIN 0, TCA_OPTIONS { TCA_BPF_NAME
+    /// "netshape_classid", TCA_BPF_ID 180, TCA_BPF_TAG f1b5c2116e6ed318, TCA_BPF_FLAGS_GEN
+    /// not_in_hw }, as `tc filter show` printed it.
+    static let filterDumpReply = """
+        340000002c00020038f40e6b20770000 00000000030000000000000000005b240003de40 0800010062706600 08000b0000000000
+        6c0000002c00020038f40e6b20770000 00000000030000000100000000005b240003de40 0800010062706600 08000b0000000000
+        38000200 150007006e657473686170655f636c617373696400000000 08000b00b4000000 0c000a00f1b5c2116e6ed318
+        0800090008000000
+        """
     /// NLMSG_DONE closing the dump.
-    static let dumpDone = "TODO"
+    static let dumpDone = "140000000300020038f40e6b20770000 00000000"
     /// The ACK of the cls_bpf add (NLMSG_ERROR, error 0, CAPPED: only the request's header).
-    static let addAck = "TODO"
-    /// EEXIST with NLMSGERR_ATTR_MSG, the reply to `tc qdisc add … root handle 245b: htb` on d0.
-    static let eexistWithExtAck = "TODO"
+    static let addAck = "240000000200000138f40e6b0f770000 00000000 500000002c00050638f40e6b00000000"
+    /// EEXIST with NLMSGERR_ATTR_MSG, the reply to `tc qdisc add … root handle 245b: htb` on d0:
+    /// flags NLM_F_ACK_TLVS (not CAPPED: the whole 72-byte request follows the error), then
+    /// the text attribute (type 1, 39 bytes).
+    static let eexistWithExtAck = """
+        84000000020000023af40e6bc8770000 efffffff
+        48000000240005063af40e6b00000000 000000000300000000005b24ffffffff00000000 0800010068746200
+        1c00020018000200030000000a000000000000000000000000000000
+        270001004578636c7573697669747920666c6167206f6e2c2063616e6e6f74206d6f646966790000
+        """
     /// Proc connector datagrams: nlmsghdr (16) + cn_msg (20: idx 1, val 1, seq, ack, len 40,
     /// flags) + struct proc_event (what, cpu, timestamp_ns, then pid and tgid…).
     /// exec of /bin/true (what PROC_EVENT_EXEC = 0x2).
