@@ -63,13 +63,13 @@ extension ApplyIntegrationTests {
         let (added, addOut) = try netshapeCNI("ADD", id: id, netns: s.client, ifname: s.dev, config)
         defer { _ = try? netshapeCNI("DEL", id: id, netns: s.client, ifname: s.dev, config) }
         #expect(added == 0, "ADD: \(addOut)")
-        try waitFor(seconds: 10, "the daemon to follow the pod") { d.text.contains("following CNI attachment") }
         let name = try #require(
             try FileManager.default.contentsOfDirectory(atPath: "/run/netshape/cni").first { file in
                 let text = (try? String(contentsOfFile: "/run/netshape/cni/\(file)", encoding: .utf8)) ?? ""
                 return text.contains("\"containerID\":\"\(id)\"")
             }
         ).replacingOccurrences(of: ".json", with: "")
+        try waitFor(seconds: 10, "the daemon to follow the pod") { d.text.contains("following CNI attachment \(name)") }
         let cgroup = "/sys/fs/cgroup/net_cls/netshape/\(name)/capped"
         let classid = try #require(
             UInt32(
@@ -107,6 +107,8 @@ extension ApplyIntegrationTests {
         let (deleted, delOut) = try netshapeCNI("DEL", id: id, netns: s.client, ifname: s.dev, config)
         #expect(deleted == 0, "DEL: \(delOut)")
         #expect(!FileManager.default.fileExists(atPath: "/run/netshape/cni/\(name).json"), "DEL forgets the attachment")
-        try waitFor(seconds: 10, "the daemon to stop following the pod") { d.text.contains("no longer followed") }
+        try waitFor(seconds: 10, "the daemon to stop following the pod") {
+            d.text.contains("CNI attachment \(name) is gone")
+        }
     }
 }
