@@ -5,36 +5,11 @@ import Testing
 /// only runs at ADD; a process started in the pod later is classified by the running daemon,
 /// which follows the plugin's recorded attachments. Part of the serialized suite.
 extension ApplyIntegrationTests {
-    /// Runs the netshape binary as a CNI plugin on `netns`/`ifname`; returns (status, stdout).
-    func netshapeCNI(_ command: String, id: String, netns: String, ifname: String, _ config: [String: Any]) throws
-        -> (Int32, String)
-    {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: netshapeBinary)
-        var env = ProcessInfo.processInfo.environment
-        env["CNI_COMMAND"] = command
-        env["CNI_CONTAINERID"] = id
-        env["CNI_NETNS"] = "/run/netns/\(netns)"
-        env["CNI_IFNAME"] = ifname
-        env["CNI_PATH"] = Self.cniDir
-        p.environment = env
-        let inp = Pipe()
-        let out = Pipe()
-        p.standardInput = inp
-        p.standardOutput = out
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        inp.fileHandleForWriting.write(try JSONSerialization.data(withJSONObject: config))
-        try inp.fileHandleForWriting.close()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
-    }
-
     @Test(.requiresIperf3) func theDaemonClassifiesAPodsProcessesByItsCNIClasses() throws {
         let s = try Scratch()
         defer { s.close() }
         let id = "ctr\(s.id)"
+        let pod = Pod(id: id, netns: s.client, bridge: "", subnet: 0)
         // The pod is the scratch client namespace; its classes come only from the CNI config.
         let config: [String: Any] = [
             "cniVersion": "1.0.0", "name": "nstest", "type": "netshape", "egressRate": 200_000_000,
@@ -60,8 +35,8 @@ extension ApplyIntegrationTests {
         let d = try DaemonProcess(policy: nodePolicy.path, dir: s.dir)
         defer { _ = d.stop() }
 
-        let (added, addOut) = try netshapeCNI("ADD", id: id, netns: s.client, ifname: s.dev, config)
-        defer { _ = try? netshapeCNI("DEL", id: id, netns: s.client, ifname: s.dev, config) }
+        let (added, addOut) = try cniRun(netshapeBinary, "ADD", pod, config, ifname: s.dev)
+        defer { _ = try? cniRun(netshapeBinary, "DEL", pod, config, ifname: s.dev) }
         #expect(added == 0, "ADD: \(addOut)")
         let name = try #require(
             try FileManager.default.contentsOfDirectory(atPath: "/run/netshape/cni").first { file in
@@ -104,7 +79,7 @@ extension ApplyIntegrationTests {
         #expect(bps > 10e6 * 0.85 && bps < 10e6 * 1.05)
         #expect(d.text.contains("into \(name)/capped"), "the daemon classified it (on exec)")
 
-        let (deleted, delOut) = try netshapeCNI("DEL", id: id, netns: s.client, ifname: s.dev, config)
+        let (deleted, delOut) = try cniRun(netshapeBinary, "DEL", pod, config, ifname: s.dev)
         #expect(deleted == 0, "DEL: \(delOut)")
         #expect(!FileManager.default.fileExists(atPath: "/run/netshape/cni/\(name).json"), "DEL forgets the attachment")
         try waitFor(seconds: 10, "the daemon to stop following the pod") {
