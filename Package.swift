@@ -5,7 +5,7 @@ import PackageDescription
 //   NetshapeCore            pure values, planner, differ, ports (no Glibc, no C, no I/O)
 //   NetshapePolicy          TOML text -> validated Policy (TOMLKit stays in here)
 //   NetshapeEngine          observe -> plan -> apply -> verify, through Core's ports only
-//   NetshapeKernel          the ports for real: libnl-route-3, libmnl, bpf(), cgroupfs, /proc
+//   NetshapeKernel          the ports for real: libnl-route-3, own netlink (cls_bpf, proc connector), bpf(), cgroupfs, /proc
 //   NetshapeDaemon          long-running services (exec events, reconcile, reload, sd_notify)
 //   NetshapeCLI             argument parsing and rendering
 //   netshape                the executable: one line calling NetshapeCLI
@@ -32,11 +32,6 @@ let package = Package(
             pkgConfig: "libnl-route-3.0",
             providers: [.apt(["libnl-3-dev", "libnl-route-3-dev"])]
         ),
-        .systemLibrary(
-            name: "CLibmnl",
-            pkgConfig: "libmnl",
-            providers: [.apt(["libmnl-dev"])]
-        ),
         .target(name: "CNetshapeShim"),
         .target(
             name: "NetshapeEngine",
@@ -44,7 +39,7 @@ let package = Package(
         ),
         .target(
             name: "NetshapeKernel",
-            dependencies: ["NetshapeCore", "CLibnlRoute", "CLibmnl", "CNetshapeShim"]
+            dependencies: ["NetshapeCore", "CLibnlRoute", "CNetshapeShim"]
         ),
         .target(
             name: "NetshapeDaemon",

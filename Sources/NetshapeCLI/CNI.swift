@@ -87,7 +87,8 @@ enum CNIPlugin {
                     ]))
                 exit(0)
             }
-            let parsed = try CNIConfig(readStdin())
+            let stdin = readStdin()
+            let parsed = try CNIConfig(stdin)
             let config = parsed.config
             version = config["cniVersion"]?.string ?? version
             guard supportedVersions.contains(version) else {
@@ -117,6 +118,11 @@ enum CNIPlugin {
                         code: 100, msg: "shaping did not converge",
                         details: report.remaining.map(\.command).joined(separator: "; "))
                 }
+                // For the daemon, which keeps classifying the pod's processes (CNIAttachments.swift).
+                try CNIAttachmentStore().save(
+                    CNIAttachment(
+                        containerID: containerID, ifname: ifname, netns: netns, owner: source,
+                        config: String(decoding: stdin, as: UTF8.self)), name: name)
                 // A chained plugin passes its prevResult on; first in a chain, it owes a valid
                 // (empty) result of its own.
                 try emit(
@@ -141,6 +147,7 @@ enum CNIPlugin {
                 } else {
                     _ = try engine.reset(policy)
                 }
+                try CNIAttachmentStore().remove(name: name)
             case "CHECK":
                 guard let netns = env["CNI_NETNS"], !netns.isEmpty else {
                     throw CNIError(code: 4, msg: "CNI_NETNS is not set")
@@ -204,6 +211,7 @@ enum CNIPlugin {
         for source in Set(stale.values.map(\.policy)).sorted() {
             _ = try engine.reset(policyPath: source, policy: nil)
         }
+        for name in stale.keys { try CNIAttachmentStore().remove(name: name) }
     }
 
     static func engineFor(_ policy: Policy, lock: Bool) throws -> Engine {

@@ -502,7 +502,7 @@ struct DaemonCommand: ParsableCommand {
         }
         let daemon = Daemon(
             policy: policy, path: path, interval: interval, favorDynmods: favorDynmods,
-            logger: Logger(label: "netshape"))
+            cniPolicy: CNIPlugin.policy(of:), logger: Logger(label: "netshape"))
         let done = DispatchSemaphore(value: 0)
         let failure = FailureBox()
         Task {

@@ -75,6 +75,9 @@ actor DaemonCore {
     let classifier: ExecClassifier
     let logger: Logger
     var waiting: [String: String] = [:]
+    /// The CNI plugin's pod attachments (see CNIAttachments.swift): name → "" when followed, else why not.
+    var cni: CNIAttachments?
+    var attachmentStatus: [String: String] = [:]
 
     init(policy: Policy, path: String, engine: Engine, state: StateStore, classifier: ExecClassifier, logger: Logger) {
         self.policy = policy
@@ -111,7 +114,8 @@ actor DaemonCore {
             logger.error(
                 "after \(reason), \(report.remaining.count) difference(s) remain: \(report.remaining.map(\.command))")
         }
-        if let state = report.state { classifier.update(Self.snapshot(state, policy: policy)) }
+        let pods = reconcileAttachments(reason)
+        if let state = report.state { classifier.update(Self.snapshot(state, policy: policy, attachments: pods)) }
         return report
     }
 
@@ -219,7 +223,7 @@ struct ReconcileService: Service {
         for ns in await core.policy.namespaces {
             if case .path(let p) = ns.netns, let slash = p.lastIndex(of: "/") { dirs.append(String(p[..<slash])) }
         }
-        if let watcher = try? DirectoryWatcher(create: ["/run/netns"], existing: dirs) {
+        if let watcher = try? DirectoryWatcher(create: ["/run/netns", CNIAttachmentStore().directory], existing: dirs) {
             let box = UncheckedBox(watcher)
             try? startThread(name: "netshape-netns") {
                 while !stop.load(ordering: .relaxed) {
@@ -302,12 +306,18 @@ public struct Daemon {
     /// Keep cgroup migrations fast (see `FastMigrations`).
     public let favorDynmods: Bool
     public let logger: Logger
+    /// Rebuilds a recorded CNI attachment's policy (the CLI owns CNI decoding); nil: pods not followed.
+    public let cniPolicy: (@Sendable (CNIAttachment) throws -> Policy)?
 
-    public init(policy: Policy, path: String, interval: Double, favorDynmods: Bool = true, logger: Logger) {
+    public init(
+        policy: Policy, path: String, interval: Double, favorDynmods: Bool = true,
+        cniPolicy: (@Sendable (CNIAttachment) throws -> Policy)? = nil, logger: Logger
+    ) {
         self.policy = policy
         self.path = path
         self.interval = interval
         self.favorDynmods = favorDynmods
+        self.cniPolicy = cniPolicy
         self.logger = logger
     }
 
@@ -340,6 +350,7 @@ public struct Daemon {
         let core = DaemonCore(
             policy: policy, path: path, engine: Engine(kernel: kernel, logger: logger),
             state: kernel.state, classifier: classifier, logger: logger)
+        if let f = cniPolicy { await core.follow(CNIAttachments(store: CNIAttachmentStore(), policy: f)) }
         let report = try await core.reconcile("start")
         logger.notice("applied \(path): \(report.performed.count) change(s); watching for new processes")
         var services: [any Service] = [

@@ -11,8 +11,8 @@ public struct KernelError: KernelFailure, Equatable {
         public static let syscall = Code(rawValue: "syscall")
         /// A netlink request through libnl failed.
         public static let netlink = Code(rawValue: "netlink")
-        /// A netlink request through libmnl failed.
-        public static let mnl = Code(rawValue: "mnl")
+        /// A netlink request through netshape's own socket layer (cls_bpf, filter dumps) failed.
+        public static let netlinkSocket = Code(rawValue: "netlink-socket")
         /// Loading the BPF classifier failed.
         public static let bpf = Code(rawValue: "bpf")
         /// A network namespace or device is missing.

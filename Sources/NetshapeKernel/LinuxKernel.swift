@@ -3,7 +3,7 @@ import Glibc
 import NetshapeCore
 
 /// The kernel port for real: netlink handles per namespace (libnl-route for qdiscs, classes,
-/// cls_cgroup, links, addresses and routes; libmnl for cls_bpf and filter dumps), cgroupfs for
+/// cls_cgroup, links, addresses and routes; netshape's own netlink layer for cls_bpf and filter dumps), cgroupfs for
 /// net_cls, /proc for processes, and the state store for ownership.
 ///
 /// Privileges: CAP_NET_ADMIN (tc, links), CAP_SYS_ADMIN (setns, mounting net_cls and netns files,
@@ -14,11 +14,11 @@ public final class LinuxKernel: KernelPort {
     final class Sockets {
         let netns: NetworkNamespace
         let route: RouteSocket
-        let mnl: MnlSocket
-        init(netns: NetworkNamespace, route: RouteSocket, mnl: MnlSocket) {
+        let filterSocket: FilterSocket
+        init(netns: NetworkNamespace, route: RouteSocket, filterSocket: FilterSocket) {
             self.netns = netns
             self.route = route
-            self.mnl = mnl
+            self.filterSocket = filterSocket
         }
     }
 
@@ -33,7 +33,7 @@ public final class LinuxKernel: KernelPort {
             self.ifindex = ifindex
         }
         var route: RouteSocket { sockets.route }
-        var mnl: MnlSocket { sockets.mnl }
+        var filterSocket: FilterSocket { sockets.filterSocket }
         var netns: NetworkNamespace { sockets.netns }
     }
 
@@ -85,7 +85,7 @@ public final class LinuxKernel: KernelPort {
         try onDedicatedThread {
             try sys("unshare(CLONE_NEWNET) for the capability probe") { netshape_unshare_net() }
             let route = try RouteSocket(namespace: "probe")
-            let mnl = try MnlSocket(bus: NETLINK_ROUTE, namespace: "probe")
+            let filterSocket = try FilterSocket(namespace: "probe")
             let lo: Int32 = 1
             let qdisc = TCHandle(major: 1, minor: 0)
             let leafClass = TCHandle(major: 1, minor: 1)
@@ -110,7 +110,7 @@ public final class LinuxKernel: KernelPort {
             if let fd = try? BPFClassifier.load() {
                 defer { close(fd) }
                 bpf =
-                    (try? mnl.addBpfFilter(
+                    (try? filterSocket.addBpfFilter(
                         ifindex: lo, device: "lo", FilterSpec(parent: qdisc, kind: .bpf, priority: 2),
                         programFD: fd)) != nil
             }
@@ -134,10 +134,10 @@ public final class LinuxKernel: KernelPort {
         let key = target.path ?? "host"
         if let s = sockets[key] { return s }
         let ns = try NetworkNamespace(target)
-        let (route, mnl) = try ns.run { () -> (RouteSocket, MnlSocket) in
-            (try RouteSocket(namespace: label), try MnlSocket(bus: NETLINK_ROUTE, namespace: label))
+        let (route, filterSocket) = try ns.run { () -> (RouteSocket, FilterSocket) in
+            (try RouteSocket(namespace: label), try FilterSocket(namespace: label))
         }
-        let s = Sockets(netns: ns, route: route, mnl: mnl)
+        let s = Sockets(netns: ns, route: route, filterSocket: filterSocket)
         sockets[key] = s
         return s
     }
@@ -212,7 +212,7 @@ public final class LinuxKernel: KernelPort {
                 let classes = try c.route.classes(ifindex: c.ifindex, device: c.device)
                 var filters: [ObservedFilter] = []
                 if let root = qdiscs.first(where: { $0.parent == .root && $0.handle != .unspecified }) {
-                    filters = try c.mnl.filters(ifindex: c.ifindex, device: c.device, parent: root.handle)
+                    filters = try c.filterSocket.filters(ifindex: c.ifindex, device: c.device, parent: root.handle)
                 }
                 state.namespaces[r.name] = ObservedNamespace(
                     name: r.name, netnsID: c.netns.id, device: c.device, ifindex: c.ifindex, qdiscs: qdiscs,
@@ -332,7 +332,7 @@ public final class LinuxKernel: KernelPort {
         }
         // tc on the namespace device, or on the device carrying its ingress (peer in the host, or IFB).
         let route: RouteSocket
-        let mnl: MnlSocket
+        let filterSocket: FilterSocket
         let i: Int32
         let d = op.device
         if op.link == .ingress {
@@ -340,12 +340,12 @@ public final class LinuxKernel: KernelPort {
             let onHost = (ingressPlacement[op.namespace] ?? .peer) == .peer
             let s = onHost ? try host() : try context(r).sockets
             route = s.route
-            mnl = s.mnl
+            filterSocket = s.filterSocket
             i = try s.route.requireIfindex(d)
         } else {
             let c = try context(r)
             route = c.route
-            mnl = c.mnl
+            filterSocket = c.filterSocket
             i = c.ifindex
         }
         switch op.action {
@@ -364,9 +364,9 @@ public final class LinuxKernel: KernelPort {
             case .bpf:
                 let fd = try BPFClassifier.load()
                 defer { close(fd) }  // the filter holds its own reference to the program
-                try mnl.addBpfFilter(ifindex: i, device: d, f, programFD: fd)
+                try filterSocket.addBpfFilter(ifindex: i, device: d, f, programFD: fd)
             }
-        case .deleteFilter(let f): try mnl.deleteFilter(ifindex: i, device: d, f)
+        case .deleteFilter(let f): try filterSocket.deleteFilter(ifindex: i, device: d, f)
         default:
             throw KernelError(.state, op.command, reason: "not a tc operation")
         }

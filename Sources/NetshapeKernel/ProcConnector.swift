@@ -1,4 +1,3 @@
-internal import CLibmnl
 internal import CNetshapeShim
 import Glibc
 
@@ -25,7 +24,7 @@ public enum ProcConnectorRead: Sendable, Equatable {
 /// for every process on the machine, the way cgrulesengd learns of new processes. It only exists
 /// in the initial network namespace and needs CAP_NET_ADMIN.
 public final class ProcConnector {
-    let nl: OpaquePointer
+    let transport: any NetlinkTransport
 
     /// `what` values of `struct proc_event` (linux/cn_proc.h).
     static let execEvent: UInt32 = 0x0000_0002
@@ -34,100 +33,85 @@ public final class ProcConnector {
     static let commEvent: UInt32 = 0x0000_0200
 
     /// Opens the connector and subscribes (`PROC_CN_MCAST_LISTEN`).
-    public init() throws {
-        guard let nl = mnl_socket_open(Int32(NETLINK_CONNECTOR)) else {
-            throw KernelError.syscall("socket(NETLINK_CONNECTOR)", errno)
-        }
-        self.nl = nl
+    public convenience init() throws {
+        // Bound to the CN_IDX_PROC group with our pid as the port id, as the kernel's
+        // samples/connector/ucon.c and cgrulesengd do.
+        let socket = try NetlinkSocket(
+            protocol: Int32(NETLINK_CONNECTOR), groups: UInt32(CN_IDX_PROC), pid: UInt32(getpid()),
+            label: "NETLINK_CONNECTOR (proc connector)", extendedAck: false)
         // A large receive buffer absorbs fork/exec storms; SO_RCVBUFFORCE passes the sysctl limit
         // (CAP_NET_ADMIN), plain SO_RCVBUF is the fallback.
-        var size: Int32 = 8 << 20
-        let fd = mnl_socket_get_fd(nl)
-        if setsockopt(fd, SOL_SOCKET, 33 /* SO_RCVBUFFORCE */, &size, 4) != 0 {
-            _ = setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, 4)
+        let size: Int32 = 8 << 20
+        if (try? socket.setOption(SOL_SOCKET, 33 /* SO_RCVBUFFORCE */, size, "SO_RCVBUFFORCE")) == nil {
+            _ = try? socket.setOption(SOL_SOCKET, SO_RCVBUF, size, "SO_RCVBUF")
         }
-        guard mnl_socket_bind(nl, UInt32(CN_IDX_PROC), pid_t(getpid())) == 0 else {
-            let e = errno
-            mnl_socket_close(nl)
-            throw KernelError.syscall("bind(NETLINK_CONNECTOR, CN_IDX_PROC)", e)
-        }
-        let msg = Self.subscribeMessage(listen: true, portid: mnl_socket_get_portid(nl))
-        let sent = msg.withUnsafeBytes { mnl_socket_sendto(nl, $0.baseAddress, $0.count) }
-        guard sent == msg.count else {
-            let e = errno
-            mnl_socket_close(nl)
-            throw KernelError.syscall("proc connector subscribe (PROC_CN_MCAST_LISTEN)", e)
+        try self.init(transport: socket)
+    }
+
+    /// Subscribes over `transport` (tests replay captured events).
+    init(transport: any NetlinkTransport) throws {
+        self.transport = transport
+        do {
+            try transport.send(Self.subscribeMessage(listen: true, portid: transport.portID))
+        } catch let e as KernelError {
+            throw KernelError(
+                e.code, "proc connector subscribe (PROC_CN_MCAST_LISTEN)", errno: e.errno, reason: e.reason)
         }
     }
 
     deinit {
-        let msg = Self.subscribeMessage(listen: false, portid: mnl_socket_get_portid(nl))
-        _ = msg.withUnsafeBytes { mnl_socket_sendto(nl, $0.baseAddress, $0.count) }
-        mnl_socket_close(nl)
+        try? transport.send(Self.subscribeMessage(listen: false, portid: transport.portID))
     }
 
     /// nlmsghdr + cn_msg {idx CN_IDX_PROC, val CN_VAL_PROC, len 4} + enum proc_cn_mcast_op.
     static func subscribeMessage(listen: Bool, portid: UInt32) -> [UInt8] {
-        var b: [UInt8] = []
-        func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { b += $0 } }
-        func u16(_ v: UInt16) { withUnsafeBytes(of: v.littleEndian) { b += $0 } }
-        u32(16 + 20 + 4)  // nlmsg_len
-        u16(UInt16(NLMSG_DONE))  // nlmsg_type: the connector takes a single "done" message
-        u16(0)  // nlmsg_flags
-        u32(0)  // nlmsg_seq
-        u32(portid)  // nlmsg_pid
-        u32(UInt32(CN_IDX_PROC))  // cn_msg.id.idx
-        u32(UInt32(CN_VAL_PROC))  // cn_msg.id.val
-        u32(0)  // seq
-        u32(0)  // ack
-        u16(4)  // len
-        u16(0)  // flags
-        u32(listen ? 1 : 2)  // PROC_CN_MCAST_LISTEN / PROC_CN_MCAST_IGNORE
-        return b
+        var w = NetlinkWriter()
+        w.u32(UInt32(CN_IDX_PROC))  // cn_msg.id.idx
+        w.u32(UInt32(CN_VAL_PROC))  // cn_msg.id.val
+        w.u32(0)  // seq
+        w.u32(0)  // ack
+        w.u16(4)  // len
+        w.u16(0)  // flags
+        w.u32(listen ? 1 : 2)  // PROC_CN_MCAST_LISTEN / PROC_CN_MCAST_IGNORE
+        // nlmsg_type: the connector takes a single "done" message; no flags, seq 0.
+        return NetlinkMessage(type: Netlink.done, flags: [], pid: portid, payload: w.bytes).bytes
     }
 
     /// Waits up to `timeoutMilliseconds` for events.
     public func next(timeoutMilliseconds: Int32) throws -> ProcConnectorRead {
-        var pfd = pollfd(fd: mnl_socket_get_fd(nl), events: Int16(POLLIN), revents: 0)
-        let r = poll(&pfd, 1, timeoutMilliseconds)
-        if r == 0 || (r < 0 && errno == EINTR) { return .timeout }
-        if r < 0 { throw KernelError.syscall("poll(proc connector)", errno) }
-        var buf = [UInt8](repeating: 0, count: 16 * 1024)
-        let n = buf.withUnsafeMutableBytes { mnl_socket_recvfrom(nl, $0.baseAddress, $0.count) }
-        if n < 0 {
-            if errno == ENOBUFS { return .overflow }
-            if errno == EINTR || errno == EAGAIN { return .timeout }
-            throw KernelError.syscall("recv(proc connector)", errno)
+        do {
+            guard let messages = try transport.receive(timeoutMilliseconds: timeoutMilliseconds) else {
+                return .timeout
+            }
+            return .events(Self.parse(messages))
+        } catch let e as KernelError where e.errno == ENOBUFS {
+            return .overflow
+        } catch let e as KernelError where e.errno == EAGAIN {
+            return .timeout
         }
-        return .events(Self.parse(Array(buf[0..<n])))
     }
 
     /// Events in one datagram: nlmsghdr, cn_msg, then struct proc_event
-    /// { u32 what; u32 cpu; u64 timestamp_ns; union { … { pid, tgid } … } }.
+    /// { u32 what; u32 cpu; u64 timestamp_ns; union { … { pid, tgid } … } }. A datagram that does
+    /// not decode gives no events (the periodic /proc rescan still catches its processes).
     public static func parse(_ bytes: [UInt8]) -> [ProcEvent] {
-        var out: [ProcEvent] = []
-        var offset = 0
-        func u32(_ at: Int) -> UInt32 {
-            bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: at, as: UInt32.self) }
-        }
-        while offset + 16 <= bytes.count {
-            let len = Int(u32(offset))
-            guard len >= 16, offset + len <= bytes.count else { break }
-            let event = offset + 16 + 20
-            if event + 24 <= offset + len {
-                let what = u32(event)
-                let ts = bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: event + 8, as: UInt64.self) }
-                let tgid = Int32(bitPattern: u32(event + 20))
-                switch what {
-                case execEvent: out.append(.exec(tgid: tgid, timestampNS: ts))
-                case uidEvent, gidEvent: out.append(.identity(tgid: tgid, timestampNS: ts))
-                case commEvent: out.append(.comm(tgid: tgid, timestampNS: ts))
-                default: break
-                }
+        parse((try? NetlinkMessage.parse(bytes)) ?? [])
+    }
+
+    static func parse(_ messages: [NetlinkMessage]) -> [ProcEvent] {
+        messages.compactMap { m in
+            // cn_msg is 20 bytes; the event header up to the tgid another 24.
+            guard m.payload.count >= 20 + 24 else { return nil }
+            let r = NetlinkReader(m.payload, at: 20)
+            let ts = r.u64(8)
+            let tgid = Int32(bitPattern: r.u32(20))
+            switch r.u32(0) {
+            case execEvent: return .exec(tgid: tgid, timestampNS: ts)
+            case uidEvent, gidEvent: return .identity(tgid: tgid, timestampNS: ts)
+            case commEvent: return .comm(tgid: tgid, timestampNS: ts)
+            default: return nil
             }
-            offset += (len + 3) & ~3
         }
-        return out
     }
 
     /// CLOCK_MONOTONIC in nanoseconds: the clock of `timestamp_ns` (ktime_get_ns).

@@ -15,14 +15,16 @@ extension ApplyIntegrationTests {
     }
 
     /// Runs one plugin with a CNI environment; returns (status, stdout).
-    func cniRun(_ plugin: String, _ command: String, _ pod: Pod, _ config: [String: Any]) throws -> (Int32, String) {
+    func cniRun(_ plugin: String, _ command: String, _ pod: Pod, _ config: [String: Any], ifname: String = "eth0")
+        throws -> (Int32, String)
+    {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: plugin)
         var env = ProcessInfo.processInfo.environment
         env["CNI_COMMAND"] = command
         env["CNI_CONTAINERID"] = pod.id
         env["CNI_NETNS"] = "/run/netns/\(pod.netns)"
-        env["CNI_IFNAME"] = "eth0"
+        env["CNI_IFNAME"] = ifname
         env["CNI_PATH"] = Self.cniDir
         p.environment = env
         let inp = Pipe(), out = Pipe()

@@ -25,7 +25,9 @@ import Testing
     /// `tc filter add dev <ifindex 2> parent 3811: protocol all prio 16606 handle 1 bpf fd 7 name netshape_classid`
     @Test func addBpfFilterRequest() {
         let f = FilterSpec(parent: TCHandle(major: 0x3811, minor: 0), kind: .bpf, priority: 16606, handle: 1)
-        let bytes = MnlSocket.addBpfFilterRequest(seq: 1, ifindex: 2, f, programFD: 7)
+        var request = FilterSocket.addBpfFilterRequest(ifindex: 2, f, programFD: 7)
+        request.seq = 1
+        let bytes = request.bytes
         let name = Array("netshape_classid".utf8)
         let expected: [UInt8] =
             [
@@ -55,7 +57,7 @@ import Testing
     }
 
     @Test func filterInfoCarriesPriorityAndProtocol() {
-        #expect(MnlSocket.filterInfo(priority: 1) == 0x0001_0300)
+        #expect(FilterSocket.filterInfo(priority: 1) == 0x0001_0300)
     }
 }
 
