@@ -64,7 +64,10 @@ let package = Package(
         .testTarget(name: "NetshapePolicyTests", dependencies: ["NetshapePolicy", "NetshapeCore"]),
         .testTarget(
             name: "NetshapeEngineTests",
-            dependencies: ["NetshapeEngine", "NetshapeCore", "NetshapePolicy", "NetshapeTestSupport"]
+            dependencies: [
+                "NetshapeEngine", "NetshapeCore", "NetshapePolicy", "NetshapeTestSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         .testTarget(name: "NetshapeCLITests", dependencies: ["NetshapeCLI", "NetshapeTestSupport"]),
         .testTarget(name: "NetshapeKernelTests", dependencies: ["NetshapeKernel", "NetshapeCore", "CNetshapeShim"]),

@@ -48,6 +48,13 @@ public enum PolicyParser {
                 PolicyDiagnostic(file: file, position: pos, key: "", message: strayMessage(text, at: pos))
             ])
         }
+        if let pos = excessiveNesting(text) {
+            throw PolicyError(diagnostics: [
+                PolicyDiagnostic(
+                    file: file, position: pos, key: "",
+                    message: "arrays and inline tables are nested more than \(maxNesting) deep here; no policy key needs that")
+            ])
+        }
         let table: TOMLTable
         do {
             table = try TOMLTable(string: text)
@@ -119,6 +126,62 @@ func nulPosition(_ text: String) -> SourcePosition? {
 /// The position of a control character (TOML allows none but tab and newlines), or of a non-ASCII
 /// character outside strings and comments, which TOML 1.0 never allows there. Refused before TOMLKit sees it: toml++ asserts (aborts the process) on some of
 /// them in key position, found by the fuzz test.
+/// How deep `[` and `{` may nest outside strings and comments. A policy needs 3 (a table header
+/// `[[…]]` and an array of values); toml++ aborts on some deeply nested inputs (the fuzz test found
+/// `x = [[[[…` with a stray `}`), so the depth is bounded before it sees them.
+let maxNesting = 16
+
+/// The position of the first `[` or `{` that opens level `maxNesting + 1`, if any.
+func excessiveNesting(_ text: String) -> SourcePosition? {
+    var line = 1
+    var col = 1
+    var depth = 0
+    var quote: UInt8? = nil
+    var triple = false
+    var comment = false
+    let u = Array(text.utf8)
+    var i = 0
+    while i < u.count {
+        let c = u[i]
+        var step = 1
+        if comment {
+            if c == 0x0A { comment = false }
+        } else if let q = quote {
+            if triple {
+                if i + 2 < u.count && u[i] == q && u[i + 1] == q && u[i + 2] == q {
+                    quote = nil
+                    step = 3
+                }
+            } else if c == 0x5C && q == 0x22 {
+                step = 2  // an escape in a basic string
+            } else if c == q || c == 0x0A {
+                quote = nil
+            }
+        } else if c == 0x22 || c == 0x27 {
+            triple = i + 2 < u.count && u[i + 1] == c && u[i + 2] == c
+            quote = c
+            if triple { step = 3 }
+        } else if c == 0x23 {
+            comment = true
+        } else if c == 0x5B || c == 0x7B {
+            depth += 1
+            if depth > maxNesting { return SourcePosition(line: line, column: col) }
+        } else if c == 0x5D || c == 0x7D {
+            depth = max(0, depth - 1)
+        }
+        for k in i..<min(i + step, u.count) {
+            if u[k] == 0x0A {
+                line += 1
+                col = 1
+            } else if u[k] & 0xC0 != 0x80 {
+                col += 1
+            }
+        }
+        i += step
+    }
+    return nil
+}
+
 /// What the character at `pos` (found by `strayNonASCII`) is, in a person's words.
 func strayMessage(_ text: String, at pos: SourcePosition) -> String {
     let lines = text.split(separator: "\n", omittingEmptySubsequences: false)

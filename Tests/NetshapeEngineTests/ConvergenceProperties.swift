@@ -1,3 +1,4 @@
+import Logging
 import NetshapeCore
 import NetshapeEngine
 import NetshapePolicy
@@ -178,6 +179,14 @@ struct ModelPolicy: CustomStringConvertible {
     }
 }
 
+/// An engine that logs only what is critical: thousands of applies would otherwise print every
+/// operation.
+func quietEngine(_ k: FakeKernel) -> Engine {
+    var logger = Logger(label: "netshape.test")
+    logger.logLevel = .critical
+    return Engine(kernel: k, logger: logger)
+}
+
 /// The fake machine of the walk: namespace "a" whose device has a veth peer in the host (ingress
 /// there), "b" with none (ingress through an IFB), processes that the rules' comms pick.
 func walkMachine(_ caps: KernelCapabilities) -> FakeKernel {
@@ -233,7 +242,7 @@ struct ConfigSnapshot: Equatable, CustomStringConvertible {
             let caps: KernelCapabilities =
                 seed % 3 == 0 ? KernelCapabilities(clsCgroup: true, clsBpf: true, fqCodel: true, sfq: true) : .minimal
             let k = walkMachine(caps)
-            let engine = Engine(kernel: k)
+            let engine = quietEngine(k)
             let pristine = ConfigSnapshot(k)
             var model = ModelPolicy(
                 leaf: nil, classifier: nil,
@@ -325,7 +334,7 @@ struct ConfigSnapshot: Equatable, CustomStringConvertible {
             // From scratch (every object created) and from A (changes and removals).
             for start in [nil, a] {
                 let probe = walkMachine(caps)
-                let probeEngine = Engine(kernel: probe)
+                let probeEngine = quietEngine(probe)
                 if let s = start {
                     _ = try probeEngine.apply(try PolicyParser.parse(s.toml, file: "a"), policyPath: "/p")
                 }
@@ -333,7 +342,7 @@ struct ConfigSnapshot: Equatable, CustomStringConvertible {
                     .count
                 for index in 0..<count {
                     let k = walkMachine(caps)
-                    let engine = Engine(kernel: k)
+                    let engine = quietEngine(k)
                     if let s = start {
                         _ = try engine.apply(try PolicyParser.parse(s.toml, file: "a"), policyPath: "/p")
                     }

@@ -334,3 +334,34 @@ func readFile(_ path: String) -> String? {
         #expect(throws: Never.self) { try parse(text.replacingOccurrences(of: long, with: ok)) }
     }
 }
+
+/// toml++ aborts the process on some deeply nested input (found by the fuzz test, seed 3273110827):
+/// nesting is bounded before the TOML library sees the text.
+@Suite struct NestingTests {
+    @Test func deepNestingIsAnErrorWithAPosition() throws {
+        let text = "version = 1\nx = " + String(repeating: "[", count: 300) + "}\n"
+        do {
+            _ = try PolicyParser.parse(text, file: "deep.toml")
+            Issue.record("accepted")
+        } catch let e as PolicyError {
+            #expect(e.description.contains("deep.toml:2:21"), "\(e.description)")
+            #expect(e.description.contains("nested more than"))
+        }
+    }
+
+    @Test func ordinaryNestingAndBracketsInStringsPass() throws {
+        let text = """
+            version = 1
+            # a comment with [[[[[[[[[[[[[[[[[[[[ brackets
+            [[namespace]]
+            name = "web"
+            egress = "10mbit"
+            default = "a"
+            [[namespace.class]]
+            name = "a"
+            rate = "1mbit"
+            match.cmdline = ["\\\\[x"]
+            """
+        #expect(try PolicyParser.parse(text, file: "ok.toml").namespaces.count == 1)
+    }
+}
