@@ -335,6 +335,7 @@ struct Reset: ParsableCommand {
         guard let policy else {
             let engine = Engine(kernel: LinuxKernel(settings: Settings(), state: state), logger: logger)
             print(Render.reset(try engine.resetAll(), label: "reset --all"))
+            for m in NetClsHierarchy.releaseUnusedMounts(state: state) { print("- umount \(m) (cgroup_root)") }
             return
         }
         let path = PolicyLoader.absolutePath(policy)
@@ -351,6 +352,7 @@ struct Reset: ParsableCommand {
         let engine = Engine(kernel: LinuxKernel(settings: loaded?.settings ?? Settings(), state: state), logger: logger)
         if let note { print("note: \(note)") }
         print(Render.reset(try engine.reset(policyPath: path, policy: loaded), label: policy))
+        for m in NetClsHierarchy.releaseUnusedMounts(state: state) { print("- umount \(m) (cgroup_root)") }
     }
 }
 
