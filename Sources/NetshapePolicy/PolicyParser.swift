@@ -186,7 +186,8 @@ func strayNonASCII(_ text: String) -> SourcePosition? {
         if (c < 0x20 && c != 0x09 && c != 0x0A && c != 0x0D) || c == 0x7F {
             return SourcePosition(line: line, column: col)  // TOML allows no control character anywhere
         }
-        if delimiter == nil && !comment && c != 0x20 && c != 0x09 && c != 0x0A && c != 0x0D && c != 0x23 {
+        if delimiter == nil && !comment && c != 0x20 && c != 0x09 && c != 0x0A && c != 0x0D && (c != 0x23 || expectKey)
+        {
             if lineStart && braces == 0 {
                 inKey = true
                 expectKey = c != 0x5B
