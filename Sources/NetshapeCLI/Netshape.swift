@@ -154,6 +154,14 @@ struct Check: ParsableCommand {
 
     func run() throws {
         let (policy, _) = try PolicyLoader.load(options.policy, trusted: false)
+        if let text = try? PolicyFile.read(options.policy, trusted: false).text {
+            for w in PolicyParser.unknownPrincipals(
+                String(decoding: text, as: UTF8.self), file: options.policy, policy: policy,
+                userExists: Accounts.userExists, groupExists: Accounts.groupExists)
+            {
+                FileHandleStderr.write("\(w.file):\(w.position.line):\(w.position.column): warning: \(w.message)\n")
+            }
+        }
         let classes = policy.namespaces.reduce(0) { $0 + $1.classes.count }
         print("\(options.policy): valid (\(policy.namespaces.count) namespace(s), \(classes) class(es))")
     }
@@ -335,6 +343,7 @@ struct Reset: ParsableCommand {
         guard let policy else {
             let engine = Engine(kernel: LinuxKernel(settings: Settings(), state: state), logger: logger)
             print(Render.reset(try engine.resetAll(), label: "reset --all"))
+            for m in NetClsHierarchy.releaseUnusedMounts(state: state) { print("- umount \(m) (cgroup_root)") }
             return
         }
         let path = PolicyLoader.absolutePath(policy)
@@ -351,6 +360,7 @@ struct Reset: ParsableCommand {
         let engine = Engine(kernel: LinuxKernel(settings: loaded?.settings ?? Settings(), state: state), logger: logger)
         if let note { print("note: \(note)") }
         print(Render.reset(try engine.reset(policyPath: path, policy: loaded), label: policy))
+        for m in NetClsHierarchy.releaseUnusedMounts(state: state) { print("- umount \(m) (cgroup_root)") }
     }
 }
 

@@ -282,7 +282,7 @@ public final class LinuxKernel: KernelPort {
 
     func cgroups() throws -> NetClsHierarchy {
         if let h = hierarchy { return h }
-        let h = try NetClsHierarchy.findOrMount(configured: settings.cgroupRoot)
+        let h = try NetClsHierarchy.findOrMount(configured: settings.cgroupRoot, state: state)
         hierarchy = h
         return h
     }

@@ -72,10 +72,12 @@ public final class NetClsHierarchy {
     /// Finds the hierarchy, or mounts it: at `configured`, else /sys/fs/cgroup/net_cls when
     /// /sys/fs/cgroup is the usual tmpfs of v1 controllers, else /run/netshape/net_cls (on a
     /// cgroup2-only host, a mkdir under /sys/fs/cgroup would create a v2 cgroup instead).
-    public static func findOrMount(configured: String?) throws -> NetClsHierarchy {
+    public static func findOrMount(configured: String?, state: StateStore? = nil) throws -> NetClsHierarchy {
         if let h = find(configured: configured) { return h }
         let target: String
+        var created = false
         if let c = configured {
+            created = try checkMountTarget(c)
             target = c
         } else if netshape_statfs_type("/sys/fs/cgroup") == 0x0102_1994 /* TMPFS_MAGIC */ {
             target = "/sys/fs/cgroup/net_cls"
@@ -87,14 +89,91 @@ public final class NetClsHierarchy {
         // controller set differs from the hierarchy the controller already belongs to.
         var lastError: Int32 = 0
         for options in ["net_cls", "net_cls,net_prio"] {
-            if netshape_mount_cgroup_v1(target, options) == 0 { return NetClsHierarchy(root: target) }
+            if netshape_mount_cgroup_v1(target, options) == 0 {
+                if configured != nil {
+                    // Recorded so that `reset` can take the mount (and a directory it made) away again.
+                    let store = state ?? StateStore()
+                    var mounts = store.loadMounts()
+                    mounts.removeAll { $0.path == target }
+                    mounts.append(MountRecord(path: target, createdDirectory: created))
+                    try store.saveMounts(mounts)
+                }
+                return NetClsHierarchy(root: target)
+            }
             lastError = errno
         }
+        if created { rmdir(target) }
         throw KernelError(
             .cgroup, "mount -t cgroup -o net_cls cgroup \(target)", errno: lastError,
             reason: String(cString: strerror(lastError))
                 + "; the kernel must offer the cgroup v1 net_cls controller (CONFIG_CGROUP_NET_CLASSID, and no "
                 + "cgroup_no_v1=net_cls or =all on the kernel command line)")
+    }
+
+    /// `cgroup_root` that is not a net_cls mount yet: netshape mounts there only when it is a
+    /// missing or empty directory that nothing is mounted on, so that the mount covers nothing and
+    /// `reset` can remove it. Returns whether netshape had to create the directory.
+    static func checkMountTarget(_ path: String) throws -> Bool {
+        func refuse(_ why: String) -> KernelError {
+            KernelError(
+                .cgroup, "cgroup_root \(path)", errno: EEXIST,
+                reason:
+                    "\(why); netshape mounts net_cls only on an empty directory (or uses an existing net_cls mount there), so that the mount hides nothing and reset can remove it"
+            )
+        }
+        let mounts = MountInfoEntry.parse(Files.readString("/proc/self/mountinfo") ?? "")
+        if let m = mounts.last(where: { $0.mountPoint == path }) {
+            throw refuse("it is a mount point of \(m.fsType), not of the net_cls hierarchy")
+        }
+        var st = stat()
+        guard lstat(path, &st) == 0 else {
+            guard errno == ENOENT else { throw KernelError.syscall("lstat(\(path))", errno) }
+            if let other = MountInfoEntry.netClsMount(in: mounts) {
+                throw refuse(
+                    "the net_cls hierarchy is already mounted at \(other): set cgroup_root = \"\(other)\" or leave it out"
+                )
+            }
+            try makeDirectories(path)
+            return true
+        }
+        guard st.st_mode & S_IFMT == S_IFDIR else {
+            throw refuse(st.st_mode & S_IFMT == S_IFLNK ? "it is a symlink" : "it is not a directory")
+        }
+        let entries = Files.list(path)
+        if !entries.isEmpty {
+            throw refuse("it is a directory with \(entries.count) entries (e.g. \(entries.sorted()[0]))")
+        }
+        // There is one net_cls hierarchy per machine: mounted again here it would show the tree
+        // already mounted elsewhere (not an empty one), cgroups netshape's observation never saw.
+        if let other = MountInfoEntry.netClsMount(in: mounts) {
+            throw refuse(
+                "the net_cls hierarchy is already mounted at \(other): set cgroup_root = \"\(other)\" or leave it out")
+        }
+        return false
+    }
+
+    /// After `reset`: unmounts each hierarchy netshape mounted at a `cgroup_root` once no netshape
+    /// cgroup is left in it, and removes the directory if netshape made it. Returns what it removed.
+    public static func releaseUnusedMounts(state: StateStore) -> [String] {
+        let recorded = state.loadMounts()
+        if recorded.isEmpty { return [] }
+        var mounts = recorded
+        var released: [String] = []
+        let entries = MountInfoEntry.parse(Files.readString("/proc/self/mountinfo") ?? "")
+        mounts.removeAll { m in
+            guard entries.contains(where: { $0.mountPoint == m.path && $0.superOptions.contains("net_cls") }) else {
+                return true  // gone already (reboot, someone unmounted it): forget it
+            }
+            let ours = "\(m.path)/netshape"
+            guard Files.list(ours).allSatisfy({ !Files.isDirectory("\(ours)/\($0)") }) else { return false }
+            rmdir(ours)
+            guard netshape_umount_detach(m.path) == 0 else { return false }
+            if m.createdDirectory { rmdir(m.path) }
+            released.append(m.path)
+            return true
+        }
+        if mounts != recorded { try? state.saveMounts(mounts) }
+        return released
     }
 
     static func makeDirectories(_ path: String) throws {

@@ -74,6 +74,24 @@ public final class StateStore {
         }
     }
 
+    var mountsPath: String { "\(directory)/mounts.json" }
+
+    /// The net_cls hierarchies netshape mounted at a `cgroup_root` (its own file: the ownership
+    /// record is about objects of policies, this is about the machine).
+    public func loadMounts() -> [MountRecord] {
+        guard let bytes = Files.read(mountsPath) else { return [] }
+        return (try? JSONDecoder().decode([MountRecord].self, from: Data(bytes))) ?? []
+    }
+
+    /// Writes the mount record atomically (temp file + rename).
+    public func saveMounts(_ mounts: [MountRecord]) throws {
+        try NetClsHierarchy.makeDirectories(directory)
+        let data = try JSONEncoder().encode(mounts)
+        let tmp = mountsPath + ".tmp"
+        try Files.write(tmp, String(decoding: data, as: UTF8.self), flags: O_WRONLY | O_CREAT | O_TRUNC)
+        try sys("rename(\(tmp), \(mountsPath))") { rename(tmp, mountsPath) }
+    }
+
     /// Writes the record atomically (temp file + rename), so a crash never leaves half a record.
     public func saveOwnership(_ record: OwnershipRecord) throws {
         try NetClsHierarchy.makeDirectories(directory)
@@ -93,5 +111,16 @@ public enum Environment {
         guard let v = getenv(name) else { return nil }
         let s = String(cString: v)
         return s.isEmpty ? nil : s
+    }
+}
+
+/// One net_cls mount netshape made at a `cgroup_root`.
+public struct MountRecord: Codable, Equatable, Sendable {
+    public var path: String
+    /// netshape created the directory too (and removes it with the mount).
+    public var createdDirectory: Bool
+    public init(path: String, createdDirectory: Bool) {
+        self.path = path
+        self.createdDirectory = createdDirectory
     }
 }

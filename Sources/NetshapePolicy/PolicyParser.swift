@@ -72,6 +72,34 @@ public enum PolicyParser {
         return try validate(PolicyTable(toml: table), file: file, locator: SourceLocator(text))
     }
 
+    /// `match.user` and `match.group` names that do not exist here, positioned in `text`. A
+    /// warning, not an error: a policy is often checked on another machine than the one it runs
+    /// on, where the account exists. The rule can never match where the name is unknown.
+    public static func unknownPrincipals(
+        _ text: String, file: String, policy: Policy, userExists: @escaping (String) -> Bool,
+        groupExists: @escaping (String) -> Bool
+    ) -> [PolicyDiagnostic] {
+        let locator = SourceLocator(text)
+        var out: [PolicyDiagnostic] = []
+        for (i, ns) in policy.namespaces.enumerated() {
+            for (j, c) in ns.classes.enumerated() {
+                for (key, names, exists) in [("user", c.match.user, userExists), ("group", c.match.group, groupExists)]
+                {
+                    for case .name(let n) in names where !exists(n) {
+                        let path = ["namespace", String(i), "class", String(j), "match", key]
+                        out.append(
+                            PolicyDiagnostic(
+                                file: file, position: locator.position(of: path), key: "match.\(key)",
+                                message:
+                                    "namespace \"\(ns.name)\", class \"\(c.name)\": match.\(key) \"\(n)\" is no \(key) on this machine: the rule can never match here"
+                            ))
+                    }
+                }
+            }
+        }
+        return out
+    }
+
     /// The closest known key to a misspelt one, if it is a likely typo.
     public static func suggestion(for word: String, among known: [String]) -> String? {
         NetshapePolicy.suggestion(for: word, among: known)
@@ -221,7 +249,8 @@ func strayNonASCII(_ text: String) -> SourcePosition? {
         if (c < 0x20 && c != 0x09 && c != 0x0A && c != 0x0D) || c == 0x7F {
             return SourcePosition(line: line, column: col)  // TOML allows no control character anywhere
         }
-        if delimiter == nil && !comment && c != 0x20 && c != 0x09 && c != 0x0A && c != 0x0D && c != 0x23 {
+        if delimiter == nil && !comment && c != 0x20 && c != 0x09 && c != 0x0A && c != 0x0D && (c != 0x23 || expectKey)
+        {
             if lineStart && braces == 0 {
                 inKey = true
                 expectKey = c != 0x5B

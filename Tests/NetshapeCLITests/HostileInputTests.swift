@@ -45,6 +45,18 @@ import Testing
         #expect(r.status == 65 && r.err.hasPrefix("\(p):6:13:"), "\(r.err)")
     }
 
+    @Test func anUnknownUserIsAPositionedWarningInCheck() throws {
+        let p = try policy(
+            "egress = \"10mbit\"\ndefault = \"x\"\n[[namespace.class]]\nname = \"x\"\nrate = \"1mbit\"\nmatch.user = [\"root\", \"nst-no-such-user\"]"
+        )
+        defer { try? FileManager.default.removeItem(atPath: p) }
+        let r = try runBinary(["check", p])
+        #expect(r.status == 0, "a warning, not an error: \(r.err)")
+        #expect(
+            r.err.hasPrefix("\(p):10:1: warning: ") && r.err.contains("\"nst-no-such-user\" is no user"), "\(r.err)")
+        #expect(!r.err.contains("\"root\""), "a known user is not named")
+    }
+
     @Test func absurdDurationsAreUsageErrors() throws {
         for v in ["inf", "1e300", "nan", "-1"] {
             let r = try runBinary(["status", "--interval", v])

@@ -121,3 +121,50 @@ extension ApplyIntegrationTests {
         #expect(try htb(other) && ownershipText.contains(other.id), "another network's attachment stays")
     }
 }
+
+extension ApplyIntegrationTests {
+    var mountInfo: String { (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? "" }
+    var mountsRecord: String { (try? String(contentsOfFile: "/run/netshape/mounts.json", encoding: .utf8)) ?? "" }
+
+    @Test func cgroupRootIsUsedOnlyWhenEmptyAndUnmountedOnReset() throws {
+        let s = try Scratch()
+        defer {
+            _ = try? run(["/usr/bin/umount", "-l", s.dir.appendingPathComponent("cg").path])
+            s.close()
+        }
+        // A directory with content (like /etc) is refused with the reason, and nothing is mounted.
+        let full = s.dir.appendingPathComponent("full")
+        try FileManager.default.createDirectory(at: full, withIntermediateDirectories: true)
+        try "x".write(to: full.appendingPathComponent("keep"), atomically: true, encoding: .utf8)
+        let refused = try s.policy(
+            name: "refused", "egress = \"10mbit\"", settings: "[settings]\ncgroup_root = \"\(full.path)\"")
+        let before = try s.snapshot() + mountInfo
+        let r = try cli("apply", refused)
+        #expect(r.status == 1 && r.err.contains("is a directory with 1 entries"), "\(r.err)")
+        #expect(try s.snapshot() + mountInfo == before, "nothing mounted or shaped")
+        try FileManager.default.removeItem(atPath: refused)
+
+        // A missing directory: mounted, recorded and unmounted by reset where net_cls is not mounted
+        // yet; where it is (as on these machines), mounting it again would show that tree, so it is
+        // refused naming the mount to use.
+        let cg = s.dir.appendingPathComponent("cg").path
+        let p = try s.policy(name: "cg", "egress = \"10mbit\"", settings: "[settings]\ncgroup_root = \"\(cg)\"")
+        let existing = mountInfo.split(separator: "\n").first { $0.contains(" - cgroup ") && $0.contains("net_cls") }
+        let a = try cli("apply", p)
+        if let existing {
+            let at = String(existing.split(separator: " ")[4])
+            #expect(a.status == 1 && a.err.contains("already mounted at \(at)"), "\(a.err)")
+            #expect(
+                !mountInfo.contains(" \(cg) ") && !FileManager.default.fileExists(atPath: cg), "nothing mounted or made"
+            )
+            return
+        }
+        try #require(a.status == 0, "\(a.err)")
+        #expect(mountInfo.contains(" \(cg) "), "mounted at cgroup_root")
+        #expect(mountsRecord.contains(cg.replacingOccurrences(of: "/", with: "\\/")) || mountsRecord.contains(cg))
+        let z = try cli("reset", p)
+        #expect(z.status == 0, "\(z.err)")
+        #expect(!mountInfo.contains(" \(cg) "), "unmounted by reset: \(z.out)")
+        #expect(!FileManager.default.fileExists(atPath: cg), "the directory netshape made is gone")
+    }
+}
