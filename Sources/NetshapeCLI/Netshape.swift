@@ -485,11 +485,19 @@ struct DaemonCommand: ParsableCommand {
         inversion: .prefixedNo,
         help: "Keep cgroup migrations fast while running (a favordynmods cgroup hierarchy; Linux 6.0+).")
     var favorDynmods = true
+    @Option(
+        help: ArgumentHelp(
+            "Serve Prometheus metrics on HOST:PORT at /metrics (off by default).", valueName: "HOST:PORT"))
+    var metrics: String?
 
     func validate() throws {
         // Written so that NaN fails too (every comparison with NaN is false).
         guard interval >= 0.2 && interval <= 86_400 else {
             throw ValidationError("--interval must be a number of seconds from 0.2 to 86400, not \(interval)")
+        }
+        if let m = metrics, TCPSocket.parseAddress(m) == nil {
+            throw ValidationError(
+                "--metrics wants HOST:PORT with a numeric address, e.g. 127.0.0.1:9477 (got \"\(m)\")")
         }
     }
 
@@ -501,7 +509,7 @@ struct DaemonCommand: ParsableCommand {
             return h
         }
         let daemon = Daemon(
-            policy: policy, path: path, interval: interval, favorDynmods: favorDynmods,
+            policy: policy, path: path, interval: interval, favorDynmods: favorDynmods, metrics: metrics,
             cniPolicy: CNIPlugin.policy(of:), logger: Logger(label: "netshape"))
         let done = DispatchSemaphore(value: 0)
         let failure = FailureBox()
