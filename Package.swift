@@ -78,7 +78,7 @@ let package = Package(
             name: "NetshapeEngineTests",
             dependencies: ["NetshapeEngine", "NetshapeCore", "NetshapePolicy", "NetshapeTestSupport"]
         ),
-        .testTarget(name: "NetshapeCLITests", dependencies: ["NetshapeCLI", "NetshapeTestSupport"]),
+        .testTarget(name: "NetshapeCLITests", dependencies: ["NetshapeCLI", "NetshapeEngine", "NetshapeTestSupport"]),
         .testTarget(
             name: "NetshapeMetricsTests",
             dependencies: ["NetshapeMetrics", "NetshapeEngine", "NetshapeCore", "NetshapeKernel"]

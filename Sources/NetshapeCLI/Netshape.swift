@@ -238,6 +238,13 @@ struct Status: ParsableCommand {
     var json = false
     @Option(help: "Seconds between the two counter samples that give the current throughput (0 = one sample).")
     var interval: Double = 1
+    @Flag(help: "Redraw a live view every --interval seconds until q or Ctrl-C (plain lines when not a terminal).")
+    var watch = false
+
+    func validate() throws {
+        if watch && interval < 0.2 { throw ValidationError("--watch needs an --interval of at least 0.2 seconds") }
+        if watch && json { throw ValidationError("--watch and --json do not go together") }
+    }
 
     func validate() throws {
         guard interval >= 0 && interval <= 3600 else {
@@ -251,6 +258,7 @@ struct Status: ParsableCommand {
             var rest = timespec()
             while nanosleep(&ts, &rest) != 0 && errno == EINTR { ts = rest }
         }
+        if watch { return try WatchLoop.run(paths: paths, interval: interval) }
         var combined = StatusReport(namespaces: [], interval: interval)
         if let p = policy {
             let s = try Session(policyPath: p, lock: false)

@@ -55,6 +55,13 @@ public final class ShapingMetrics: Sendable {
                 gauge(&s, "netshape_namespace_up", "1 when the namespace is there and shaped.", ["namespace": ns.name])
                     .set(to: ns.problem == nil && ns.applied ? 1.0 : 0.0)
                 guard ns.problem == nil else { continue }
+                // A class missing from the kernel keeps its counters (it may come back, see above);
+                // only its gauges, which would report stale values, go.
+                for c in ns.classes where !c.present {
+                    for (name, _, _) in Self.classCounters {
+                        s.seen.insert(key(name, ["namespace": ns.name, "class": c.name]).0)
+                    }
+                }
                 for c in ns.classes where c.present {
                     let labels = ["namespace": ns.name, "class": c.name]
                     for (name, help, value) in Self.classCounters {
