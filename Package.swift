@@ -81,7 +81,10 @@ let package = Package(
         .testTarget(name: "NetshapeCLITests", dependencies: ["NetshapeCLI", "NetshapeEngine", "NetshapeTestSupport"]),
         .testTarget(
             name: "NetshapeMetricsTests",
-            dependencies: ["NetshapeMetrics", "NetshapeEngine", "NetshapeCore", "NetshapeKernel"]
+            dependencies: [
+                "NetshapeMetrics", "NetshapeEngine", "NetshapeCore", "NetshapeKernel", "NetshapeDaemon",
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
         ),
         .testTarget(name: "NetshapeKernelTests", dependencies: ["NetshapeKernel", "NetshapeCore", "CNetshapeShim"]),
         .testTarget(

@@ -75,13 +75,6 @@ struct MetricsService: Service {
         factory.durationHistogramBuckets["netshape_reconcile_duration_seconds"] = DaemonHealth.durationBuckets
         let health = DaemonHealth(factory: factory)
         let shaping = ShapingMetrics(registry: registry)
-        let scrapeFailures = registry.makeCounter(
-            descriptor: .netshape(
-                "netshape_scrape_errors_total", "Scrapes whose kernel read failed (the series kept their last values).")
-        )
-        let scrapeSeconds = registry.makeGauge(
-            descriptor: .netshape("netshape_scrape_duration_seconds", "Wall time of the previous scrape's kernel read.")
-        )
         let quiet = Logger(label: "netshape-metrics", factory: { _ in SwiftLogNoOpLogHandler() })
         let server = try MetricsHTTPServer(address: address) {
             let start = ContinuousClock.now
@@ -90,12 +83,12 @@ struct MetricsService: Service {
                     let engine = Engine(kernel: LinuxKernel(settings: policy.settings), logger: quiet)
                     shaping.update(try engine.status(policy, interval: 0) { _ in })
                 } catch {
-                    scrapeFailures.increment()
+                    shaping.scrapeErrors.increment()
                     logger.warning("metrics scrape could not read the kernel: \(error)")
                 }
             }
             let d = ContinuousClock.now - start
-            scrapeSeconds.set(to: Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18)
+            shaping.scrapeDuration.set(to: Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18)
             return shaping.emit()
         }
         return (MetricsService(server: server, logger: logger), health)

@@ -42,8 +42,20 @@ public final class ShapingMetrics: Sendable {
         ("netshape_class_processes", "Processes in the class's cgroup now.", { Double($0.pids.count) }),
     ]
 
+    /// Scrapes whose kernel read failed (the series keep their last values then).
+    public let scrapeErrors: Counter
+    /// Wall time of the previous scrape's kernel read.
+    public let scrapeDuration: Gauge
+
     public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
         self.registry = registry
+        scrapeErrors = registry.makeCounter(
+            descriptor: .netshape(
+                "netshape_scrape_errors_total", "Scrapes whose kernel read failed (the series kept their last values).")
+        )
+        scrapeDuration = registry.makeGauge(
+            descriptor: .netshape("netshape_scrape_duration_seconds", "Wall time of the previous scrape's kernel read.")
+        )
     }
 
     /// Brings every kernel-read series up to `report`; series of classes and namespaces no longer
