@@ -242,14 +242,11 @@ struct Status: ParsableCommand {
     var watch = false
 
     func validate() throws {
-        if watch && interval < 0.2 { throw ValidationError("--watch needs an --interval of at least 0.2 seconds") }
-        if watch && json { throw ValidationError("--watch and --json do not go together") }
-    }
-
-    func validate() throws {
         guard interval >= 0 && interval <= 3600 else {
             throw ValidationError("--interval must be a number of seconds from 0 to 3600, not \(interval)")
         }
+        if watch && interval < 0.2 { throw ValidationError("--watch needs an --interval of at least 0.2 seconds") }
+        if watch && json { throw ValidationError("--watch and --json do not go together") }
     }
 
     func run() throws {
@@ -258,7 +255,11 @@ struct Status: ParsableCommand {
             var rest = timespec()
             while nanosleep(&ts, &rest) != 0 && errno == EINTR { ts = rest }
         }
-        if watch { return try WatchLoop.run(paths: paths, interval: interval) }
+        if watch {
+            let owned = try policy == nil ? StateStore().loadOwnership().policies.map(\.policy) : []
+            return try WatchLoop.run(
+                paths: policy.map { [$0] } ?? owned.filter { !$0.hasPrefix("cni:") }, interval: interval)
+        }
         var combined = StatusReport(namespaces: [], interval: interval)
         if let p = policy {
             let s = try Session(policyPath: p, lock: false)

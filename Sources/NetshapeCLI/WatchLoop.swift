@@ -6,6 +6,10 @@ import NetshapeKernel
 /// stdout is a pipe or a file.
 enum WatchLoop {
     static func run(paths: [String], interval: Double) throws {
+        if paths.isEmpty {
+            print("netshape has applied no policy on this machine")
+            return
+        }
         let sessions = try paths.map { try Session(policyPath: $0, lock: false) }
         let title = paths.count == 1 ? paths[0] : "\(paths.count) policies"
         let term = Terminal()
