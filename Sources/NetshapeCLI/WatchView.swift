@@ -82,20 +82,29 @@ enum WatchView {
         return String(cells)
     }
 
-    /// The last `width` samples as a sparkline scaled to `full` (the ceiling), so its height
-    /// reads the same as the bar; shorter histories are padded on the left with spaces.
-    static func sparkline(_ rates: [Double], full: Double, width: Int) -> String {
+    /// The samples as a sparkline scaled to `full` (the ceiling), so its height reads the same as
+    /// the bar. `span` is how many samples the whole width stands for (a minute's worth): wider
+    /// than `width`, each column is the mean of its share of them; a history still shorter than
+    /// `span` leaves the left side blank, so the time axis does not stretch as it fills.
+    static func sparkline(_ rates: [Double], full: Double, width: Int, span: Int = 0) -> String {
         guard width > 0 else { return "" }
-        let tail = rates.suffix(width)
-        let top = full > 0 ? full : (tail.max() ?? 0)
-        var out = String(repeating: " ", count: width - tail.count)
-        for r in tail {
-            if top <= 0 || r <= 0 {
-                out.append(" ")
-                continue
-            }
-            let i = min(7, max(0, Int((r / top * 8).rounded(.up)) - 1))
-            out.append(sparks[i])
+        let top = full > 0 ? full : (rates.max() ?? 0)
+        func glyph(_ r: Double?) -> Character {
+            guard let r, top > 0, r > 0 else { return " " }
+            return sparks[min(7, max(0, Int((r / top * 8).rounded(.up)) - 1))]
+        }
+        guard span > width else {
+            let tail = rates.suffix(width)
+            return String(repeating: " ", count: width - tail.count) + String(tail.map { glyph($0) })
+        }
+        let samples = Array(rates.suffix(span))
+        let offset = span - samples.count
+        var out = ""
+        for c in 0..<width {
+            let lo = c * span / width - offset
+            let hi = (c + 1) * span / width - offset
+            let slice = samples[max(0, lo)..<max(0, min(samples.count, hi))]
+            out.append(slice.isEmpty ? " " : glyph(slice.reduce(0, +) / Double(slice.count)))
         }
         return out
     }
@@ -127,8 +136,9 @@ enum WatchView {
         let nameW = 14
         let nowW = 10
         let numW = 7
+        let backlogW = 9  // the widest human() gives: "1023.9KiB"
         // What is left after the fixed columns is shared by the bar and the sparkline.
-        let fixedW = 2 + nameW + 1 + nowW + 1 + 1 + 21 + 1 + numW + 1 + numW + 1 + 5 + 4
+        let fixedW = 2 + nameW + 1 + nowW + 1 + 1 + 21 + 1 + numW + 1 + backlogW + 1 + 5 + 4
         let flex = max(10, w - fixedW)
         let barW = max(5, flex / 2)
         let sparkW = max(5, flex - barW)
@@ -151,7 +161,7 @@ enum WatchView {
                 clip(
                     "  " + pad("class", nameW) + " " + pad("now", nowW, right: true) + "  " + pad("0 .. ceil", barW)
                         + " " + pad("rate/ceil", 21) + " " + pad("last minute", sparkW) + " "
-                        + pad("drops", numW, right: true) + " " + pad("backlog", numW, right: true) + " "
+                        + pad("drops", numW, right: true) + " " + pad("backlog", backlogW, right: true) + " "
                         + pad("procs", 5, right: true), w))
             for c in ns.classes {
                 let key = WatchModel.classKey(ns.name, c.name)
@@ -167,9 +177,9 @@ enum WatchView {
                         "  " + pad(name, nameW) + " " + pad(now.map(rate) ?? "-", nowW, right: true) + " ["
                             + bar(now ?? 0, of: ceil, width: barW, mark: Double(c.rate)) + "] "
                             + pad(rate(Double(c.rate)) + "/" + rate(ceil), 21) + " "
-                            + sparkline(m.series[key]?.rates ?? [], full: ceil, width: sparkW) + " "
+                            + sparkline(m.series[key]?.rates ?? [], full: ceil, width: sparkW, span: m.capacity) + " "
                             + pad("\(c.drops)", numW, right: true) + " "
-                            + pad(Render.human(c.backlog), numW, right: true) + " "
+                            + pad(Render.human(c.backlog), backlogW, right: true) + " "
                             + pad("\(c.pids.count)", 5, right: true), w))
             }
             if let i = ns.ingressShaping {
@@ -180,7 +190,7 @@ enum WatchView {
                     clip(
                         "  " + pad("ingress", nameW) + " " + pad(now.map(rate) ?? "-", nowW, right: true) + " ["
                             + bar(now ?? 0, of: full, width: barW) + "] " + pad(rate(full) + " on \(i.device)", 21)
-                            + " " + sparkline(m.series[key]?.rates ?? [], full: full, width: sparkW) + " "
+                            + " " + sparkline(m.series[key]?.rates ?? [], full: full, width: sparkW, span: m.capacity) + " "
                             + pad("\(i.drops)", numW, right: true) + (i.applied ? "" : "  (NOT APPLIED)"), w))
             }
             rows.append("")

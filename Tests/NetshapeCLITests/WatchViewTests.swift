@@ -53,6 +53,11 @@ func watchReport(bulk: UInt64, ingress: UInt64 = 0, drops: UInt64 = 0) -> Status
         #expect(WatchView.bar(10, of: 100, width: 10, mark: 50) == "█····|····")
         #expect(WatchView.sparkline([0, 50, 100, 200], full: 100, width: 6) == "   ▄██")
         #expect(WatchView.sparkline([1, 2, 3], full: 0, width: 2).count == 2)
+        // A minute (60 samples) in 6 columns: 10 samples each, averaged; 30 samples fill the right half.
+        let ramp = (0..<60).map { Double($0 < 30 ? 0 : 100) }
+        #expect(WatchView.sparkline(ramp, full: 100, width: 6, span: 60) == "   ███")
+        #expect(WatchView.sparkline(Array(repeating: 50, count: 30), full: 100, width: 6, span: 60) == "   ▄▄▄")
+        #expect(WatchView.sparkline([100, 0, 100, 0], full: 100, width: 2, span: 4) == "▄▄")
         #expect(WatchView.rate(12_345_678) == "12.3mbit")
         #expect(WatchView.rate(999) == "999bit")
         #expect(WatchView.rate(1_500_000_000) == "1.5gbit")
@@ -71,7 +76,7 @@ func watchReport(bulk: UInt64, ingress: UInt64 = 0, drops: UInt64 = 0) -> Status
         #expect(bulk?.contains("10.0mbit") == true)
         #expect(bulk?.contains("10.0mbit/20.0mbit") == true)
         #expect(bulk?.contains("█████") == true)
-        #expect(bulk?.hasSuffix("      9  2.9KiB     3") == true, "\(bulk ?? "")")
+        #expect(bulk?.hasSuffix("      9    2.9KiB     3") == true, "\(bulk ?? "")")
         #expect(text.contains("gone"))
         #expect(text.contains("missing from the kernel"))
         #expect(rows.contains { $0.hasPrefix("  ingress") && $0.contains("4.0mbit") && $0.contains("on vethpeer") })
