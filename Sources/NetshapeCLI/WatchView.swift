@@ -190,7 +190,8 @@ enum WatchView {
                     clip(
                         "  " + pad("ingress", nameW) + " " + pad(now.map(rate) ?? "-", nowW, right: true) + " ["
                             + bar(now ?? 0, of: full, width: barW) + "] " + pad(rate(full) + " on \(i.device)", 21)
-                            + " " + sparkline(m.series[key]?.rates ?? [], full: full, width: sparkW, span: m.capacity) + " "
+                            + " " + sparkline(m.series[key]?.rates ?? [], full: full, width: sparkW, span: m.capacity)
+                            + " "
                             + pad("\(i.drops)", numW, right: true) + (i.applied ? "" : "  (NOT APPLIED)"), w))
             }
             rows.append("")
