@@ -6,6 +6,7 @@ import PackageDescription
 //   NetshapePolicy          TOML text -> validated Policy (TOMLKit stays in here)
 //   NetshapeEngine          observe -> plan -> apply -> verify, through Core's ports only
 //   NetshapeKernel          the ports for real: libnl-route-3, own netlink (cls_bpf, proc connector), bpf(), cgroupfs, /proc
+//   NetshapeMetrics         Prometheus exposition and its small HTTP/1.1 server (swift-prometheus)
 //   NetshapeDaemon          long-running services (exec events, reconcile, reload, sd_notify)
 //   NetshapeCLI             argument parsing and rendering
 //   netshape                the executable: one line calling NetshapeCLI
@@ -20,6 +21,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         .target(name: "NetshapeCore"),
@@ -42,9 +45,18 @@ let package = Package(
             dependencies: ["NetshapeCore", "CLibnlRoute", "CNetshapeShim"]
         ),
         .target(
+            name: "NetshapeMetrics",
+            dependencies: [
+                "NetshapeCore", "NetshapeEngine", "NetshapeKernel",
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+            ]
+        ),
+        .target(
             name: "NetshapeDaemon",
             dependencies: [
-                "NetshapeCore", "NetshapePolicy", "NetshapeEngine", "NetshapeKernel",
+                "NetshapeCore", "NetshapePolicy", "NetshapeEngine", "NetshapeKernel", "NetshapeMetrics",
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -69,7 +81,14 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .testTarget(name: "NetshapeCLITests", dependencies: ["NetshapeCLI", "NetshapeTestSupport"]),
+        .testTarget(name: "NetshapeCLITests", dependencies: ["NetshapeCLI", "NetshapeEngine", "NetshapeTestSupport"]),
+        .testTarget(
+            name: "NetshapeMetricsTests",
+            dependencies: [
+                "NetshapeMetrics", "NetshapeEngine", "NetshapeCore", "NetshapeKernel", "NetshapeDaemon",
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
+        ),
         .testTarget(name: "NetshapeKernelTests", dependencies: ["NetshapeKernel", "NetshapeCore", "CNetshapeShim"]),
         .testTarget(
             name: "NetshapeIntegrationTests",

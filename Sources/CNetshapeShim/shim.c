@@ -85,3 +85,44 @@ int netshape_sd_notify(const char *socket_path, const char *state) {
     return n < 0 ? -1 : 0;
 }
 int netshape_set_thread_name(unsigned long thread, const char *name) { return pthread_setname_np((pthread_t)thread, name); }
+
+#include <signal.h>
+#include <sys/signalfd.h>
+
+_Static_assert(sizeof(sigset_t) <= 128, "netshape_sigset_size covers sigset_t");
+
+int netshape_accept_nonblock(int fd, void *addr, unsigned int *len) {
+    return accept4(fd, (struct sockaddr *)addr, (socklen_t *)len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+}
+
+int netshape_termination_signalfd(void *old_mask) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGWINCH);
+    int rc = pthread_sigmask(SIG_BLOCK, &set, (sigset_t *)old_mask);
+    if (rc != 0) {
+        errno = rc;
+        return -1;
+    }
+    return signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+}
+
+int netshape_signalfd_read(int fd) {
+    struct signalfd_siginfo info;
+    ssize_t n = read(fd, &info, sizeof(info));
+    if (n == (ssize_t)sizeof(info)) return (int)info.ssi_signo;
+    if (n < 0 && errno == EAGAIN) return 0;
+    return n < 0 ? -1 : 0;
+}
+
+int netshape_restore_sigmask(const void *old_mask) {
+    int rc = pthread_sigmask(SIG_SETMASK, (const sigset_t *)old_mask, NULL);
+    if (rc != 0) {
+        errno = rc;
+        return -1;
+    }
+    return 0;
+}

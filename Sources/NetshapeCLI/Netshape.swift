@@ -246,11 +246,15 @@ struct Status: ParsableCommand {
     var json = false
     @Option(help: "Seconds between the two counter samples that give the current throughput (0 = one sample).")
     var interval: Double = 1
+    @Flag(help: "Redraw a live view every --interval seconds until q or Ctrl-C (plain lines when not a terminal).")
+    var watch = false
 
     func validate() throws {
         guard interval >= 0 && interval <= 3600 else {
             throw ValidationError("--interval must be a number of seconds from 0 to 3600, not \(interval)")
         }
+        if watch && interval < 0.2 { throw ValidationError("--watch needs an --interval of at least 0.2 seconds") }
+        if watch && json { throw ValidationError("--watch and --json do not go together") }
     }
 
     func run() throws {
@@ -258,6 +262,11 @@ struct Status: ParsableCommand {
             var ts = timespec(tv_sec: Int(secs), tv_nsec: Int((secs - Double(Int(secs))) * 1e9))
             var rest = timespec()
             while nanosleep(&ts, &rest) != 0 && errno == EINTR { ts = rest }
+        }
+        if watch {
+            let owned = try policy == nil ? StateStore().loadOwnership().policies.map(\.policy) : []
+            return try WatchLoop.run(
+                paths: policy.map { [$0] } ?? owned.filter { !$0.hasPrefix("cni:") }, interval: interval)
         }
         var combined = StatusReport(namespaces: [], interval: interval)
         if let p = policy {
@@ -495,11 +504,19 @@ struct DaemonCommand: ParsableCommand {
         inversion: .prefixedNo,
         help: "Keep cgroup migrations fast while running (a favordynmods cgroup hierarchy; Linux 6.0+).")
     var favorDynmods = true
+    @Option(
+        help: ArgumentHelp(
+            "Serve Prometheus metrics on HOST:PORT at /metrics (off by default).", valueName: "HOST:PORT"))
+    var metrics: String?
 
     func validate() throws {
         // Written so that NaN fails too (every comparison with NaN is false).
         guard interval >= 0.2 && interval <= 86_400 else {
             throw ValidationError("--interval must be a number of seconds from 0.2 to 86400, not \(interval)")
+        }
+        if let m = metrics, TCPSocket.parseAddress(m) == nil {
+            throw ValidationError(
+                "--metrics wants HOST:PORT with a numeric address, e.g. 127.0.0.1:9477 (got \"\(m)\")")
         }
     }
 
@@ -511,7 +528,7 @@ struct DaemonCommand: ParsableCommand {
             return h
         }
         let daemon = Daemon(
-            policy: policy, path: path, interval: interval, favorDynmods: favorDynmods,
+            policy: policy, path: path, interval: interval, favorDynmods: favorDynmods, metrics: metrics,
             cniPolicy: CNIPlugin.policy(of:), logger: Logger(label: "netshape"))
         let done = DispatchSemaphore(value: 0)
         let failure = FailureBox()

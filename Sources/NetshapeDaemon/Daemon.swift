@@ -26,10 +26,12 @@ final class ExecClassifier: @unchecked Sendable {
     let logger: Logger
     /// Moves made, for `status`-style accounting in logs and tests.
     let moves = Atomic<Int>(0)
+    let health: DaemonHealth
 
-    init(logger: Logger) {
+    init(logger: Logger, health: DaemonHealth = .off) {
         self.snapshot = Mutex(nil)
         self.logger = logger
+        self.health = health
     }
 
     func update(_ s: ClassifierSnapshot) { snapshot.withLock { $0 = s } }
@@ -48,6 +50,7 @@ final class ExecClassifier: @unchecked Sendable {
         do {
             try NetClsHierarchy(root: snap.netClsRoot).move(pid: tgid, to: path)
             moves.add(1, ordering: .relaxed)
+            health.classified.increment()
             var meta: Logger.Metadata = [
                 "pid": "\(tgid)", "comm": "\(info.comm)", "class": "\(ns.name)/\(name)", "on": "\(reason)",
             ]
@@ -93,6 +96,13 @@ actor DaemonCore {
     /// waited for, without disturbing the others.
     @discardableResult
     func reconcile(_ reason: String) throws -> ApplyReport {
+        let started = ContinuousClock.now
+        var result: ApplyReport?
+        defer {
+            classifier.health.reconciled(
+                ok: result != nil, since: started, moved: result.map { $0.performed.filter(\.isMembership).count } ?? 0,
+                policy: policy)
+        }
         // The same lock as the CLI's mutating commands, held only while changing the machine.
         try state.lock()
         defer { state.unlock() }
@@ -116,6 +126,7 @@ actor DaemonCore {
         }
         let pods = reconcileAttachments(reason)
         if let state = report.state { classifier.update(Self.snapshot(state, policy: policy, attachments: pods)) }
+        result = report
         return report
     }
 
@@ -192,7 +203,9 @@ struct ProcEventService: Service {
                         case .comm(let t, let ts): classifier.handle(tgid: t, reason: "comm change", timestampNS: ts)
                         }
                     }
-                case .overflow: overflow.continuation.yield()
+                case .overflow:
+                    classifier.health.eventsLost.increment()
+                    overflow.continuation.yield()
                 case .timeout, .none: continue
                 }
             }
@@ -271,7 +284,7 @@ struct ReloadService: Service {
             let usec = ProcConnector.monotonicNanoseconds() / 1000
             SystemdNotify.send("RELOADING=1\nMONOTONIC_USEC=\(usec)")
             logger.notice("SIGHUP: reloading")
-            _ = await core.reload()
+            core.classifier.health.reloaded(ok: await core.reload())
             SystemdNotify.send("READY=1")
         }
     }
@@ -308,9 +321,11 @@ public struct Daemon {
     public let logger: Logger
     /// Rebuilds a recorded CNI attachment's policy (the CLI owns CNI decoding); nil: pods not followed.
     public let cniPolicy: (@Sendable (CNIAttachment) throws -> Policy)?
+    /// `HOST:PORT` to serve Prometheus metrics on; nil = no endpoint.
+    public let metrics: String?
 
     public init(
-        policy: Policy, path: String, interval: Double, favorDynmods: Bool = true,
+        policy: Policy, path: String, interval: Double, favorDynmods: Bool = true, metrics: String? = nil,
         cniPolicy: (@Sendable (CNIAttachment) throws -> Policy)? = nil, logger: Logger
     ) {
         self.policy = policy
@@ -318,6 +333,7 @@ public struct Daemon {
         self.interval = interval
         self.favorDynmods = favorDynmods
         self.cniPolicy = cniPolicy
+        self.metrics = metrics
         self.logger = logger
     }
 
@@ -346,7 +362,12 @@ public struct Daemon {
         defer { if mountedDynmods { FastMigrations.disable() } }
         let kernel = LinuxKernel(settings: policy.settings)
         let runtimes = kernel.runtimes
-        let classifier = ExecClassifier(logger: logger)
+        var endpoint: MetricsService?
+        var health = DaemonHealth.off
+        if let address = metrics {
+            (endpoint, health) = try MetricsService.make(address: address, logger: logger)
+        }
+        let classifier = ExecClassifier(logger: logger, health: health)
         let core = DaemonCore(
             policy: policy, path: path, engine: Engine(kernel: kernel, logger: logger),
             state: kernel.state, classifier: classifier, logger: logger)
@@ -359,6 +380,7 @@ public struct Daemon {
             ReloadService(core: core, logger: logger),
             ContainerEventService(core: core, runtimes: runtimes, logger: logger),
         ]
+        if let e = endpoint { services.append(e) }
         if let usec = SystemdNotify.watchdogMicroseconds {
             services.append(WatchdogService(core: core, microseconds: usec))
         }

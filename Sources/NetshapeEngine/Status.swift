@@ -13,6 +13,8 @@ public struct ClassStatus: Sendable, Codable, Equatable {
     public var packets: UInt64
     public var drops: UInt64
     public var overlimits: UInt64
+    /// Bytes queued in the class when it was dumped.
+    public var backlog: UInt64 = 0
     /// Bits per second over the sampling interval (nil when sampled once).
     public var throughput: UInt64?
     public var pids: [Int32]
@@ -122,6 +124,7 @@ extension Engine {
                         bytes: now?.stats.bytes ?? 0, packets: now?.stats.packets ?? 0,
                         drops: (now?.stats.drops ?? 0) + (leaf?.stats.drops ?? 0),
                         overlimits: now?.stats.overlimits ?? 0,
+                        backlog: now?.stats.backlogBytes ?? leaf?.stats.backlogBytes ?? 0,
                         throughput: tput, pids: pids.sorted(), isDefault: c.isDefault, present: now != nil))
             }
             var ingress: IngressStatus?

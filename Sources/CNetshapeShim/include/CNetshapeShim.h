@@ -64,4 +64,20 @@ int netshape_set_thread_name(unsigned long thread, const char *name);
 size_t netshape_cn_msg_size(void);
 size_t netshape_proc_event_size(void);
 
+/// accept4(fd, addr, len, SOCK_NONBLOCK | SOCK_CLOEXEC): glibc declares it only under _GNU_SOURCE.
+int netshape_accept_nonblock(int fd, void *addr, unsigned int *len);
+
+/// signalfd(-1, {INT, TERM, HUP, WINCH}, SFD_NONBLOCK | SFD_CLOEXEC) after blocking those signals
+/// in the calling thread; the previous mask is written to `old_mask` (a sigset_t). -1 with errno.
+int netshape_termination_signalfd(void *old_mask);
+
+/// Reads one signalfd_siginfo from `fd`: the signal number, 0 when none is pending, -1 with errno.
+int netshape_signalfd_read(int fd);
+
+/// Restores the signal mask saved by netshape_termination_signalfd.
+int netshape_restore_sigmask(const void *old_mask);
+
+/// sizeof(sigset_t), for the Swift side's buffer.
+static inline size_t netshape_sigset_size(void) { return 128; }
+
 #endif
