@@ -48,12 +48,8 @@ public enum PolicyParser {
                 PolicyDiagnostic(file: file, position: pos, key: "", message: strayMessage(text, at: pos))
             ])
         }
-        if let pos = excessiveNesting(text) {
-            throw PolicyError(diagnostics: [
-                PolicyDiagnostic(
-                    file: file, position: pos, key: "",
-                    message: "arrays and inline tables are nested more than \(maxNesting) deep here; no policy key needs that")
-            ])
+        if let (pos, message) = bracketProblem(text) {
+            throw PolicyError(diagnostics: [PolicyDiagnostic(file: file, position: pos, key: "", message: message)])
         }
         let table: TOMLTable
         do {
@@ -159,11 +155,13 @@ func nulPosition(_ text: String) -> SourcePosition? {
 /// `x = [[[[…` with a stray `}`), so the depth is bounded before it sees them.
 let maxNesting = 16
 
-/// The position of the first `[` or `{` that opens level `maxNesting + 1`, if any.
-func excessiveNesting(_ text: String) -> SourcePosition? {
+/// The first bracket toml++ would abort on instead of reporting: a `[` or `{` that opens level
+/// `maxNesting + 1`, or a `}` where an array expects a value or its `]` (`[}`, `[1, }`).
+func bracketProblem(_ text: String) -> (SourcePosition, String)? {
     var line = 1
     var col = 1
-    var depth = 0
+    var open: [UInt8] = []
+    var expectValue = false
     var quote: UInt8? = nil
     var triple = false
     var comment = false
@@ -191,11 +189,30 @@ func excessiveNesting(_ text: String) -> SourcePosition? {
             if triple { step = 3 }
         } else if c == 0x23 {
             comment = true
-        } else if c == 0x5B || c == 0x7B {
-            depth += 1
-            if depth > maxNesting { return SourcePosition(line: line, column: col) }
-        } else if c == 0x5D || c == 0x7D {
-            depth = max(0, depth - 1)
+        } else if c == 0x20 || c == 0x09 || c == 0x0A || c == 0x0D {
+            // blanks keep whatever is expected
+        } else {
+            if expectValue && c == 0x7D {
+                return (
+                    SourcePosition(line: line, column: col),
+                    "TOML syntax: '}' where the array expects a value or its closing ']'"
+                )
+            }
+            expectValue = false
+            if c == 0x5B || c == 0x7B {
+                open.append(c)
+                if open.count > maxNesting {
+                    return (
+                        SourcePosition(line: line, column: col),
+                        "arrays and inline tables are nested more than \(maxNesting) deep here; no policy key needs that"
+                    )
+                }
+                expectValue = c == 0x5B
+            } else if c == 0x5D || c == 0x7D {
+                if !open.isEmpty { open.removeLast() }
+            } else if c == 0x2C && open.last == 0x5B {
+                expectValue = true
+            }
         }
         for k in i..<min(i + step, u.count) {
             if u[k] == 0x0A {

@@ -24,7 +24,7 @@ within() { python3 -c "import sys; v,l,h=map(float,sys.argv[1:]); sys.exit(0 if 
 # Starts a one-shot iperf3 server on the host side of docker0; waits until it listens.
 server() {
     iperf3 -s -1 -B "$gw" -p "$1" >/dev/null 2>&1 &
-    for _ in $(seq 1 50); do ss -ltn "sport = :$1" | grep -q LISTEN && return 0; sleep 0.1; done
+    for _ in $(seq 1 50); do grep -q LISTEN <<<"$(ss -ltn "sport = :$1")" && return 0; sleep 0.1; done
     return 1
 }
 # measure CONTAINER PORT [-R]: Mbit/s from the container to the host (or back with -R).
@@ -144,7 +144,7 @@ else
     # The kernel reuses a freed namespace's inode number: the new namespace having the old one's
     # number proves the old was freed; otherwise no fd of the daemon may name it.
     elif new_ino=$(netns_inode "$new_pid") && [[ $new_ino != "$old_ino" ]] &&
-        ls -l /proc/"$d1"/fd 2>/dev/null | grep -q "net:\[$old_ino\]"; then
+        grep -q "net:\[$old_ino\]" <<<"$(ls -l /proc/"$d1"/fd 2>/dev/null)"; then
         fail "docker restart followed by the daemon" "the daemon still holds the old namespace net:[$old_ino] open"
     elif ! grep -q "docker: container" "$RT_WORK/daemon-web.log"; then
         fail "docker restart followed by the daemon" "no reconcile on a docker event in the log"
