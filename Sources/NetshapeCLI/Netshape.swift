@@ -313,7 +313,7 @@ struct Status: ParsableCommand {
                 }
             } catch {
                 combined.namespaces += try recordOnly.recordStatus(
-                    names: names, orphaned: "its policy \(path) cannot be read (\(Render.firstLine(error)))")
+                    names: names, orphaned: Render.firstLine(error))
             }
         }
         print(json ? try encodeJSON(combined) : Render.status(combined))
@@ -361,7 +361,7 @@ struct Reset: ParsableCommand {
         do {
             loaded = try PolicyLoader.load(policy, trusted: true).0
         } catch {
-            note = "\(policy) cannot be read (\(Render.firstLine(error))): resetting from netshape's record alone"
+            note = "\(Render.firstLine(error)): resetting from netshape's record alone"
             guard try state.loadOwnership().namespaces.values.contains(where: { $0.policy == path }) else {
                 throw CLIError("cannot reset \(policy): \(Render.firstLine(error)), and netshape has no record of it")
             }

@@ -64,17 +64,39 @@ extension Differ {
                 plan.operations.append(
                     Operation(namespace: name, action: .removeCgroup(path: cg.path, classid: cg.classid)))
             }
+            // Deleting a root qdisc (or a namespace) takes everything in it: a tree holding classes or
+            // filters netshape did not create stays, and so does a provisioned namespace around it.
+            var treeBlocked = false
             if let seen, seen.problem == nil {
                 if let root = seen.configuredRoot,
                     observed.ownership.owns(root, in: seen)
                         || (owned?.egress == nil && adopt[name] == root.handle && root.kind == "htb"
                             && seen.filters.contains { $0.priority == FilterSpec.netshapePriority })
                 {
-                    plan.operations.append(
-                        Operation(
-                            namespace: name, device: seen.device,
-                            action: .deleteRootQdisc(
-                                HTBQdiscSpec(handle: root.handle, defaultMinor: root.htbDefault ?? 0))))
+                    let tree = owned?.egress
+                    let foreignClasses = seen.classes.map(\.spec.classid).filter {
+                        $0.major == root.handle.major && !(tree?.created($0) ?? true)
+                    }
+                    let foreignFilters = Set(
+                        seen.filters.filter { $0.priority != FilterSpec.netshapePriority }.map {
+                            "filter \($0.kind) prio \($0.priority)"
+                        })
+                    let strangers = foreignClasses.sorted().map { "class \($0)" } + foreignFilters.sorted()
+                    if strangers.isEmpty {
+                        plan.operations.append(
+                            Operation(
+                                namespace: name, device: seen.device,
+                                action: .deleteRootQdisc(
+                                    HTBQdiscSpec(handle: root.handle, defaultMinor: root.htbDefault ?? 0))))
+                    } else {
+                        treeBlocked = true
+                        plan.blocked.append(
+                            "HTB tree \(root.handle) on \(seen.device) of namespace \(name): holds "
+                                + strangers.joined(separator: ", ") + " that netshape did not create")
+                        plan.foreign += strangers.map {
+                            "\($0) on \(seen.device) of namespace \(name): not created by netshape"
+                        }
+                    }
                 }
                 if let ing = seen.ingress, ing.ifindex != 0 {
                     if let root = ing.configuredRoot,
@@ -97,7 +119,9 @@ extension Differ {
                     }
                 }
             }
-            if let prov = owned?.provisioned {
+            if treeBlocked, let prov = owned?.provisioned, prov.netns != nil || prov.hostDevice != nil {
+                plan.blocked.append("the network namespace netshape provisioned for \(name): it holds that tree")
+            } else if let prov = owned?.provisioned {
                 if let netns = prov.netns, observed.provision[name]?.netnsExists == true {
                     // Deleting the namespace destroys its veth end, and with it the host-side peer.
                     plan.operations.append(Operation(namespace: name, link: .host, action: .deleteNetns(netns)))

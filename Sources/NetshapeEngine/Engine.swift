@@ -120,6 +120,8 @@ public final class Engine {
         let ops = try Differ.diff(
             desired, observed, matcher: Self.matcher(policy, observed),
             options: DiffOptions(force: options.force, memberships: options.memberships), notes: &desired.notes)
+        var seenNotes = Set<String>()
+        desired.notes = desired.notes.filter { seenNotes.insert($0).inserted }  // u32 dumps a filter twice
         let retirement = Differ.resetPlan(namespaces: retired, observed)
         desired.notes += retirement.foreign.map { "left \($0)" } + retirement.blocked.map { "left \($0)" }
         desired.notes += retired.map {

@@ -180,19 +180,25 @@ extension Engine {
             let byClassid = Dictionary(
                 observed.cgroups.values.filter { $0.path.hasPrefix(CgroupPaths.namespace(name) + "/") }
                     .map { ($0.classid, $0) }, uniquingKeysWith: { a, _ in a })
-            let classes = seen.classes.filter { $0.spec.classid.major == major && $0.spec.classid.minor != 1 }
-                .sorted { $0.spec.classid < $1.spec.classid }
-                .map { c in
-                    let cg = byClassid[c.spec.classid]
-                    let leaf = seen.qdiscs.first { $0.parent == c.spec.classid }
-                    return ClassStatus(
-                        name: cg.map { String($0.path.split(separator: "/").last ?? "") } ?? "(default)",
-                        classid: "\(c.spec.classid)", rate: c.spec.rate.bitsPerSecond, ceil: c.spec.ceil.bitsPerSecond,
-                        priority: c.spec.priority, leaf: leaf?.queue?.description ?? leaf?.kind ?? "-",
-                        bytes: c.stats.bytes, packets: c.stats.packets,
-                        drops: c.stats.drops + (leaf?.stats.drops ?? 0), overlimits: c.stats.overlimits,
-                        throughput: nil, pids: (cg?.pids ?? []).sorted(), isDefault: cg == nil, present: true)
-                }
+            // Only the classes netshape made; the default one is the qdisc's `default` minor.
+            let defaultMinor = root?.htbDefault
+            let classes = seen.classes.filter {
+                $0.spec.classid.major == major && $0.spec.classid.minor != 1 && tree?.created($0.spec.classid) == true
+            }
+            .sorted { $0.spec.classid < $1.spec.classid }
+            .map { c in
+                let cg = byClassid[c.spec.classid]
+                let leaf = seen.qdiscs.first { $0.parent == c.spec.classid }
+                let isDefault = c.spec.classid.minor == defaultMinor
+                return ClassStatus(
+                    name: cg.map { String($0.path.split(separator: "/").last ?? "") }
+                        ?? (isDefault ? "(default)" : "(no cgroup)"),
+                    classid: "\(c.spec.classid)", rate: c.spec.rate.bitsPerSecond, ceil: c.spec.ceil.bitsPerSecond,
+                    priority: c.spec.priority, leaf: leaf?.queue?.description ?? leaf?.kind ?? "-",
+                    bytes: c.stats.bytes, packets: c.stats.packets,
+                    drops: c.stats.drops + (leaf?.stats.drops ?? 0), overlimits: c.stats.overlimits,
+                    throughput: nil, pids: (cg?.pids ?? []).sorted(), isDefault: isDefault, present: true)
+            }
             let egress = seen.classes.first {
                 $0.spec.classid == tree.map { TCHandle(major: $0.handle.major, minor: 1) }
             }

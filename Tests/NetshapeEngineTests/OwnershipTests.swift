@@ -108,12 +108,16 @@ import Testing
         #expect(error?.blocked.contains { $0.contains("netshape/web/frontend") } == true)
         #expect(k.cgroups["netshape/web/mine"] != nil)
         #expect(k.cgroups["netshape/web/backup"] == nil)
-        #expect(k.namespaces["web"]?.qdiscs.first?.kind == "noqueue", "the tree went")
-        // Once the foreign cgroups are gone, a second reset finishes the job.
+        // Deleting the root would take the foreign class with it: the tree stays, named.
+        #expect(error?.blocked.contains { $0.contains("HTB tree") && $0.contains("\(foreign.classid)") } == true)
+        #expect(k.namespaces["web"]?.classes.contains { $0.spec.classid == foreign.classid } == true)
+        // Once the foreign objects are gone, a second reset finishes the job.
         k.cgroups["netshape/web/mine"] = nil
         k.cgroups["netshape/web/frontend/nested"] = nil
+        k.namespaces["web"]?.classes.removeAll { $0.spec.classid == foreign.classid }
         _ = try engine.reset(policyPath: "/p", policy: nil)
         #expect(k.cgroups.keys.sorted() == ["netshape"])
+        #expect(k.namespaces["web"]?.qdiscs.first?.kind == "noqueue", "the tree went")
         #expect(k.ownership.namespaces.isEmpty)
     }
 
@@ -136,6 +140,15 @@ import Testing
         #expect(s[0].applied)
         #expect(s[0].orphaned?.contains("netshape reset /gone.toml") == true)
         #expect(Set(s[0].classes.map(\.name)) == ["frontend", "backup", "other"])
+        // A class someone else hung in the tree is not shown as netshape's, and the default stays the default.
+        let major = try #require(k.namespaces["web"]?.qdiscs.first { $0.parent == .root }?.handle.major)
+        let foreign = HTBClassSpec(
+            classid: TCHandle(major: major, minor: 0x7777), parent: TCHandle(major: major, minor: 1), rate: .mbit(1),
+            ceil: .mbit(1), burst: Size(bytes: 2000), cburst: Size(bytes: 2000), priority: 0, quantum: 1514)
+        k.namespaces["web"]?.classes.append(ObservedClass(spec: foreign))
+        let withForeign = try engine.recordStatus(names: ["web"], orphaned: "gone")
+        #expect(!withForeign[0].classes.contains { $0.classid == "\(foreign.classid)" })
+        #expect(withForeign[0].classes.filter(\.isDefault).map(\.name) == ["other"])
         k.namespaces["web"] = nil
         let gone = try engine.recordStatus(names: ["web"], orphaned: nil)
         #expect(gone[0].orphaned?.contains("namespace is gone") == true)
