@@ -65,7 +65,7 @@ public enum PolicyParser {
                     key: "", message: "TOML syntax: \(error)")
             ])
         }
-        return try validate(PolicyTable(toml: table), file: file, locator: SourceLocator(text))
+        return try validate(PolicyTable(toml: table), file: file, locator: LazySourceLocator(text))
     }
 
     /// `match.user` and `match.group` names that do not exist here, positioned in `text`. A

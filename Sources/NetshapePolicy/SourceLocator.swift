@@ -1,3 +1,5 @@
+import Synchronization
+
 /// A 1-based line and column in a policy file.
 public struct SourcePosition: Sendable, Equatable, Comparable, Hashable {
     public var line: Int
@@ -19,6 +21,22 @@ public struct SourcePosition: Sendable, Equatable, Comparable, Hashable {
 /// array indices as components: `namespace.0.class.1.rate`. It only runs on text TOMLKit accepted,
 /// so it can ignore malformed input; strings and multi-line arrays are skipped so that their
 /// content is never mistaken for keys.
+/// A `SourceLocator` built the first time a position is asked for: a valid policy needs none, and
+/// re-reading the text costs about as much as the rest of the validation.
+final class LazySourceLocator: PolicyLocating, Sendable {
+    let text: String
+    let built = Mutex<SourceLocator?>(nil)
+
+    init(_ text: String) { self.text = text }
+
+    func position(of path: [String]) -> SourcePosition {
+        built.withLock { locator in
+            if locator == nil { locator = SourceLocator(text) }
+            return locator?.position(of: path) ?? SourcePosition(line: 1, column: 1)
+        }
+    }
+}
+
 struct SourceLocator: PolicyLocating {
     private(set) var positions: [String: SourcePosition] = [:]
 
