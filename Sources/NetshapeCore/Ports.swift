@@ -30,6 +30,9 @@ public struct ObservationRequest: Sendable, Equatable {
     public var groups: [String]
     /// Read /proc to list each namespace's processes.
     public var processes: Bool
+    /// List netshape's net_cls cgroups (the verification after an apply skips it when no operation
+    /// touched a cgroup: on a big tree it is most of the cost of a one-class change).
+    public var cgroups = true
 
     public init(namespaces: [NamespaceRequest], users: [String] = [], groups: [String] = [], processes: Bool = true) {
         self.namespaces = namespaces

@@ -217,7 +217,12 @@ public final class Engine {
         //    ownership record now that they exist; then verify: dump again and diff. Configuration
         //    must match exactly; processes may have come and gone meanwhile, so memberships are not
         //    part of the check.
-        var after = try kernel.observe(ObservationRequest(policy: verifyPolicy(policy, plan), processes: false))
+        //    cgroupfs is read again only when an operation touched a cgroup; otherwise what the plan
+        //    read still stands (the lock keeps other netshape runs out).
+        var verifyRequest = ObservationRequest(policy: verifyPolicy(policy, plan), processes: false)
+        verifyRequest.cgroups = done.contains { $0.object == "cgroup" }
+        var after = try kernel.observe(verifyRequest)
+        if !verifyRequest.cgroups { after.cgroups = plan.observed.cgroups }
         after.ownership = try keepRecord(record, after, plan.desired, policy, policyPath)
         var verifyNotes: [String] = []
         let verify = try Differ.diff(

@@ -196,7 +196,9 @@ public final class LinuxKernel: KernelPort {
         dropStale(request.namespaces)
         var state = ObservedState(ownership: try self.state.loadOwnership())
         if hierarchy == nil { hierarchy = NetClsHierarchy.find(configured: settings.cgroupRoot) }
-        if let h = hierarchy { state.cgroups = h.listNetshape(namespaces: request.namespaces.map(\.name)) }
+        if request.cgroups, let h = hierarchy {
+            state.cgroups = h.listNetshape(namespaces: request.namespaces.map(\.name))
+        }
         let byNamespace = request.processes ? procs.scan() : [:]
         for r in request.namespaces {
             requests[r.name] = r

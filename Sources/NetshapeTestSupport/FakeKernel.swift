@@ -77,7 +77,7 @@ public final class FakeKernel: KernelPort {
             guard let slash = path.lastIndex(of: "/") else { continue }
             seenCgroups[String(path[..<slash])]?.children.append(String(path[path.index(after: slash)...]))
         }
-        var state = ObservedState(cgroups: seenCgroups, ownership: ownership)
+        var state = ObservedState(cgroups: request.cgroups ? seenCgroups : [:], ownership: ownership)
         for r in request.namespaces {
             if let p = r.provision {
                 state.provision[r.name] = ObservedProvision(
