@@ -349,6 +349,17 @@ func readFile(_ path: String) -> String? {
         }
     }
 
+    /// toml++ asserts on `}` where an array expects a value (fuzz seeds 3 and 3273110827).
+    @Test(arguments: ["x = [}a\", 33]", "x = [1, }]", "x = [[1],}]", "x = {a = [}]}"])
+    func aBraceWhereAnArrayExpectsAValueIsAnError(_ line: String) throws {
+        do {
+            _ = try PolicyParser.parse("version = 1\n" + line + "\n", file: "brace.toml")
+            Issue.record("accepted \(line)")
+        } catch let e as PolicyError {
+            #expect(e.description.hasPrefix("brace.toml:2:"), "\(e.description)")
+        }
+    }
+
     @Test func ordinaryNestingAndBracketsInStringsPass() throws {
         let text = """
             version = 1
