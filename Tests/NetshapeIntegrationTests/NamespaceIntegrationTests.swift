@@ -132,9 +132,10 @@ extension ApplyIntegrationTests {
         let netns = try must([ip, "netns", "list"])
         #expect(names.allSatisfy { !netns.contains($0) }, "no namespace left: \(netns)")
         // The kernel tears a deleted namespace's veth pair down asynchronously, and later still while
-        // orphaned TCP sockets (data an iperf3 left behind) hold the namespace: wait for it.
+        // orphaned TCP sockets (data an iperf3 left behind) hold the namespace: wait for it (up to the
+        // orphan's FIN timeout, 60 s by default; seen taking more than 20 s here).
         let gone =
-            (try? waitFor(seconds: 20, "the provisioned links to go") {
+            (try? waitFor(seconds: 90, "the provisioned links to go") {
                 !((try? must([ip, "-br", "link", "show"])) ?? "").contains(String(id))
             }) != nil
         let links = (try? must([ip, "-br", "link", "show"])) ?? ""
