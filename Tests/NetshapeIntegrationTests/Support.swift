@@ -170,7 +170,7 @@ final class Scratch {
     func recreateClient() throws {
         try must([ip, "netns", "del", client])
         // The kernel tears the old pair down asynchronously; the peer name must be free again.
-        try waitFor(seconds: 10, "the old veth pair to go") {
+        try waitFor(seconds: 60, "the old veth pair to go") {
             (try? run([ip, "-n", server, "link", "show", serverDev]))?.status != 0
         }
         try must([ip, "netns", "add", client])
