@@ -214,17 +214,23 @@ func bracketProblem(_ text: String) -> (SourcePosition, String)? {
                 expectValue = true
             }
         }
-        for k in i..<min(i + step, u.count) {
-            if u[k] == 0x0A {
-                line += 1
-                col = 1
-            } else if u[k] & 0xC0 != 0x80 {
-                col += 1
-            }
-        }
-        i += step
+        advance(u, &i, by: step, line: &line, column: &col)
     }
     return nil
+}
+
+/// Moves the byte index of the pre-screens `step` bytes on, keeping the 1-based line and column
+/// (columns count characters: UTF-8 continuation bytes do not advance them).
+func advance(_ u: [UInt8], _ i: inout Int, by step: Int, line: inout Int, column: inout Int) {
+    for k in i..<min(i + step, u.count) {
+        if u[k] == 0x0A {
+            line += 1
+            column = 1
+        } else if u[k] & 0xC0 != 0x80 {
+            column += 1
+        }
+    }
+    i += step
 }
 
 /// What the character at `pos` (found by `strayNonASCII`) is, in a person's words.
@@ -314,15 +320,7 @@ func strayNonASCII(_ text: String) -> SourcePosition? {
         } else if c >= 0x80 {
             return SourcePosition(line: line, column: col)
         }
-        for k in i..<min(i + step, u.count) {
-            if u[k] == 0x0A {
-                line += 1
-                col = 1
-            } else if u[k] & 0xC0 != 0x80 {
-                col += 1
-            }
-        }
-        i += step
+        advance(u, &i, by: step, line: &line, column: &col)
     }
     return nil
 }
