@@ -26,7 +26,10 @@ public struct OwnershipRecord: Sendable, Equatable, Codable {
 
         /// True when `root` on that device is this tree's root.
         public func owns(_ root: ObservedQdisc, netnsID: String, ifindex: Int32) -> Bool {
-            root.kind == "htb" && root.handle == handle && self.ifindex == ifindex && self.netnsID == netnsID
+            // ifindex 0 / an empty id: recorded before its device (an IFB, a provisioned veth) existed, by a
+            // run that died before it could fill them in (SIGKILL): the handle alone still says it is ours.
+            root.kind == "htb" && root.handle == handle && (self.ifindex == ifindex || self.ifindex == 0)
+                && (self.netnsID == netnsID || self.netnsID.isEmpty)
         }
 
         /// True when netshape created class `id` in this tree.
