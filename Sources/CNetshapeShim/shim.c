@@ -126,3 +126,161 @@ int netshape_restore_sigmask(const void *old_mask) {
     }
     return 0;
 }
+
+static int netshape_bpf(int cmd, union bpf_attr *attr) { return (int)syscall(__NR_bpf, cmd, attr, sizeof(*attr)); }
+
+int netshape_bpf_map_create(uint32_t map_type, uint32_t key_size, uint32_t value_size, uint32_t max_entries,
+                            uint32_t map_flags, const char *name) {
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.map_type = map_type;
+    attr.key_size = key_size;
+    attr.value_size = value_size;
+    attr.max_entries = max_entries;
+    attr.map_flags = map_flags;
+    if (name) strncpy(attr.map_name, name, sizeof(attr.map_name) - 1);
+    return netshape_bpf(BPF_MAP_CREATE, &attr);
+}
+
+int netshape_bpf_map_elem(uint32_t cmd, int map_fd, const void *key, void *value, uint64_t flags) {
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.map_fd = (uint32_t)map_fd;
+    attr.key = (uint64_t)(uintptr_t)key;
+    attr.value = (uint64_t)(uintptr_t)value;
+    attr.flags = flags;
+    return netshape_bpf((int)cmd, &attr);
+}
+
+int netshape_bpf_map_next_key(int map_fd, const void *key, void *next_key) {
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.map_fd = (uint32_t)map_fd;
+    attr.key = (uint64_t)(uintptr_t)key;
+    attr.next_key = (uint64_t)(uintptr_t)next_key;
+    return netshape_bpf(BPF_MAP_GET_NEXT_KEY, &attr);
+}
+
+int netshape_bpf_prog_load_attach(uint32_t prog_type, uint32_t expected_attach_type, const struct bpf_insn *insns,
+                                  uint32_t insn_count, const char *license, const char *name, char *log,
+                                  uint32_t log_size, uint32_t log_level) {
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.prog_type = prog_type;
+    attr.expected_attach_type = expected_attach_type;
+    attr.insns = (uint64_t)(uintptr_t)insns;
+    attr.insn_cnt = insn_count;
+    attr.license = (uint64_t)(uintptr_t)license;
+    if (log && log_size) {
+        attr.log_buf = (uint64_t)(uintptr_t)log;
+        attr.log_size = log_size;
+        attr.log_level = log_level;
+    }
+    if (name) strncpy(attr.prog_name, name, sizeof(attr.prog_name) - 1);
+    return netshape_bpf(BPF_PROG_LOAD, &attr);
+}
+
+int netshape_bpf_obj_pin(int fd, const char *path) {
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.pathname = (uint64_t)(uintptr_t)path;
+    attr.bpf_fd = (uint32_t)fd;
+    return netshape_bpf(BPF_OBJ_PIN, &attr);
+}
+
+int netshape_bpf_obj_get(const char *path, uint32_t file_flags) {
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.pathname = (uint64_t)(uintptr_t)path;
+    attr.file_flags = file_flags;
+    return netshape_bpf(BPF_OBJ_GET, &attr);
+}
+
+int netshape_bpf_prog_attach(int prog_fd, int target_fd, uint32_t attach_type, uint32_t flags) {
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.target_fd = (uint32_t)target_fd;
+    attr.attach_bpf_fd = (uint32_t)prog_fd;
+    attr.attach_type = attach_type;
+    attr.attach_flags = flags;
+    return netshape_bpf(BPF_PROG_ATTACH, &attr);
+}
+
+int netshape_bpf_prog_detach(int prog_fd, int target_fd, uint32_t attach_type) {
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.target_fd = (uint32_t)target_fd;
+    attr.attach_bpf_fd = (uint32_t)prog_fd;
+    attr.attach_type = attach_type;
+    return netshape_bpf(BPF_PROG_DETACH, &attr);
+}
+
+int netshape_bpf_prog_query(int target_fd, uint32_t attach_type, uint32_t query_flags, uint32_t *attach_flags,
+                            uint32_t *prog_ids, uint32_t *prog_count) {
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.query.target_fd = (uint32_t)target_fd;
+    attr.query.attach_type = attach_type;
+    attr.query.query_flags = query_flags;
+    attr.query.prog_ids = (uint64_t)(uintptr_t)prog_ids;
+    attr.query.prog_cnt = *prog_count;
+    int rc = netshape_bpf(BPF_PROG_QUERY, &attr);
+    /* prog_cnt is written back on success and on ENOSPC (the ids did not fit). */
+    *prog_count = attr.query.prog_cnt;
+    if (attach_flags) *attach_flags = attr.query.attach_flags;
+    return rc;
+}
+
+int netshape_bpf_prog_get_fd_by_id(uint32_t id) {
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.prog_id = id;
+    return netshape_bpf(BPF_PROG_GET_FD_BY_ID, &attr);
+}
+
+int netshape_bpf_map_get_fd_by_id(uint32_t id) {
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.map_id = id;
+    return netshape_bpf(BPF_MAP_GET_FD_BY_ID, &attr);
+}
+
+int netshape_bpf_prog_info(int prog_fd, uint32_t *id, uint32_t *type, char *name, uint32_t *map_ids,
+                           uint32_t *map_count) {
+    struct bpf_prog_info info;
+    memset(&info, 0, sizeof(info));
+    info.nr_map_ids = *map_count;
+    info.map_ids = (uint64_t)(uintptr_t)map_ids;
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.info.bpf_fd = (uint32_t)prog_fd;
+    attr.info.info_len = sizeof(info);
+    attr.info.info = (uint64_t)(uintptr_t)&info;
+    int rc = netshape_bpf(BPF_OBJ_GET_INFO_BY_FD, &attr);
+    if (rc != 0) return rc;
+    *id = info.id;
+    *type = info.type;
+    memcpy(name, info.name, sizeof(info.name));
+    *map_count = info.nr_map_ids;
+    return 0;
+}
+
+int netshape_bpf_map_info(int map_fd, uint32_t *id, uint32_t *type, uint32_t *key_size, uint32_t *value_size,
+                          uint32_t *max_entries, char *name) {
+    struct bpf_map_info info;
+    memset(&info, 0, sizeof(info));
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.info.bpf_fd = (uint32_t)map_fd;
+    attr.info.info_len = sizeof(info);
+    attr.info.info = (uint64_t)(uintptr_t)&info;
+    int rc = netshape_bpf(BPF_OBJ_GET_INFO_BY_FD, &attr);
+    if (rc != 0) return rc;
+    *id = info.id;
+    *type = info.type;
+    *key_size = info.key_size;
+    *value_size = info.value_size;
+    *max_entries = info.max_entries;
+    memcpy(name, info.name, sizeof(info.name));
+    return 0;
+}

@@ -80,4 +80,42 @@ int netshape_restore_sigmask(const void *old_mask);
 /// sizeof(sigset_t), for the Swift side's buffer.
 static inline size_t netshape_sigset_size(void) { return 128; }
 
+// The shared bpf(2) wrappers behind Sources/NetshapeKernel/BPF.swift: one per command, each fills
+// a zeroed union bpf_attr and calls syscall(__NR_bpf). Every one returns -1 with errno set on failure.
+
+/// BPF_MAP_CREATE. `name` may be NULL (truncated to BPF_OBJ_NAME_LEN - 1).
+int netshape_bpf_map_create(uint32_t map_type, uint32_t key_size, uint32_t value_size, uint32_t max_entries,
+                            uint32_t map_flags, const char *name);
+/// BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM (with `flags`: BPF_ANY/NOEXIST/EXIST), BPF_MAP_DELETE_ELEM
+/// (`value` ignored): `cmd` is the bpf command.
+int netshape_bpf_map_elem(uint32_t cmd, int map_fd, const void *key, void *value, uint64_t flags);
+/// BPF_MAP_GET_NEXT_KEY; `key` NULL gives the first key.
+int netshape_bpf_map_next_key(int map_fd, const void *key, void *next_key);
+/// BPF_PROG_LOAD with an expected attach type (0 when the type needs none) and a verifier log
+/// (`log` NULL/0 for none; `log_level` 1 or 2).
+int netshape_bpf_prog_load_attach(uint32_t prog_type, uint32_t expected_attach_type, const struct bpf_insn *insns,
+                                  uint32_t insn_count, const char *license, const char *name, char *log,
+                                  uint32_t log_size, uint32_t log_level);
+/// BPF_OBJ_PIN / BPF_OBJ_GET (bpffs paths).
+int netshape_bpf_obj_pin(int fd, const char *path);
+int netshape_bpf_obj_get(const char *path, uint32_t file_flags);
+/// BPF_PROG_ATTACH / BPF_PROG_DETACH on a target fd (a cgroup directory, a socket).
+int netshape_bpf_prog_attach(int prog_fd, int target_fd, uint32_t attach_type, uint32_t flags);
+int netshape_bpf_prog_detach(int prog_fd, int target_fd, uint32_t attach_type);
+/// BPF_PROG_QUERY: on entry *prog_count is the room in `prog_ids`; on return the number attached.
+int netshape_bpf_prog_query(int target_fd, uint32_t attach_type, uint32_t query_flags, uint32_t *attach_flags,
+                            uint32_t *prog_ids, uint32_t *prog_count);
+/// BPF_PROG_GET_FD_BY_ID / BPF_MAP_GET_FD_BY_ID.
+int netshape_bpf_prog_get_fd_by_id(uint32_t id);
+int netshape_bpf_map_get_fd_by_id(uint32_t id);
+/// BPF_OBJ_GET_INFO_BY_FD for a program: its id, type, name (16 bytes) and up to *map_count map ids
+/// (on return *map_count is how many maps it uses).
+int netshape_bpf_prog_info(int prog_fd, uint32_t *id, uint32_t *type, char *name, uint32_t *map_ids,
+                           uint32_t *map_count);
+/// BPF_OBJ_GET_INFO_BY_FD for a map: id, type, key and value size, max entries, name (16 bytes).
+int netshape_bpf_map_info(int map_fd, uint32_t *id, uint32_t *type, uint32_t *key_size, uint32_t *value_size,
+                          uint32_t *max_entries, char *name);
+/// BPF_PSEUDO_MAP_FD, the src_reg of the ld_imm64 that loads a map by fd.
+static inline uint8_t netshape_bpf_pseudo_map_fd(void) { return BPF_PSEUDO_MAP_FD; }
+
 #endif
