@@ -221,8 +221,8 @@ public final class NetClsHierarchy {
         let path = "\(root)/\(relative)/\(file)"
         let fd = try sys("open(\(path))") { openat(dir, file, O_WRONLY | O_NOFOLLOW | O_CLOEXEC) }
         defer { close(fd) }
-        let bytes = Array(text.utf8)
-        try sys("write(\(path), \(text))") { bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } }
+        // cgroupfs acts on each write(2) and reports a refused pid or classid there, not at open.
+        try Syscall.writeOnce(fd, Array(text.utf8), what: "\(path), \(text)")
     }
 
     func readFile(_ relative: String, _ file: String) -> String? {
@@ -289,27 +289,13 @@ public final class NetClsHierarchy {
             }
             return ObservedCgroup(path: path, classid: TCHandle(raw: id ?? 0), pids: pids)
         }
-        func subdirectories(_ dir: Int32) -> [String] {
-            let copy = dup(dir)
-            guard copy >= 0, let d = fdopendir(copy) else { return [] }
-            defer { closedir(d) }
-            var names: [String] = []
-            while let e = readdir(d) {
-                guard e.pointee.d_type == UInt8(DT_DIR) else { continue }
-                let name = withUnsafeBytes(of: e.pointee.d_name) {
-                    String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self)
-                }
-                if name != "." && name != ".." { names.append(name) }
-            }
-            return names
-        }
         out[CgroupPaths.top] = cgroup(top, CgroupPaths.top)
         for ns in namespaces {
             let nsfd = openat(top, ns, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
             guard nsfd >= 0 else { continue }
             defer { close(nsfd) }
             let nsPath = CgroupPaths.namespace(ns)
-            let classes = subdirectories(nsfd)
+            let classes = Syscall.entries(of: nsfd, directoriesOnly: true)
             out[nsPath] = cgroup(nsfd, nsPath)
             out[nsPath]?.children = classes
             for cls in classes {
@@ -318,7 +304,7 @@ public final class NetClsHierarchy {
                 let path = CgroupPaths.class(cls, in: ns)
                 out[path] = cgroup(cfd, path)
                 // netshape never makes cgroups below a class: any there are someone else's.
-                out[path]?.children = subdirectories(cfd)
+                out[path]?.children = Syscall.entries(of: cfd, directoriesOnly: true)
                 close(cfd)
             }
         }

@@ -100,13 +100,6 @@ public final class Terminal {
 
     /// Writes all of `text` to `output`.
     public func write(_ text: String) throws {
-        var bytes = Array(text.utf8)
-        var off = 0
-        while off < bytes.count {
-            let n = try sys("write(fd \(output))") {
-                bytes.withUnsafeMutableBytes { Glibc.write(output, $0.baseAddress! + off, $0.count - off) }
-            }
-            off += n
-        }
+        try Syscall.writeAll(output, Array(text.utf8), what: "fd \(output)")
     }
 }
