@@ -56,6 +56,8 @@ public enum Syscall {
             return []
         }
         defer { closedir(d) }
+        // The copy shares the caller's offset: start from the top, also on a second listing.
+        rewinddir(d)
         var names: [String] = []
         while let e = readdir(d) {
             if directoriesOnly && e.pointee.d_type != UInt8(DT_DIR) { continue }
