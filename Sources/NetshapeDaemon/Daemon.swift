@@ -1,4 +1,3 @@
-import Glibc
 import Logging
 import NetshapeCore
 import NetshapeEngine
@@ -351,9 +350,9 @@ public struct Daemon {
             } catch {
                 let e = (error as? KernelError)?.errno
                 let why =
-                    e == EACCES || e == EPERM
+                    e == KernelErrno.EACCES || e == KernelErrno.EPERM
                     ? "mounting a cgroup hierarchy was refused (needs CAP_SYS_ADMIN in the initial user namespace)"
-                    : e == EINVAL ? "favordynmods needs Linux 6.0" : "the mount failed"
+                    : e == KernelErrno.EINVAL ? "favordynmods needs Linux 6.0" : "the mount failed"
                 logger.warning(
                     "cannot enable fast cgroup migrations (\(why)): \(error); moves after idle periods will take an RCU grace period"
                 )

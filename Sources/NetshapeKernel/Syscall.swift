@@ -106,6 +106,9 @@ public enum Syscall {
         return KernelError.syscall("execvp(\(argv[0]))", e)
     }
 
+    /// The C library's text for `errno`.
+    public static func describe(errno e: Int32) -> String { String(cString: strerror(e)) }
+
     /// Ends the process with `status`.
     public static func exit(_ status: Int32) -> Never { Glibc.exit(status) }
 
