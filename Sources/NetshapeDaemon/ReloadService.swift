@@ -1,0 +1,24 @@
+import Logging
+import NetshapeCore
+import NetshapeEngine
+import NetshapeKernel
+import NetshapePolicy
+import ServiceLifecycle
+import Synchronization
+import UnixSignals
+
+/// SIGHUP reloads the policy; systemd hears RELOADING=1 then READY=1.
+struct ReloadService: Service {
+    let core: DaemonCore
+    let logger: Logger
+
+    func run() async throws {
+        for await _ in await UnixSignalsSequence(trapping: .sighup).cancelOnGracefulShutdown() {
+            let usec = ProcConnector.monotonicNanoseconds() / 1000
+            SystemdNotify.send("RELOADING=1\nMONOTONIC_USEC=\(usec)")
+            logger.notice("SIGHUP: reloading")
+            core.classifier.health.reloaded(ok: await core.reload())
+            SystemdNotify.send("READY=1")
+        }
+    }
+}
