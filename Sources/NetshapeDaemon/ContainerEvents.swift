@@ -14,6 +14,8 @@ import Synchronization
 struct ContainerEventService: Service {
     let core: DaemonCore
     let runtimes: ContainerRuntimes
+    let io: DaemonIO
+    let liveness: Liveness
     let logger: Logger
 
     func run() async throws {
@@ -21,12 +23,17 @@ struct ContainerEventService: Service {
         let stop = Atomic<Bool>(false)
         let runtimes = self.runtimes
         let logger = self.logger
+        let clock = io.clock
+        let heartbeat = liveness.register("docker events")
         try startThread(name: "netshape-docker") {
             var connected = false
             var lastProblem = ""
             while !stop.load(ordering: .relaxed) {
                 do {
-                    try runtimes.followDockerEvents(shouldStop: { stop.load(ordering: .relaxed) }) { action, id in
+                    try runtimes.followDockerEvents(shouldStop: {
+                        heartbeat.alive()
+                        return stop.load(ordering: .relaxed)
+                    }) { action, id in
                         if !connected {
                             connected = true
                             logger.info("following Docker's container events on \(runtimes.dockerSocket)")
@@ -41,7 +48,10 @@ struct ContainerEventService: Service {
                         logger.debug("not following Docker events: \(error)")
                     }
                 }
-                for _ in 0..<10 where !stop.load(ordering: .relaxed) { usleepMilliseconds(100) }
+                for _ in 0..<10 where !stop.load(ordering: .relaxed) {
+                    heartbeat.alive()
+                    clock.sleep(milliseconds: 100)
+                }
             }
         }
         defer { stop.store(true, ordering: .relaxed) }

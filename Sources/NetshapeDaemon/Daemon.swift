@@ -69,29 +69,35 @@ public struct Daemon {
         if let address = metrics {
             (endpoint, health) = try MetricsService.make(address: address, logger: logger)
         }
-        let classifier = ExecClassifier(logger: logger, health: health)
+        let io = DaemonIO.system
+        let liveness = Liveness(clock: io.clock)
+        let classifier = ExecClassifier(logger: logger, health: health, io: io)
         let core = DaemonCore(
             policy: policy, path: path, engine: Engine(kernel: kernel, logger: logger),
-            state: kernel.state, classifier: classifier, logger: logger)
+            state: kernel.state, classifier: classifier, io: io, logger: logger)
         if let f = cniPolicy { await core.follow(CNIAttachments(store: CNIAttachmentStore(), policy: f)) }
         let report = try await core.reconcile("start")
         logger.notice("applied \(path): \(report.performed.count) change(s); watching for new processes")
+        // A new service: one line here. A service with a thread of its own registers a heartbeat
+        // with `liveness`, so the watchdog stops pinging when that thread stops.
         var services: [any Service] = [
-            ProcEventService(core: core, classifier: classifier, logger: logger),
-            ReconcileService(core: core, interval: interval, logger: logger),
-            ReloadService(core: core, logger: logger),
-            ContainerEventService(core: core, runtimes: runtimes, logger: logger),
+            ProcEventService(core: core, classifier: classifier, io: io, liveness: liveness, logger: logger),
+            ReconcileService(core: core, interval: interval, io: io, liveness: liveness, logger: logger),
+            ReloadService(core: core, io: io, logger: logger),
+            ContainerEventService(core: core, runtimes: runtimes, io: io, liveness: liveness, logger: logger),
         ]
         if let e = endpoint { services.append(e) }
         if let usec = SystemdNotify.watchdogMicroseconds {
-            services.append(WatchdogService(core: core, microseconds: usec))
+            services.append(
+                WatchdogService(
+                    core: core, liveness: liveness, notifier: io.notifier, microseconds: usec, logger: logger))
         }
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
                 services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-        SystemdNotify.send("READY=1\nSTATUS=shaping \(policy.namespaces.count) namespace(s)")
+        io.notifier.send("READY=1\nSTATUS=shaping \(policy.namespaces.count) namespace(s)")
         try await group.run()
-        SystemdNotify.send("STOPPING=1")
+        io.notifier.send("STOPPING=1")
         logger.notice("stopped; the shaping stays in place (netshape reset removes it)")
     }
 }

@@ -13,13 +13,18 @@ actor DaemonCore {
     let engine: Engine
     let state: StateStore
     let classifier: ExecClassifier
+    let io: DaemonIO
     let logger: Logger
     var waiting: [String: String] = [:]
     /// The CNI plugin's pod attachments (see CNIAttachments.swift): name → "" when followed, else why not.
     var cni: CNIAttachments?
     var attachmentStatus: [String: String] = [:]
 
-    init(policy: Policy, path: String, engine: Engine, state: StateStore, classifier: ExecClassifier, logger: Logger) {
+    init(
+        policy: Policy, path: String, engine: Engine, state: StateStore, classifier: ExecClassifier,
+        io: DaemonIO = .system, logger: Logger
+    ) {
+        self.io = io
         self.policy = policy
         self.path = path
         self.engine = engine
@@ -62,7 +67,10 @@ actor DaemonCore {
                 "after \(reason), \(report.remaining.count) difference(s) remain: \(report.remaining.map(\.command))")
         }
         let pods = reconcileAttachments(reason)
-        if let state = report.state { classifier.update(Self.snapshot(state, policy: policy, attachments: pods)) }
+        if let state = report.state {
+            classifier.update(
+                Self.snapshot(state, policy: policy, attachments: pods, netClsRoot: io.netClsRoot(policy.settings)))
+        }
         result = report
         return report
     }
@@ -72,7 +80,7 @@ actor DaemonCore {
     func reload() -> Bool {
         do {
             // The same loader and file-safety rule as `netshape apply` and daemon start.
-            let (new, _) = try PolicySource.load(path, trusted: true)
+            let new = try io.loadPolicy(path)
             let old = policy
             policy = new
             do {
@@ -98,7 +106,7 @@ actor DaemonCore {
         }
     }
 
-    static func snapshot(_ state: PlanResult, policy: Policy) -> ClassifierSnapshot {
+    static func snapshot(_ state: PlanResult, policy: Policy, netClsRoot root: String) -> ClassifierSnapshot {
         var byNetns: [String: DesiredNamespace] = [:]
         var fields: [String: ProcScanner.Fields] = [:]
         for ns in state.desired.namespaces {
@@ -108,7 +116,6 @@ actor DaemonCore {
                 $0.formUnion(ProcScanner.Fields(for: $1.match))
             }
         }
-        let root = NetClsHierarchy.find(configured: policy.settings.cgroupRoot)?.root ?? "/sys/fs/cgroup/net_cls"
         return ClassifierSnapshot(
             namespaces: byNetns, fields: fields, matcher: Engine.matcher(policy, state.observed),
             netClsRoot: root)

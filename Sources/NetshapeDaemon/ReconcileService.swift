@@ -11,6 +11,8 @@ import Synchronization
 struct ReconcileService: Service {
     let core: DaemonCore
     let interval: Double
+    let io: DaemonIO
+    let liveness: Liveness
     let logger: Logger
 
     func run() async throws {
@@ -21,13 +23,18 @@ struct ReconcileService: Service {
         for ns in await core.policy.namespaces {
             if case .path(let p) = ns.netns, let slash = p.lastIndex(of: "/") { dirs.append(String(p[..<slash])) }
         }
-        if let watcher = try? DirectoryWatcher(create: ["/run/netns", CNIAttachmentStore().directory], existing: dirs) {
-            let box = UncheckedBox(watcher)
-            try? startThread(name: "netshape-netns") {
+        do {
+            let box = UncheckedBox(try io.watch(["/run/netns", CNIAttachmentStore().directory], dirs))
+            let heartbeat = liveness.register("namespace watch")
+            try startThread(name: "netshape-netns") {
                 while !stop.load(ordering: .relaxed) {
                     if box.value.wait(timeoutMilliseconds: 250) { changes.continuation.yield() }
+                    heartbeat.alive()
                 }
             }
+        } catch {
+            // The periodic check still finds new namespaces, only later.
+            logger.warning("not watching for new namespaces (found every \(interval) s instead): \(error)")
         }
         defer { stop.store(true, ordering: .relaxed) }
         let ticker = AsyncStream<Void> { c in

@@ -10,15 +10,16 @@ import UnixSignals
 /// SIGHUP reloads the policy; systemd hears RELOADING=1 then READY=1.
 struct ReloadService: Service {
     let core: DaemonCore
+    let io: DaemonIO
     let logger: Logger
 
     func run() async throws {
         for await _ in await UnixSignalsSequence(trapping: .sighup).cancelOnGracefulShutdown() {
-            let usec = ProcConnector.monotonicNanoseconds() / 1000
-            SystemdNotify.send("RELOADING=1\nMONOTONIC_USEC=\(usec)")
+            let usec = io.clock.monotonicNanoseconds() / 1000
+            io.notifier.send("RELOADING=1\nMONOTONIC_USEC=\(usec)")
             logger.notice("SIGHUP: reloading")
             core.classifier.health.reloaded(ok: await core.reload())
-            SystemdNotify.send("READY=1")
+            io.notifier.send("READY=1")
         }
     }
 }
