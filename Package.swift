@@ -97,6 +97,14 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
+        .testTarget(
+            name: "NetshapeDaemonTests",
+            dependencies: [
+                "NetshapeDaemon", "NetshapeCore", "NetshapeEngine", "NetshapeKernel", "NetshapePolicy",
+                "NetshapeTestSupport", .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .testTarget(name: "NetshapeKernelTests", dependencies: ["NetshapeKernel", "NetshapeCore", "CNetshapeShim"]),
         .testTarget(
             name: "NetshapeIntegrationTests",
