@@ -48,9 +48,7 @@ let package = Package(
         .target(
             name: "NetshapeMetrics",
             dependencies: [
-                "NetshapeCore", "NetshapeEngine", "NetshapeKernel",
-                .product(name: "Prometheus", package: "swift-prometheus"),
-                .product(name: "CoreMetrics", package: "swift-metrics"),
+                "NetshapeEngine", "NetshapeKernel", .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
         .target(
@@ -77,7 +75,7 @@ let package = Package(
         ),
         .executableTarget(name: "netshape", dependencies: ["NetshapeCLI"]),
         .target(name: "NetshapeTestSupport", dependencies: ["NetshapeCore", "NetshapeEngine"]),
-        .testTarget(name: "NetshapeCoreTests", dependencies: ["NetshapeCore", "NetshapeTestSupport"]),
+        .testTarget(name: "NetshapeCoreTests", dependencies: ["NetshapeCore"]),
         .testTarget(name: "NetshapePolicyTests", dependencies: ["NetshapePolicy", "NetshapeCore"]),
         .testTarget(
             name: "NetshapeEngineTests",

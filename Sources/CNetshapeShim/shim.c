@@ -43,9 +43,6 @@ struct bpf_insn netshape_bpf_insn(uint8_t code, uint8_t dst, uint8_t src, int16_
     return insn;
 }
 
-size_t netshape_cn_msg_size(void) { return sizeof(struct cn_msg); }
-size_t netshape_proc_event_size(void) { return sizeof(struct proc_event); }
-
 int netshape_setns_net(int fd) { return setns(fd, CLONE_NEWNET); }
 
 int netshape_ns_get_nstype(int fd) { return ioctl(fd, NS_GET_NSTYPE); }

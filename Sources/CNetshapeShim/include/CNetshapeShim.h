@@ -60,10 +60,6 @@ int netshape_sd_notify(const char *socket_path, const char *state);
 /// pthread_setname_np (a GNU extension): names a thread for ps/top/gdb.
 int netshape_set_thread_name(unsigned long thread, const char *name);
 
-/// Writes the sizes of the proc connector's structures (cn_msg, proc_event) for layout checks.
-size_t netshape_cn_msg_size(void);
-size_t netshape_proc_event_size(void);
-
 /// accept4(fd, addr, len, SOCK_NONBLOCK | SOCK_CLOEXEC): glibc declares it only under _GNU_SOURCE.
 int netshape_accept_nonblock(int fd, void *addr, unsigned int *len);
 
