@@ -248,18 +248,38 @@ public final class Engine {
     func perform(_ ops: [Operation], _ done: inout [Operation], _ report: inout ApplyReport) -> (Operation, any Error)?
     {
         for op in ops {
-            do {
-                try kernel.execute(op)
+            switch execute(op) {
+            case .done:
                 done.append(op)
                 logger.info("\(op.command)", metadata: ["namespace": "\(op.namespace)"])
-            } catch let e as KernelFailure where op.isMembership && e.errno == KernelErrno.ESRCH {
-                // The process exited between the /proc scan and the move: nothing to classify.
-                if case .moveProcess(let pid, _, _, _) = op.action { report.vanished.append(pid) }
-            } catch {
-                return (op, error)
+            case .vanished(let pid): if let pid { report.vanished.append(pid) }
+            case .failed(let error): return (op, error)
             }
         }
         return nil
+    }
+
+    /// What became of one operation.
+    enum Outcome {
+        case done
+        /// A membership move whose process exited between the /proc scan and the move: nothing to
+        /// classify (nor to undo); the pid when the operation moved one.
+        case vanished(Int32?)
+        case failed(any Error)
+    }
+
+    /// The one place an operation meets the kernel, for apply, rollback and reset alike. `undoing`
+    /// is the operation `op` undoes (a rollback), whose kind decides what a vanished process means.
+    func execute(_ op: Operation, undoing: Operation? = nil) -> Outcome {
+        do {
+            try kernel.execute(op)
+            return .done
+        } catch let e as KernelFailure where (undoing ?? op).isMembership && e.errno == KernelErrno.ESRCH {
+            if case .moveProcess(let pid, _, _, _) = op.action { return .vanished(pid) }
+            return .vanished(nil)
+        } catch {
+            return .failed(error)
+        }
     }
 
     static func recordProvisioning(_ ops: [Operation], policyPath: String, into record: inout OwnershipRecord) {
@@ -388,14 +408,12 @@ public final class Engine {
         var failures: [(Operation, any Error)] = []
         for op in done.reversed() {
             let inverse = op.inverse
-            do {
-                try kernel.execute(inverse)
+            switch execute(inverse, undoing: op) {
+            case .done:
                 undone.append(op)
                 logger.notice("rolled back: \(inverse.command)")
-            } catch let e as KernelFailure where op.isMembership && e.errno == KernelErrno.ESRCH {
-                undone.append(op)
-            } catch {
-                failures.append((inverse, error))
+            case .vanished: undone.append(op)
+            case .failed(let error): failures.append((inverse, error))
             }
         }
         return (undone, failures)

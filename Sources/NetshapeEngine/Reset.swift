@@ -73,14 +73,12 @@ extension Engine {
         var report = ResetReport(foreign: plan.foreign, namespaces: names)
         var failures: [(Operation, any Error)] = []
         for op in plan.operations {
-            do {
-                try kernel.execute(op)
+            switch execute(op) {
+            case .done:
                 report.performed.append(op)
                 logger.info("\(op.command)", metadata: ["namespace": "\(op.namespace)"])
-            } catch let e as KernelFailure where op.isMembership && e.errno == KernelErrno.ESRCH {
-                if case .moveProcess(let pid, _, _, _) = op.action { report.vanished.append(pid) }
-            } catch {
-                failures.append((op, error))
+            case .vanished(let pid): if let pid { report.vanished.append(pid) }
+            case .failed(let error): failures.append((op, error))
             }
         }
         // The record forgets exactly what was removed; an entry with nothing left goes.

@@ -278,7 +278,7 @@ public final class NetClsHierarchy {
     /// path. Walked with directory fds (openat, O_NOFOLLOW), a handful of syscalls per class.
     public func listNetshape(namespaces: [String]) -> [String: ObservedCgroup] {
         var out: [String: ObservedCgroup] = [:]
-        guard let top = try? openDirectory("netshape") else { return out }
+        guard let top = try? openDirectory(CgroupPaths.top) else { return out }
         defer { close(top) }
         func cgroup(_ dir: Int32, _ path: String) -> ObservedCgroup {
             let id = Files.read(at: dir, "net_cls.classid").flatMap {
