@@ -13,23 +13,7 @@ import Testing
 
 // The daemon's services over fakes: no root, no kernel, no threads (the exec loop is stepped).
 
-let policyText = """
-    version = 1
-    [[namespace]]
-    name = "web"
-    device = "eth0"
-    egress = "100mbit"
-    default = "other"
-
-    [[namespace.class]]
-    name = "frontend"
-    rate = "60mbit"
-    match.comm = ["nginx"]
-
-    [[namespace.class]]
-    name = "other"
-    rate = "10mbit"
-    """
+let policyText = SamplePolicy.web
 
 let bulkClass = """
 
@@ -122,6 +106,7 @@ struct Harness {
 
     init(processes: FakeProcesses = FakeProcesses()) throws {
         kernel.addNamespace("web")
+        kernel.users = ["backup": 34]
         self.processes = processes
         let (file, mover, clock, notifier) = (file, mover, clock, notifier)
         io = DaemonIO(
@@ -279,7 +264,7 @@ struct Harness {
         #expect(await h.core.reload())
         #expect(await h.core.policy.namespace("web")?.class("bulk") != nil)
         #expect(h.kernel.cgroups[CgroupPaths.class("bulk", in: "web")] != nil)
-        #expect(h.kernel.namespaces["web"]!.classes.count == 4)  // root + three classes
+        #expect(h.kernel.namespaces["web"]!.classes.count == 5)  // root + four classes
     }
 
     @Test func anInvalidOrDeletedPolicyKeepsTheRunningOne() async throws {
@@ -291,7 +276,7 @@ struct Harness {
         #expect(await h.core.reload() == false)
         h.file.text.withLock { $0 = nil }
         #expect(await h.core.reload() == false)
-        #expect(await h.core.policy.namespace("web")?.classes.map(\.name) == ["frontend", "other"])
+        #expect(await h.core.policy.namespace("web")?.classes.map(\.name) == ["frontend", "backup", "other"])
         #expect(h.kernel.cgroups == before.0)
         #expect(h.kernel.namespaces["web"]!.classes == before.1)
         // The running policy is still enforced: drift is repaired after the failed reloads.
@@ -324,7 +309,7 @@ struct Harness {
         let back = try await h.core.reconcile("namespaces changed")
         #expect(back.skipped.isEmpty)
         #expect(await h.core.waiting.isEmpty)
-        #expect(h.kernel.namespaces["web"]!.classes.count == 3)
+        #expect(h.kernel.namespaces["web"]!.classes.count == 4)
         let followed = h.classifier.snapshot.withLock { $0?.namespaces.keys.sorted() }
         #expect(followed == ["4:4026532999"])
     }
