@@ -126,8 +126,9 @@ public final class NetClsHierarchy {
             throw refuse("it is a mount point of \(m.fsType), not of the net_cls hierarchy")
         }
         var st = stat()
-        guard lstat(path, &st) == 0 else {
-            guard errno == ENOENT else { throw KernelError.syscall("lstat(\(path))", errno) }
+        let e = sysResult { lstat(path, &st) }.errno
+        guard e == 0 else {
+            guard e == ENOENT else { throw KernelError.syscall("lstat(\(path))", e) }
             if let other = MountInfoEntry.netClsMount(in: mounts) {
                 throw refuse(
                     "the net_cls hierarchy is already mounted at \(other): set cgroup_root = \"\(other)\" or leave it out"
@@ -180,9 +181,8 @@ public final class NetClsHierarchy {
         var current = ""
         for comp in path.split(separator: "/") {
             current += "/" + comp
-            if mkdir(current, 0o755) != 0 && errno != EEXIST {
-                throw KernelError.syscall("mkdir(\(current))", errno)
-            }
+            let e = sysResult { mkdir(current, 0o755) }.errno
+            if e != 0 && e != EEXIST { throw KernelError.syscall("mkdir(\(current))", e) }
         }
     }
 

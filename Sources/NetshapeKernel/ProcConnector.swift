@@ -156,12 +156,12 @@ public enum SystemdNotify {
     /// Sends `state` (e.g. "READY=1"); a no-op when not started by systemd with Type=notify.
     @discardableResult
     public static func send(_ state: String) -> Bool {
-        guard let socket = getenv("NOTIFY_SOCKET") else { return false }
+        guard let socket = Syscall.environment("NOTIFY_SOCKET") else { return false }
         return netshape_sd_notify(socket, state) == 0
     }
 
     /// `WATCHDOG_USEC` from the environment, when systemd's watchdog is on.
     public static var watchdogMicroseconds: UInt64? {
-        getenv("WATCHDOG_USEC").flatMap { UInt64(String(cString: $0)) }
+        Syscall.environment("WATCHDOG_USEC").flatMap { UInt64($0) }
     }
 }
