@@ -84,4 +84,22 @@ import Testing
         // The caller's descriptor stays open and usable.
         #expect(Syscall.entries(of: dfd).count == 2)
     }
+
+    /// The test process has many threads that never blocked SIGTERM (the concurrency pool): a
+    /// SIGTERM sent to the process while `status --watch` holds the signals must arrive as an
+    /// event, whichever thread the kernel hands it to, and must not end the process.
+    @Test func takenSignalsArriveAsEventsFromAnyThread() throws {
+        let term = Terminal()
+        try term.takeSignals()
+        defer { term.restore() }
+        try startThread(name: "test-kill") { _ = kill(getpid(), SIGTERM) }
+        var got: Terminal.Event = .timeout
+        for _ in 0..<50 {
+            got = try term.next(timeoutMilliseconds: 100, readKeys: false)
+            if got != .timeout { break }
+        }
+        #expect(got == .signal(SIGTERM))
+        // A second taker is refused while the first holds them.
+        #expect(throws: KernelError.self) { try Terminal().takeSignals() }
+    }
 }
