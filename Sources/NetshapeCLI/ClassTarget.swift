@@ -1,5 +1,33 @@
+import ArgumentParser
 import NetshapeCore
 import NetshapeKernel
+
+/// `POLICY CLASS`, the arguments `run` and `classify` share, and what they name on the machine.
+struct ClassTarget: ParsableArguments {
+    @Argument(help: "The policy file (TOML).")
+    var policy: String
+    @Argument(help: "The class (CLASS or NAMESPACE/CLASS).")
+    var `class`: String
+
+    struct Resolved {
+        let session: Session
+        let namespace: NamespacePolicy
+        let cls: ClassPolicy
+        let hierarchy: NetClsHierarchy
+        /// The class's cgroup below the hierarchy's root.
+        let path: String
+        let netns: NetworkNamespace
+    }
+
+    /// The class, its applied cgroup and its namespace; throws before anything is changed.
+    func resolve(lock: Bool) throws -> Resolved {
+        let s = try Session(policyPath: policy, lock: lock)
+        let (ns, cls) = try resolveClass(self.class, in: s.policy)
+        let (h, path) = try appliedCgroup(s, ns, cls)
+        let netns = try s.kernel.namespace(for: NamespaceRequest(name: ns.name, target: ns.netns, device: ns.device))
+        return Resolved(session: s, namespace: ns, cls: cls, hierarchy: h, path: path, netns: netns)
+    }
+}
 
 /// Resolves `CLASS` or `NAMESPACE/CLASS` against a policy.
 func resolveClass(_ spec: String, in policy: Policy) throws -> (NamespacePolicy, ClassPolicy) {

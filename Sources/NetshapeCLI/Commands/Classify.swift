@@ -6,9 +6,7 @@ struct Classify: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Move running processes into a class (like cgclassify).")
 
-    @OptionGroup var options: PolicyOptions
-    @Argument(help: "The class (CLASS or NAMESPACE/CLASS).")
-    var `class`: String
+    @OptionGroup var target: ClassTarget
     @Argument(help: "Process ids.")
     var pids: [Int32] = []
 
@@ -17,10 +15,8 @@ struct Classify: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let s = try Session(policyPath: options.policy, lock: true)
-        let (ns, cls) = try resolveClass(self.class, in: s.policy)
-        let (h, path) = try appliedCgroup(s, ns, cls)
-        let netns = try s.kernel.namespace(for: NamespaceRequest(name: ns.name, target: ns.netns, device: ns.device))
+        let t = try target.resolve(lock: true)
+        let (s, ns, cls) = (t.session, t.namespace, t.cls)
         // Check every pid before moving any, so a bad one changes nothing.
         for pid in pids {
             guard let (id, p) = s.kernel.process(pid) else {
@@ -32,14 +28,14 @@ struct Classify: AsyncParsableCommand {
                     "cannot read process \(pid)'s network namespace (/proc/\(pid)/ns/net): \(Syscall.describe(errno: e))"
                 )
             }
-            guard id == netns.id else {
+            guard id == t.netns.id else {
                 throw CLIError(
                     "process \(pid) (\(p.comm)) lives in another network namespace than \(ns.name) (\(ns.netns)): its packets would never meet class \(cls.name)'s device"
                 )
             }
         }
         for pid in pids {
-            try h.move(pid: pid, to: path)
+            try t.hierarchy.move(pid: pid, to: t.path)
             print("moved \(pid) to \(ns.name)/\(cls.name)")
         }
     }
