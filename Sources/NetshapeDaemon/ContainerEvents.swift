@@ -11,12 +11,9 @@ import Synchronization
 ///
 /// Podman has no daemon to stream from; its CNI namespaces appear under /run/netns, which
 /// `ReconcileService` already watches.
-struct ContainerEventService: Service {
-    let core: DaemonCore
+struct ContainerEventService: DaemonService {
+    let context: DaemonContext
     let runtimes: ContainerRuntimes
-    let io: DaemonIO
-    let liveness: Liveness
-    let logger: Logger
 
     func run() async throws {
         let events = AsyncStream<String>.makeStream(bufferingPolicy: .bufferingNewest(16))

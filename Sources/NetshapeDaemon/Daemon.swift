@@ -78,19 +78,17 @@ public struct Daemon {
         if let f = cniPolicy { await core.follow(CNIAttachments(store: CNIAttachmentStore(), policy: f)) }
         let report = try await core.reconcile("start")
         logger.notice("applied \(path): \(report.performed.count) change(s); watching for new processes")
-        // A new service: one line here. A service with a thread of its own registers a heartbeat
-        // with `liveness`, so the watchdog stops pinging when that thread stops.
+        // A new service: one line here (see DaemonContext.swift).
+        let context = DaemonContext(core: core, liveness: liveness, logger: logger)
         var services: [any Service] = [
-            ProcEventService(core: core, classifier: classifier, io: io, liveness: liveness, logger: logger),
-            ReconcileService(core: core, interval: interval, io: io, liveness: liveness, logger: logger),
-            ReloadService(core: core, io: io, logger: logger),
-            ContainerEventService(core: core, runtimes: runtimes, io: io, liveness: liveness, logger: logger),
+            ProcEventService(context: context),
+            ReconcileService(context: context, interval: interval),
+            ReloadService(context: context),
+            ContainerEventService(context: context, runtimes: runtimes),
         ]
         if let e = endpoint { services.append(e) }
         if let usec = SystemdNotify.watchdogMicroseconds {
-            services.append(
-                WatchdogService(
-                    core: core, liveness: liveness, notifier: io.notifier, microseconds: usec, logger: logger))
+            services.append(WatchdogService(context: context, microseconds: usec))
         }
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(

@@ -146,12 +146,8 @@ final class ExecEventPump {
 
 /// Exec events → classification, on a dedicated thread (the connector read blocks); lost events
 /// (ENOBUFS) trigger a full rescan instead of only a log line.
-struct ProcEventService: Service {
-    let core: DaemonCore
-    let classifier: ExecClassifier
-    let io: DaemonIO
-    let liveness: Liveness
-    let logger: Logger
+struct ProcEventService: DaemonService {
+    let context: DaemonContext
 
     func run() async throws {
         let overflow = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))

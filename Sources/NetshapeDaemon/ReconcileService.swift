@@ -8,12 +8,9 @@ import Synchronization
 
 /// A periodic cheap re-verify (dump and diff) that repairs drift and picks up namespaces; a new
 /// file in /run/netns, docker's netns directory or the directory of a path target wakes it at once.
-struct ReconcileService: Service {
-    let core: DaemonCore
+struct ReconcileService: DaemonService {
+    let context: DaemonContext
     let interval: Double
-    let io: DaemonIO
-    let liveness: Liveness
-    let logger: Logger
 
     func run() async throws {
         let changes = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))

@@ -8,10 +8,8 @@ import Synchronization
 import UnixSignals
 
 /// SIGHUP reloads the policy; systemd hears RELOADING=1 then READY=1.
-struct ReloadService: Service {
-    let core: DaemonCore
-    let io: DaemonIO
-    let logger: Logger
+struct ReloadService: DaemonService {
+    let context: DaemonContext
 
     func run() async throws {
         for await _ in await UnixSignalsSequence(trapping: .sighup).cancelOnGracefulShutdown() {

@@ -67,12 +67,9 @@ public struct Heartbeat: Sendable {
 
 /// Pings systemd's watchdog at half its interval while the core answers and every service's
 /// thread is alive (`Liveness`).
-struct WatchdogService: Service {
-    let core: DaemonCore
-    let liveness: Liveness
-    let notifier: any ServiceNotifier
+struct WatchdogService: DaemonService {
+    let context: DaemonContext
     let microseconds: UInt64
-    let logger: Logger
 
     /// A thread may be silent this long: the watchdog period, but at least 2 s (the Docker
     /// follower's retry pause is 1 s).
@@ -96,7 +93,7 @@ struct WatchdogService: Service {
             return false
         }
         if changed { logger.notice("every service is alive again: pinging systemd's watchdog") }
-        notifier.send("WATCHDOG=1")
+        io.notifier.send("WATCHDOG=1")
         return true
     }
 }

@@ -232,7 +232,7 @@ struct Harness {
         let exec = liveness.register("exec events")
         let watch = liveness.register("namespace watch")
         let dog = WatchdogService(
-            core: h.core, liveness: liveness, notifier: h.notifier, microseconds: 10_000_000, logger: quiet)
+            context: DaemonContext(core: h.core, liveness: liveness, logger: quiet), microseconds: 10_000_000)
         func pings() -> Int { h.notifier.sent.withLock { $0 }.filter { $0 == "WATCHDOG=1" }.count }
 
         #expect(await dog.tick())
