@@ -8,7 +8,8 @@ import PackageDescription
 //   NetshapeKernel          the ports for real: libnl-route-3, own netlink (cls_bpf, proc connector), bpf(), cgroupfs, /proc
 //   NetshapeMetrics         Prometheus exposition and its small HTTP/1.1 server (swift-prometheus)
 //   NetshapeDaemon          long-running services (exec events, reconcile, reload, sd_notify)
-//   NetshapeCLI             argument parsing and rendering
+//   NetshapeCNI             the CNI plugin (config -> one-namespace policy -> engine) and the failure mapping
+//   NetshapeCLI             argument parsing and rendering, one file per command
 //   netshape                the executable: one line calling NetshapeCLI
 let package = Package(
     name: "netshape",
@@ -47,9 +48,7 @@ let package = Package(
         .target(
             name: "NetshapeMetrics",
             dependencies: [
-                "NetshapeCore", "NetshapeEngine", "NetshapeKernel",
-                .product(name: "Prometheus", package: "swift-prometheus"),
-                .product(name: "CoreMetrics", package: "swift-metrics"),
+                "NetshapeEngine", "NetshapeKernel", .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
         .target(
@@ -63,16 +62,20 @@ let package = Package(
             ]
         ),
         .target(
+            name: "NetshapeCNI",
+            dependencies: ["NetshapeCore", "NetshapePolicy", "NetshapeEngine", "NetshapeKernel"]
+        ),
+        .target(
             name: "NetshapeCLI",
             dependencies: [
-                "NetshapeCore", "NetshapePolicy", "NetshapeEngine", "NetshapeKernel", "NetshapeDaemon",
+                "NetshapeCore", "NetshapePolicy", "NetshapeEngine", "NetshapeKernel", "NetshapeDaemon", "NetshapeCNI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .executableTarget(name: "netshape", dependencies: ["NetshapeCLI"]),
         .target(name: "NetshapeTestSupport", dependencies: ["NetshapeCore", "NetshapeEngine"]),
-        .testTarget(name: "NetshapeCoreTests", dependencies: ["NetshapeCore", "NetshapeTestSupport"]),
+        .testTarget(name: "NetshapeCoreTests", dependencies: ["NetshapeCore"]),
         .testTarget(name: "NetshapePolicyTests", dependencies: ["NetshapePolicy", "NetshapeCore"]),
         .testTarget(
             name: "NetshapeEngineTests",
@@ -81,12 +84,23 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .testTarget(name: "NetshapeCLITests", dependencies: ["NetshapeCLI", "NetshapeEngine", "NetshapeTestSupport"]),
+        .testTarget(
+            name: "NetshapeCLITests",
+            dependencies: ["NetshapeCLI", "NetshapeCNI", "NetshapeEngine", "NetshapeTestSupport"]
+        ),
         .testTarget(
             name: "NetshapeMetricsTests",
             dependencies: [
                 "NetshapeMetrics", "NetshapeEngine", "NetshapeCore", "NetshapeKernel", "NetshapeDaemon",
                 .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
+        ),
+        .testTarget(
+            name: "NetshapeDaemonTests",
+            dependencies: [
+                "NetshapeDaemon", "NetshapeCore", "NetshapeEngine", "NetshapeKernel", "NetshapePolicy",
+                "NetshapeTestSupport", .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .testTarget(name: "NetshapeKernelTests", dependencies: ["NetshapeKernel", "NetshapeCore", "CNetshapeShim"]),

@@ -43,9 +43,6 @@ struct bpf_insn netshape_bpf_insn(uint8_t code, uint8_t dst, uint8_t src, int16_
     return insn;
 }
 
-size_t netshape_cn_msg_size(void) { return sizeof(struct cn_msg); }
-size_t netshape_proc_event_size(void) { return sizeof(struct proc_event); }
-
 int netshape_setns_net(int fd) { return setns(fd, CLONE_NEWNET); }
 
 int netshape_ns_get_nstype(int fd) { return ioctl(fd, NS_GET_NSTYPE); }
@@ -86,45 +83,64 @@ int netshape_sd_notify(const char *socket_path, const char *state) {
 }
 int netshape_set_thread_name(unsigned long thread, const char *name) { return pthread_setname_np((pthread_t)thread, name); }
 
+#include <fcntl.h>
 #include <signal.h>
-#include <sys/signalfd.h>
-
-_Static_assert(sizeof(sigset_t) <= 128, "netshape_sigset_size covers sigset_t");
 
 int netshape_accept_nonblock(int fd, void *addr, unsigned int *len) {
     return accept4(fd, (struct sockaddr *)addr, (socklen_t *)len, SOCK_NONBLOCK | SOCK_CLOEXEC);
 }
 
-int netshape_termination_signalfd(void *old_mask) {
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGHUP);
-    sigaddset(&set, SIGWINCH);
-    int rc = pthread_sigmask(SIG_BLOCK, &set, (sigset_t *)old_mask);
-    if (rc != 0) {
-        errno = rc;
-        return -1;
+// A self-pipe rather than a signalfd: a signalfd only sees signals blocked in every thread, and
+// an async main has threads (the concurrency pool) that never blocked them, so a SIGTERM would
+// kill the process with the terminal left raw. A handler runs on whichever thread the kernel picks.
+static const int netshape_termination_signals[] = {SIGINT, SIGTERM, SIGHUP, SIGWINCH};
+#define NETSHAPE_TERMINATION_SIGNALS (sizeof(netshape_termination_signals) / sizeof(int))
+static struct sigaction netshape_saved_actions[NETSHAPE_TERMINATION_SIGNALS];
+static volatile int netshape_signal_pipe_write = -1;
+
+static void netshape_on_termination_signal(int sig) {
+    int saved = errno;
+    unsigned char b = (unsigned char)sig;
+    if (write(netshape_signal_pipe_write, &b, 1) < 0) { /* full pipe: a signal is already pending */
     }
-    return signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+    errno = saved;
 }
 
-int netshape_signalfd_read(int fd) {
-    struct signalfd_siginfo info;
-    ssize_t n = read(fd, &info, sizeof(info));
-    if (n == (ssize_t)sizeof(info)) return (int)info.ssi_signo;
+int netshape_termination_signals_open(void) {
+    int fds[2];
+    if (netshape_signal_pipe_write >= 0) {
+        errno = EBUSY;
+        return -1;
+    }
+    if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) return -1;
+    netshape_signal_pipe_write = fds[1];
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = netshape_on_termination_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    for (size_t i = 0; i < NETSHAPE_TERMINATION_SIGNALS; i++) {
+        sigaction(netshape_termination_signals[i], &sa, &netshape_saved_actions[i]);
+    }
+    return fds[0];
+}
+
+int netshape_termination_signal_read(int fd) {
+    unsigned char b;
+    ssize_t n = read(fd, &b, 1);
+    if (n == 1) return (int)b;
     if (n < 0 && errno == EAGAIN) return 0;
     return n < 0 ? -1 : 0;
 }
 
-int netshape_restore_sigmask(const void *old_mask) {
-    int rc = pthread_sigmask(SIG_SETMASK, (const sigset_t *)old_mask, NULL);
-    if (rc != 0) {
-        errno = rc;
-        return -1;
+void netshape_termination_signals_close(int fd) {
+    for (size_t i = 0; i < NETSHAPE_TERMINATION_SIGNALS; i++) {
+        sigaction(netshape_termination_signals[i], &netshape_saved_actions[i], NULL);
     }
-    return 0;
+    // The handlers are gone before the pipe: a late signal cannot write to a closed pipe.
+    close(netshape_signal_pipe_write);
+    netshape_signal_pipe_write = -1;
+    close(fd);
 }
 
 static int netshape_bpf(int cmd, union bpf_attr *attr) { return (int)syscall(__NR_bpf, cmd, attr, sizeof(*attr)); }

@@ -1,10 +1,11 @@
+import NetshapeCNI
 import NetshapeCore
 import NetshapeDaemon
 import NetshapeKernel
 import NetshapePolicy
 
 /// A failure the CLI reports with its own exit status.
-public struct CLIError: Error, CustomStringConvertible {
+public struct CLIError: ExitStatusError, CustomStringConvertible {
     public var message: String
     public var exitCode: Int32
     public init(_ message: String, exitCode: Int32 = 1) {

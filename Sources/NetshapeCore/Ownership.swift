@@ -151,3 +151,106 @@ public enum CgroupPaths {
         "\(top)/\(namespace)/\(className)"
     }
 }
+
+/// The record's bookkeeping: what the engine's operations create and remove, written before they
+/// run (so a crash mid-apply leaves nothing netshape made unowned) and forgotten after a reset.
+extension OwnershipRecord {
+    /// Writes into the record what provisioning operations will create (netns, veth, bridge).
+    public mutating func recordProvisioning(_ ops: [Operation], policyPath: String) {
+        for op in ops {
+            var entry = namespaces[op.namespace] ?? OwnershipRecord.Namespace(policy: policyPath)
+            var prov = entry.provisioned ?? OwnershipRecord.Provisioned()
+            switch op.action {
+            case .createNetns(let n): prov.netns = n
+            case .createVeth(let h, _, _): prov.hostDevice = h
+            case .createBridge(let b): prov.bridge = b
+            case .attachToBridge(let b):
+                // Sharing a bridge netshape created (for another namespace, maybe earlier in this
+                // very loop) makes this namespace one of its users: the last one reset removes it.
+                let netshapeMade = namespaces.values.contains { $0.provisioned?.bridge == b }
+                if prov.bridge == nil && netshapeMade { prov.bridge = b }
+            default: continue
+            }
+            entry.provisioned = prov
+            namespaces[op.namespace] = entry
+        }
+    }
+
+    /// Writes into the record, before the operations run, what they will create (and forget what they
+    /// delete): trees, the classes in them, cgroups, IFB and redirect, with the entry's target.
+    public mutating func recordShaping(
+        _ ops: [Operation], _ observed: ObservedState, _ policy: Policy, policyPath: String
+    ) {
+        for op in ops {
+            guard let seen = observed.namespaces[op.namespace] else { continue }
+            var entry = namespaces[op.namespace] ?? Self.newEntry(op.namespace, policy, policyPath)
+            switch (op.action, op.link) {
+            case (.addRootQdisc(let q), .namespace), (.replaceRootQdisc(let q, _), .namespace):
+                entry.egress = OwnershipRecord.Tree(
+                    netnsID: seen.netnsID, device: seen.device, ifindex: seen.ifindex, handle: q.handle)
+            case (.deleteRootQdisc, .namespace):
+                entry.egress = nil
+            case (.addRootQdisc(let q), .ingress), (.replaceRootQdisc(let q, _), .ingress):
+                let ing = seen.ingress
+                var i = entry.ingress ?? OwnershipRecord.Ingress()
+                i.tree = OwnershipRecord.Tree(
+                    netnsID: ing?.netnsID ?? "", device: op.device, ifindex: ing?.ifindex ?? 0, handle: q.handle)
+                entry.ingress = i
+            case (.deleteRootQdisc, .ingress):
+                entry.ingress?.tree = nil
+            case (.addClass(let c), .namespace):
+                if entry.egress?.classes?.contains(c.classid) == false { entry.egress?.classes?.append(c.classid) }
+            case (.deleteClass(let c), .namespace):
+                entry.egress?.classes?.removeAll { $0 == c.classid }
+            case (.addClass(let c), .ingress):
+                if entry.ingress?.tree?.classes?.contains(c.classid) == false {
+                    entry.ingress?.tree?.classes?.append(c.classid)
+                }
+            case (.deleteClass(let c), .ingress):
+                entry.ingress?.tree?.classes?.removeAll { $0 == c.classid }
+            case (.createCgroup(let path, _), _) where path != CgroupPaths.top:
+                if entry.cgroups?.contains(path) == false { entry.cgroups?.append(path) }
+            case (.removeCgroup(let path, _), _):
+                entry.cgroups?.removeAll { $0 == path }
+            case (.createIFB(let name), _):
+                var i = entry.ingress ?? OwnershipRecord.Ingress()
+                i.ifb = name
+                entry.ingress = i
+            case (.addIngressRedirect, _):
+                var i = entry.ingress ?? OwnershipRecord.Ingress()
+                i.redirectFrom = op.device
+                entry.ingress = i
+            case (.deleteIFB, _):
+                entry.ingress?.ifb = nil
+            case (.deleteIngressRedirect, _):
+                entry.ingress?.redirectFrom = nil
+            default: continue
+            }
+            namespaces[op.namespace] = entry
+        }
+    }
+
+    /// A new entry for namespace `name` of `policy`, standing on its own (policy, target, device).
+    public static func newEntry(_ name: String, _ policy: Policy, _ policyPath: String) -> OwnershipRecord.Namespace {
+        let ns = policy.namespace(name)
+        return OwnershipRecord.Namespace(policy: policyPath, target: ns?.netns, device: ns?.device)
+    }
+
+    /// Drops from the record what a performed reset operation removed.
+    public mutating func forget(_ op: Operation) {
+        guard var e = namespaces[op.namespace] else { return }
+        switch (op.action, op.link) {
+        case (.removeCgroup(let path, _), _): e.cgroups?.removeAll { $0 == path }
+        case (.deleteRootQdisc, .namespace): e.egress = nil
+        case (.deleteRootQdisc, .ingress): e.ingress?.tree = nil
+        case (.deleteIngressRedirect, _): e.ingress?.redirectFrom = nil
+        case (.deleteIFB, _): e.ingress?.ifb = nil
+        case (.deleteNetns, _), (.deleteVeth, _):
+            e.provisioned?.netns = nil
+            e.provisioned?.hostDevice = nil
+        case (.deleteBridge, _): e.provisioned?.bridge = nil
+        default: break
+        }
+        namespaces[op.namespace] = e
+    }
+}

@@ -92,8 +92,10 @@ extension KernelPort {
 /// errno values the engine branches on. Core and the engine import no libc, and these numbers
 /// are the same on every Linux architecture.
 public enum KernelErrno {
+    public static let EPERM: Int32 = 1
     public static let ENOENT: Int32 = 2
     public static let ESRCH: Int32 = 3
+    public static let EACCES: Int32 = 13
     public static let EEXIST: Int32 = 17
     public static let EINVAL: Int32 = 22
 }

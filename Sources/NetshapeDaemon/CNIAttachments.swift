@@ -64,12 +64,14 @@ extension DaemonCore {
 
     /// The exec fast path's snapshot over the daemon's policy and every attachment: each pod's
     /// namespace id maps to its own classes; one matcher knows every policy's patterns and users.
-    static func snapshot(_ state: PlanResult, policy: Policy, attachments: [AttachmentState]) -> ClassifierSnapshot {
-        var s = snapshot(state, policy: policy)
+    static func snapshot(
+        _ state: PlanResult, policy: Policy, attachments: [AttachmentState], netClsRoot: String
+    ) -> ClassifierSnapshot {
+        var s = snapshot(state, policy: policy, netClsRoot: netClsRoot)
         guard !attachments.isEmpty else { return s }
         var observed = state.observed
         for a in attachments {
-            let pod = snapshot(a.state, policy: a.policy)
+            let pod = snapshot(a.state, policy: a.policy, netClsRoot: netClsRoot)
             // A namespace the node policy shapes stays the node policy's.
             s.namespaces.merge(pod.namespaces) { mine, _ in mine }
             s.fields.merge(pod.fields) { mine, _ in mine }

@@ -11,22 +11,26 @@ import Synchronization
 ///
 /// Podman has no daemon to stream from; its CNI namespaces appear under /run/netns, which
 /// `ReconcileService` already watches.
-struct ContainerEventService: Service {
-    let core: DaemonCore
+struct ContainerEventService: DaemonService {
+    let context: DaemonContext
     let runtimes: ContainerRuntimes
-    let logger: Logger
 
     func run() async throws {
         let events = AsyncStream<String>.makeStream(bufferingPolicy: .bufferingNewest(16))
         let stop = Atomic<Bool>(false)
         let runtimes = self.runtimes
         let logger = self.logger
+        let clock = io.clock
+        let heartbeat = liveness.register("docker events")
         try startThread(name: "netshape-docker") {
             var connected = false
             var lastProblem = ""
             while !stop.load(ordering: .relaxed) {
                 do {
-                    try runtimes.followDockerEvents(shouldStop: { stop.load(ordering: .relaxed) }) { action, id in
+                    try runtimes.followDockerEvents(shouldStop: {
+                        heartbeat.alive()
+                        return stop.load(ordering: .relaxed)
+                    }) { action, id in
                         if !connected {
                             connected = true
                             logger.info("following Docker's container events on \(runtimes.dockerSocket)")
@@ -41,7 +45,10 @@ struct ContainerEventService: Service {
                         logger.debug("not following Docker events: \(error)")
                     }
                 }
-                for _ in 0..<10 where !stop.load(ordering: .relaxed) { usleepMilliseconds(100) }
+                for _ in 0..<10 where !stop.load(ordering: .relaxed) {
+                    heartbeat.alive()
+                    clock.sleep(milliseconds: 100)
+                }
             }
         }
         defer { stop.store(true, ordering: .relaxed) }

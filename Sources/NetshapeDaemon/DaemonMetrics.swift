@@ -13,6 +13,8 @@ import Synchronization
 public final class DaemonHealth: Sendable {
     let classified: CoreMetrics.Counter
     let eventsLost: CoreMetrics.Counter
+    /// Failed reads of the exec event socket (each one backed off; see `ExecEventPump`).
+    let eventErrors: CoreMetrics.Counter
     let reconcileOK: CoreMetrics.Counter
     let reconcileFailed: CoreMetrics.Counter
     let reconcileDuration: CoreMetrics.Timer
@@ -31,6 +33,7 @@ public final class DaemonHealth: Sendable {
     public init(factory: any MetricsFactory) {
         classified = Counter(label: "netshape_classified_processes_total", factory: factory)
         eventsLost = Counter(label: "netshape_exec_events_lost_total", factory: factory)
+        eventErrors = Counter(label: "netshape_exec_event_errors_total", factory: factory)
         reconcileOK = Counter(label: "netshape_reconcile_total", dimensions: [("result", "ok")], factory: factory)
         reconcileFailed = Counter(
             label: "netshape_reconcile_total", dimensions: [("result", "error")], factory: factory)

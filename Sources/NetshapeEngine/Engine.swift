@@ -181,7 +181,7 @@ public final class Engine {
         //    recorded before anything is created, so a crash still leaves it removable by `reset`.
         let provisioning = plan.operations.filter { $0.isProvisioning && !plan.retired.contains($0.namespace) }
         if !provisioning.isEmpty {
-            Self.recordProvisioning(provisioning, policyPath: policyPath, into: &record)
+            record.recordProvisioning(provisioning, policyPath: policyPath)
             try kernel.saveOwnership(record)
             if let (op, error) = perform(provisioning, &done, &report) { throw fail(op, error) }
             do {
@@ -193,7 +193,7 @@ public final class Engine {
 
         // 2. Shaping: record the trees this run creates, then build them.
         let shaping = plan.operations.filter { !$0.isProvisioning && !plan.retired.contains($0.namespace) }
-        Self.record(shaping, plan.observed, policy, policyPath: policyPath, into: &record)
+        record.recordShaping(shaping, plan.observed, policy, policyPath: policyPath)
         if record != before { try kernel.saveOwnership(record) }
         if let (op, error) = perform(shaping, &done, &report) { throw fail(op, error) }
 
@@ -202,7 +202,7 @@ public final class Engine {
         let retiring = plan.operations.filter { plan.retired.contains($0.namespace) }
         if let (op, error) = perform(retiring, &done, &report) { throw fail(op, error) }
         if !plan.retired.isEmpty {
-            for op in retiring { Self.forget(op, in: &record) }
+            for op in retiring { record.forget(op) }
             // As in reset: a tree whose namespace is gone (a removed container's) went with it.
             for name in plan.retired where plan.observed.namespaces[name]?.problem != nil {
                 record.namespaces[name]?.egress = nil
@@ -248,98 +248,38 @@ public final class Engine {
     func perform(_ ops: [Operation], _ done: inout [Operation], _ report: inout ApplyReport) -> (Operation, any Error)?
     {
         for op in ops {
-            do {
-                try kernel.execute(op)
+            switch execute(op) {
+            case .done:
                 done.append(op)
                 logger.info("\(op.command)", metadata: ["namespace": "\(op.namespace)"])
-            } catch let e as KernelFailure where op.isMembership && e.errno == KernelErrno.ESRCH {
-                // The process exited between the /proc scan and the move: nothing to classify.
-                if case .moveProcess(let pid, _, _, _) = op.action { report.vanished.append(pid) }
-            } catch {
-                return (op, error)
+            case .vanished(let pid): if let pid { report.vanished.append(pid) }
+            case .failed(let error): return (op, error)
             }
         }
         return nil
     }
 
-    static func recordProvisioning(_ ops: [Operation], policyPath: String, into record: inout OwnershipRecord) {
-        for op in ops {
-            var entry = record.namespaces[op.namespace] ?? OwnershipRecord.Namespace(policy: policyPath)
-            var prov = entry.provisioned ?? OwnershipRecord.Provisioned()
-            switch op.action {
-            case .createNetns(let n): prov.netns = n
-            case .createVeth(let h, _, _): prov.hostDevice = h
-            case .createBridge(let b): prov.bridge = b
-            case .attachToBridge(let b):
-                // Sharing a bridge netshape created (for another namespace, maybe earlier in this
-                // very loop) makes this namespace one of its users: the last one reset removes it.
-                let netshapeMade = record.namespaces.values.contains { $0.provisioned?.bridge == b }
-                if prov.bridge == nil && netshapeMade { prov.bridge = b }
-            default: continue
-            }
-            entry.provisioned = prov
-            record.namespaces[op.namespace] = entry
-        }
+    /// What became of one operation.
+    enum Outcome {
+        case done
+        /// A membership move whose process exited between the /proc scan and the move: nothing to
+        /// classify (nor to undo); the pid when the operation moved one.
+        case vanished(Int32?)
+        case failed(any Error)
     }
 
-    /// Writes into `record`, before the operations run, what they will create (and forget what they
-    /// delete): trees, the classes in them, cgroups, IFB and redirect, with the entry's target.
-    static func record(
-        _ ops: [Operation], _ observed: ObservedState, _ policy: Policy, policyPath: String,
-        into record: inout OwnershipRecord
-    ) {
-        for op in ops {
-            guard let seen = observed.namespaces[op.namespace] else { continue }
-            var entry = record.namespaces[op.namespace] ?? newEntry(op.namespace, policy, policyPath)
-            switch (op.action, op.link) {
-            case (.addRootQdisc(let q), .namespace), (.replaceRootQdisc(let q, _), .namespace):
-                entry.egress = OwnershipRecord.Tree(
-                    netnsID: seen.netnsID, device: seen.device, ifindex: seen.ifindex, handle: q.handle)
-            case (.deleteRootQdisc, .namespace):
-                entry.egress = nil
-            case (.addRootQdisc(let q), .ingress), (.replaceRootQdisc(let q, _), .ingress):
-                let ing = seen.ingress
-                var i = entry.ingress ?? OwnershipRecord.Ingress()
-                i.tree = OwnershipRecord.Tree(
-                    netnsID: ing?.netnsID ?? "", device: op.device, ifindex: ing?.ifindex ?? 0, handle: q.handle)
-                entry.ingress = i
-            case (.deleteRootQdisc, .ingress):
-                entry.ingress?.tree = nil
-            case (.addClass(let c), .namespace):
-                if entry.egress?.classes?.contains(c.classid) == false { entry.egress?.classes?.append(c.classid) }
-            case (.deleteClass(let c), .namespace):
-                entry.egress?.classes?.removeAll { $0 == c.classid }
-            case (.addClass(let c), .ingress):
-                if entry.ingress?.tree?.classes?.contains(c.classid) == false {
-                    entry.ingress?.tree?.classes?.append(c.classid)
-                }
-            case (.deleteClass(let c), .ingress):
-                entry.ingress?.tree?.classes?.removeAll { $0 == c.classid }
-            case (.createCgroup(let path, _), _) where path != CgroupPaths.top:
-                if entry.cgroups?.contains(path) == false { entry.cgroups?.append(path) }
-            case (.removeCgroup(let path, _), _):
-                entry.cgroups?.removeAll { $0 == path }
-            case (.createIFB(let name), _):
-                var i = entry.ingress ?? OwnershipRecord.Ingress()
-                i.ifb = name
-                entry.ingress = i
-            case (.addIngressRedirect, _):
-                var i = entry.ingress ?? OwnershipRecord.Ingress()
-                i.redirectFrom = op.device
-                entry.ingress = i
-            case (.deleteIFB, _):
-                entry.ingress?.ifb = nil
-            case (.deleteIngressRedirect, _):
-                entry.ingress?.redirectFrom = nil
-            default: continue
-            }
-            record.namespaces[op.namespace] = entry
+    /// The one place an operation meets the kernel, for apply, rollback and reset alike. `undoing`
+    /// is the operation `op` undoes (a rollback), whose kind decides what a vanished process means.
+    func execute(_ op: Operation, undoing: Operation? = nil) -> Outcome {
+        do {
+            try kernel.execute(op)
+            return .done
+        } catch let e as KernelFailure where (undoing ?? op).isMembership && e.errno == KernelErrno.ESRCH {
+            if case .moveProcess(let pid, _, _, _) = op.action { return .vanished(pid) }
+            return .vanished(nil)
+        } catch {
+            return .failed(error)
         }
-    }
-
-    static func newEntry(_ name: String, _ policy: Policy, _ policyPath: String) -> OwnershipRecord.Namespace {
-        let ns = policy.namespace(name)
-        return OwnershipRecord.Namespace(policy: policyPath, target: ns?.netns, device: ns?.device)
     }
 
     /// After an apply (or a plan with nothing to do): every entry of the policy that is on the machine
@@ -354,7 +294,7 @@ public final class Engine {
         var record = start
         for ns in desired.namespaces {
             guard let seen = observed.namespaces[ns.name], seen.problem == nil else { continue }
-            var e = record.namespaces[ns.name] ?? Self.newEntry(ns.name, policy, policyPath)
+            var e = record.namespaces[ns.name] ?? OwnershipRecord.newEntry(ns.name, policy, policyPath)
             guard e.policy == policyPath else { continue }
             e.target = ns.target
             e.device = policy.namespace(ns.name)?.device
@@ -388,14 +328,12 @@ public final class Engine {
         var failures: [(Operation, any Error)] = []
         for op in done.reversed() {
             let inverse = op.inverse
-            do {
-                try kernel.execute(inverse)
+            switch execute(inverse, undoing: op) {
+            case .done:
                 undone.append(op)
                 logger.notice("rolled back: \(inverse.command)")
-            } catch let e as KernelFailure where op.isMembership && e.errno == KernelErrno.ESRCH {
-                undone.append(op)
-            } catch {
-                failures.append((inverse, error))
+            case .vanished: undone.append(op)
+            case .failed(let error): failures.append((inverse, error))
             }
         }
         return (undone, failures)

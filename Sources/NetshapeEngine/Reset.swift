@@ -73,19 +73,17 @@ extension Engine {
         var report = ResetReport(foreign: plan.foreign, namespaces: names)
         var failures: [(Operation, any Error)] = []
         for op in plan.operations {
-            do {
-                try kernel.execute(op)
+            switch execute(op) {
+            case .done:
                 report.performed.append(op)
                 logger.info("\(op.command)", metadata: ["namespace": "\(op.namespace)"])
-            } catch let e as KernelFailure where op.isMembership && e.errno == KernelErrno.ESRCH {
-                if case .moveProcess(let pid, _, _, _) = op.action { report.vanished.append(pid) }
-            } catch {
-                failures.append((op, error))
+            case .vanished(let pid): if let pid { report.vanished.append(pid) }
+            case .failed(let error): failures.append((op, error))
             }
         }
         // The record forgets exactly what was removed; an entry with nothing left goes.
         var record = observed.ownership
-        for op in report.performed { Self.forget(op, in: &record) }
+        for op in report.performed { record.forget(op) }
         let stuck = Set(failures.map(\.0.namespace)).union(plan.blocked.isEmpty ? [] : names)
         for n in names {
             guard var e = record.namespaces[n] else { continue }
@@ -117,23 +115,5 @@ extension Engine {
         let target = record?.target ?? ns?.netns ?? .path("/nonexistent/netshape-record-without-target/\(name)")
         let device = record?.egress?.device ?? record?.device ?? ns?.device ?? (provision != nil ? "eth0" : nil)
         return NamespaceRequest(name: name, target: target, device: device, ingress: true, provision: provision)
-    }
-
-    /// Drops from `record` what a performed reset operation removed.
-    static func forget(_ op: Operation, in record: inout OwnershipRecord) {
-        guard var e = record.namespaces[op.namespace] else { return }
-        switch (op.action, op.link) {
-        case (.removeCgroup(let path, _), _): e.cgroups?.removeAll { $0 == path }
-        case (.deleteRootQdisc, .namespace): e.egress = nil
-        case (.deleteRootQdisc, .ingress): e.ingress?.tree = nil
-        case (.deleteIngressRedirect, _): e.ingress?.redirectFrom = nil
-        case (.deleteIFB, _): e.ingress?.ifb = nil
-        case (.deleteNetns, _), (.deleteVeth, _):
-            e.provisioned?.netns = nil
-            e.provisioned?.hostDevice = nil
-        case (.deleteBridge, _): e.provisioned?.bridge = nil
-        default: break
-        }
-        record.namespaces[op.namespace] = e
     }
 }

@@ -46,7 +46,8 @@ public struct CNIAttachmentStore: Sendable {
     /// Forgets `name`; a record that is not there is not an error (DEL runs more than once).
     public func remove(name: String) throws {
         let path = "\(directory)/\(name).json"
-        if unlink(path) != 0 && errno != ENOENT { throw KernelError.syscall("rm \(path)", errno) }
+        let e = sysResult { unlink(path) }.errno
+        if e != 0 && e != ENOENT { throw KernelError.syscall("rm \(path)", e) }
     }
 
     /// Every record by name. An unreadable record is reported by name, so one bad file never hides

@@ -159,15 +159,7 @@ struct UnixHTTPClient {
 
     func send(_ fd: Int32, _ target: String) throws {
         let request = Array("GET \(target) HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".utf8)
-        var off = 0
-        while off < request.count {
-            let n = try request.withUnsafeBytes { raw in
-                try sys("write(\(socketPath)) GET \(target)") {
-                    Glibc.write(fd, raw.baseAddress! + off, raw.count - off)
-                }
-            }
-            off += n
-        }
+        try Syscall.writeAll(fd, request, what: socketPath)
     }
 
     /// `GET target`: the whole response.
@@ -175,15 +167,7 @@ struct UnixHTTPClient {
         let fd = try connect(timeoutSeconds: timeoutSeconds)
         defer { close(fd) }
         try send(fd, target)
-        var bytes: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = try buf.withUnsafeMutableBytes { raw in
-                try sys("read(\(socketPath)) GET \(target)") { read(fd, raw.baseAddress, raw.count) }
-            }
-            if n == 0 { break }
-            bytes += buf[..<n]
-        }
+        let bytes = try Syscall.readToEnd(fd, what: socketPath, limit: Int.max)
         return try HTTPResponse.parse(bytes, what: "GET \(target) on \(socketPath)")
     }
 
@@ -462,15 +446,7 @@ func runProgram(_ argv: [String]) throws -> (status: Int32, stdout: String, stde
     close(errPipe[1])
     errPipe[1] = -1
     func drain(_ fd: Int32) -> String {
-        var bytes: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { break }
-            bytes += buf[..<n]
-        }
-        return String(decoding: bytes, as: UTF8.self)
+        String(decoding: (try? Syscall.readToEnd(fd, what: "\(argv[0]) output", limit: Int.max)) ?? [], as: UTF8.self)
     }
     // Output first, then errors: podman's error text is a line, far below a pipe's 64 KiB.
     let out = drain(outPipe[0])

@@ -1,14 +1,14 @@
 import Glibc
 
-/// Small, exact file helpers for /proc, /sys and cgroupfs: whole-file reads with one fd, writes
-/// that report the kernel's errno (cgroupfs reports failures at write(2), not open).
+/// Small, exact file helpers for /proc, /sys and netshape's state files: whole-file reads with one
+/// fd, writes that report the kernel's errno (the loops themselves are `Syscall`'s).
 enum Files {
-    /// Reads a whole file; nil when it cannot be opened (the process exited, the file is gone).
+    /// Reads a whole file; nil when it cannot be opened or read (the process exited, the file is gone).
     static func read(_ path: String, limit: Int = 1 << 20) -> [UInt8]? {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
-        return read(fd: fd, limit: limit)
+        return try? Syscall.readToEnd(fd, what: path, limit: limit, chunk: 4096)
     }
 
     /// Reads `name` in the directory open as `dir`, without following a symlink (cgroupfs walks).
@@ -16,20 +16,7 @@ enum Files {
         let fd = openat(dir, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
-        return String(decoding: read(fd: fd, limit: 1 << 20), as: UTF8.self)
-    }
-
-    /// Reads an open descriptor to its end (or `limit` bytes), retrying EINTR.
-    static func read(fd: Int32, limit: Int) -> [UInt8] {
-        var out: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 4096)
-        while out.count < limit {
-            let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { break }
-            out.append(contentsOf: buf[0..<n])
-        }
-        return out
+        return (try? Syscall.readToEnd(fd, what: name, chunk: 4096)).map { String(decoding: $0, as: UTF8.self) }
     }
 
     /// Reads a text file; nil when it cannot be opened.
@@ -37,15 +24,12 @@ enum Files {
         read(path).map { String(decoding: $0, as: UTF8.self) }
     }
 
-    /// Writes `text` with one write(2), as cgroupfs expects, throwing the kernel's errno.
+    /// Writes all of `text` to the regular file `path` (netshape's state files), throwing the
+    /// kernel's errno. cgroupfs files go through `NetClsHierarchy`, which writes once.
     static func write(_ path: String, _ text: String, flags: Int32 = O_WRONLY) throws {
         let fd = try sys("open(\(path))") { open(path, flags | O_CLOEXEC | O_NOFOLLOW, 0o644) }
         defer { close(fd) }
-        let bytes = Array(text.utf8)
-        let n = try sys("write(\(path), \(text.debugDescription))") {
-            bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-        }
-        if n != bytes.count { throw KernelError.syscall("write(\(path)): short write", EIO) }
+        try Syscall.writeAll(fd, Array(text.utf8), what: path)
     }
 
     /// The target of a symlink (e.g. /proc/PID/exe); nil when unreadable.
@@ -64,18 +48,7 @@ enum Files {
     }
 
     /// Names in a directory (without . and ..); empty when unreadable.
-    static func list(_ path: String) -> [String] {
-        guard let d = opendir(path) else { return [] }
-        defer { closedir(d) }
-        var names: [String] = []
-        while let e = readdir(d) {
-            let name = withUnsafeBytes(of: e.pointee.d_name) { raw in
-                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-            }
-            if name != "." && name != ".." { names.append(name) }
-        }
-        return names
-    }
+    static func list(_ path: String) -> [String] { Syscall.entries(at: path) }
 
     static func isDirectory(_ path: String) -> Bool {
         var st = stat()

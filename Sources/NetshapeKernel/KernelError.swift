@@ -56,11 +56,19 @@ public struct KernelError: KernelFailure, Equatable {
 /// Runs a syscall-style body, retrying EINTR, and turns -1 into a `KernelError` naming `operation`.
 @discardableResult
 func sys<T: BinaryInteger>(_ operation: @autoclosure () -> String, _ body: () -> T) throws -> T {
+    let (r, e) = sysResult(body)
+    if r == -1 { throw KernelError.syscall(operation(), e) }
+    return r
+}
+
+/// Runs a syscall-style body, retrying EINTR (the one retry loop), and returns its result with the
+/// errno read right after it (0 unless the result is -1), for callers to whom some errnos are
+/// answers rather than failures (EAGAIN, ENOENT, EEXIST).
+func sysResult<T: BinaryInteger>(_ body: () -> T) -> (value: T, errno: Int32) {
     while true {
         let r = body()
-        if r != -1 { return r }
+        if r != -1 { return (r, 0) }
         let e = Glibc.errno
-        if e == EINTR { continue }
-        throw KernelError.syscall(operation(), e)
+        if e != EINTR { return (r, e) }
     }
 }

@@ -126,8 +126,9 @@ public final class NetClsHierarchy {
             throw refuse("it is a mount point of \(m.fsType), not of the net_cls hierarchy")
         }
         var st = stat()
-        guard lstat(path, &st) == 0 else {
-            guard errno == ENOENT else { throw KernelError.syscall("lstat(\(path))", errno) }
+        let e = sysResult { lstat(path, &st) }.errno
+        guard e == 0 else {
+            guard e == ENOENT else { throw KernelError.syscall("lstat(\(path))", e) }
             if let other = MountInfoEntry.netClsMount(in: mounts) {
                 throw refuse(
                     "the net_cls hierarchy is already mounted at \(other): set cgroup_root = \"\(other)\" or leave it out"
@@ -180,9 +181,8 @@ public final class NetClsHierarchy {
         var current = ""
         for comp in path.split(separator: "/") {
             current += "/" + comp
-            if mkdir(current, 0o755) != 0 && errno != EEXIST {
-                throw KernelError.syscall("mkdir(\(current))", errno)
-            }
+            let e = sysResult { mkdir(current, 0o755) }.errno
+            if e != 0 && e != EEXIST { throw KernelError.syscall("mkdir(\(current))", e) }
         }
     }
 
@@ -221,8 +221,8 @@ public final class NetClsHierarchy {
         let path = "\(root)/\(relative)/\(file)"
         let fd = try sys("open(\(path))") { openat(dir, file, O_WRONLY | O_NOFOLLOW | O_CLOEXEC) }
         defer { close(fd) }
-        let bytes = Array(text.utf8)
-        try sys("write(\(path), \(text))") { bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } }
+        // cgroupfs acts on each write(2) and reports a refused pid or classid there, not at open.
+        try Syscall.writeOnce(fd, Array(text.utf8), what: "\(path), \(text)")
     }
 
     func readFile(_ relative: String, _ file: String) -> String? {
@@ -278,7 +278,7 @@ public final class NetClsHierarchy {
     /// path. Walked with directory fds (openat, O_NOFOLLOW), a handful of syscalls per class.
     public func listNetshape(namespaces: [String]) -> [String: ObservedCgroup] {
         var out: [String: ObservedCgroup] = [:]
-        guard let top = try? openDirectory("netshape") else { return out }
+        guard let top = try? openDirectory(CgroupPaths.top) else { return out }
         defer { close(top) }
         func cgroup(_ dir: Int32, _ path: String) -> ObservedCgroup {
             let id = Files.read(at: dir, "net_cls.classid").flatMap {
@@ -289,27 +289,13 @@ public final class NetClsHierarchy {
             }
             return ObservedCgroup(path: path, classid: TCHandle(raw: id ?? 0), pids: pids)
         }
-        func subdirectories(_ dir: Int32) -> [String] {
-            let copy = dup(dir)
-            guard copy >= 0, let d = fdopendir(copy) else { return [] }
-            defer { closedir(d) }
-            var names: [String] = []
-            while let e = readdir(d) {
-                guard e.pointee.d_type == UInt8(DT_DIR) else { continue }
-                let name = withUnsafeBytes(of: e.pointee.d_name) {
-                    String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self)
-                }
-                if name != "." && name != ".." { names.append(name) }
-            }
-            return names
-        }
         out[CgroupPaths.top] = cgroup(top, CgroupPaths.top)
         for ns in namespaces {
             let nsfd = openat(top, ns, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
             guard nsfd >= 0 else { continue }
             defer { close(nsfd) }
             let nsPath = CgroupPaths.namespace(ns)
-            let classes = subdirectories(nsfd)
+            let classes = Syscall.entries(of: nsfd, directoriesOnly: true)
             out[nsPath] = cgroup(nsfd, nsPath)
             out[nsPath]?.children = classes
             for cls in classes {
@@ -318,7 +304,7 @@ public final class NetClsHierarchy {
                 let path = CgroupPaths.class(cls, in: ns)
                 out[path] = cgroup(cfd, path)
                 // netshape never makes cgroups below a class: any there are someone else's.
-                out[path]?.children = subdirectories(cfd)
+                out[path]?.children = Syscall.entries(of: cfd, directoriesOnly: true)
                 close(cfd)
             }
         }

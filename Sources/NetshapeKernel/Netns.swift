@@ -111,13 +111,15 @@ public final class NetworkNamespace {
         let thread = try spawn(name: "netshape-open") {
             let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
             var value: Int32 = fd >= 0 ? fd : -errno
-            _ = withUnsafeBytes(of: &value) { Glibc.write(writeEnd, $0.baseAddress, 4) }
+            // A pipe write of 4 bytes is atomic: it is all there or the pipe is gone.
+            _ = try? sys("write(open \(path) result)") {
+                withUnsafeBytes(of: &value) { write(writeEnd, $0.baseAddress, 4) }
+            }
             close(writeEnd)
         }
         pthread_detach(thread)
         var pfd = pollfd(fd: readEnd, events: Int16(POLLIN), revents: 0)
-        var ready: Int32 = 0
-        repeat { ready = poll(&pfd, 1, openTimeoutMilliseconds) } while ready < 0 && errno == EINTR
+        let ready = try sys("poll(open \(path))") { poll(&pfd, 1, openTimeoutMilliseconds) }
         guard ready > 0 else {
             throw KernelError(
                 .notFound, "open(\(path))", errno: ETIMEDOUT,
@@ -126,7 +128,9 @@ public final class NetworkNamespace {
         }
         defer { close(readEnd) }
         var value: Int32 = 0
-        let n = withUnsafeMutableBytes(of: &value) { Glibc.read(readEnd, $0.baseAddress, 4) }
+        let n = try sys("read(open \(path) result)") {
+            withUnsafeMutableBytes(of: &value) { read(readEnd, $0.baseAddress, 4) }
+        }
         guard n == 4 else { throw KernelError.syscall("open(\(path))", EIO) }
         if value >= 0 { return value }
         let e = -value

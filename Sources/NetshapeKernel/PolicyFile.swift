@@ -55,17 +55,16 @@ public enum PolicyFile {
             }
         }
         defer { close(fd) }
-        var bytes: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            if n < 0 { throw PolicyFileError("cannot read policy \(path): \(String(cString: strerror(errno)))") }
-            if n == 0 { break }
-            bytes += buf[0..<n]
-            if bytes.count > maxBytes { throw PolicyFileError("policy \(path) is larger than \(maxBytes >> 20) MiB") }
+        do {
+            let bytes = try Syscall.readToEnd(fd, what: path, limit: maxBytes) {
+                PolicyFileError("policy \(path) is larger than \(maxBytes >> 20) MiB")
+            }
+            return (bytes, absolute)
+        } catch let e as PolicyFileError {
+            throw e
+        } catch {
+            throw PolicyFileError("cannot read policy \(path): \((error as? KernelError)?.reason ?? "\(error)")")
         }
-        return (bytes, absolute)
     }
 
     /// Walks `absolute` from `/` and returns a read descriptor of the checked file.

@@ -143,7 +143,10 @@ public final class DirectoryWatcher {
         var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
         guard poll(&pfd, 1, timeoutMilliseconds) > 0 else { return false }
         var buf = [UInt8](repeating: 0, count: 4096)
-        while buf.withUnsafeMutableBytes({ read(fd, $0.baseAddress, $0.count) }) > 0 {}
+        // Drained to EAGAIN (the descriptor is non-blocking): what changed is not needed, only that it did.
+        while ((try? sys("read(inotify)") { buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) } }) ?? 0)
+            > 0
+        {}
         return true
     }
 }
@@ -153,12 +156,12 @@ public enum SystemdNotify {
     /// Sends `state` (e.g. "READY=1"); a no-op when not started by systemd with Type=notify.
     @discardableResult
     public static func send(_ state: String) -> Bool {
-        guard let socket = getenv("NOTIFY_SOCKET") else { return false }
+        guard let socket = Syscall.environment("NOTIFY_SOCKET") else { return false }
         return netshape_sd_notify(socket, state) == 0
     }
 
     /// `WATCHDOG_USEC` from the environment, when systemd's watchdog is on.
     public static var watchdogMicroseconds: UInt64? {
-        getenv("WATCHDOG_USEC").flatMap { UInt64(String(cString: $0)) }
+        Syscall.environment("WATCHDOG_USEC").flatMap { UInt64($0) }
     }
 }

@@ -3,7 +3,7 @@ import NetshapeCore
 
 /// Reads processes from /proc: identity, the rule inputs (comm, exe, uid, gid, cmdline, cgroup)
 /// and which network namespace each lives in. Processes that exit mid-scan are skipped.
-public struct ProcScanner {
+public struct ProcScanner: Sendable {
     public let procRoot: String
     public init(procRoot: String = "/proc") { self.procRoot = procRoot }
 

@@ -108,9 +108,7 @@ public final class StateStore {
 public enum Environment {
     /// The value of `name`, or nil when unset or empty.
     public static func value(_ name: String) -> String? {
-        guard let v = getenv(name) else { return nil }
-        let s = String(cString: v)
-        return s.isEmpty ? nil : s
+        Syscall.environment(name).flatMap { $0.isEmpty ? nil : $0 }
     }
 }
 

@@ -100,19 +100,16 @@ public final class TCPSocket {
     public func accept() throws -> TCPSocket? {
         var ss = sockaddr_storage()
         var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        while true {
-            let c = withUnsafeMutablePointer(to: &ss) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    netshape_accept_nonblock(fd, $0, &len)
-                }
+        let (c, e) = sysResult {
+            withUnsafeMutablePointer(to: &ss) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { netshape_accept_nonblock(fd, $0, &len) }
             }
-            if c >= 0 { return TCPSocket(fd: c, name: Self.describe(ss)) }
-            switch errno {
-            case EINTR: continue
-            // A connection that was reset before accept, or a transient shortage: try again later.
-            case EAGAIN, EWOULDBLOCK, ECONNABORTED, EPROTO, EMFILE, ENFILE, ENOBUFS, ENOMEM: return nil
-            default: throw KernelError.syscall("accept(\(name))", errno)
-            }
+        }
+        if c >= 0 { return TCPSocket(fd: c, name: Self.describe(ss)) }
+        switch e {
+        // A connection that was reset before accept, or a transient shortage: try again later.
+        case EAGAIN, EWOULDBLOCK, ECONNABORTED, EPROTO, EMFILE, ENFILE, ENOBUFS, ENOMEM: return nil
+        default: throw KernelError.syscall("accept(\(name))", e)
         }
     }
 
@@ -151,35 +148,30 @@ public final class TCPSocket {
     /// Reads up to `max` bytes into `buffer` (appended).
     public func read(into buffer: inout [UInt8], max: Int) throws -> IO {
         var chunk = [UInt8](repeating: 0, count: max)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if n > 0 {
-                buffer.append(contentsOf: chunk[0..<n])
-                return .bytes(n)
-            }
-            if n == 0 { return .closed }
-            switch errno {
-            case EINTR: continue
-            case EAGAIN, EWOULDBLOCK: return .wouldBlock
-            case ECONNRESET, ETIMEDOUT, EPIPE: return .closed
-            default: throw KernelError.syscall("recv(\(name))", errno)
-            }
+        let (n, e) = sysResult { chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) } }
+        if n > 0 {
+            buffer.append(contentsOf: chunk[0..<n])
+            return .bytes(n)
         }
+        if n == 0 { return .closed }
+        return try Self.outcome(e, "recv(\(name))")
     }
 
     /// Writes what the socket takes now of `bytes[offset...]` (MSG_NOSIGNAL: no SIGPIPE).
     public func write(_ bytes: [UInt8], from offset: Int) throws -> IO {
-        while true {
-            let n = bytes.withUnsafeBytes {
-                send(fd, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL))
-            }
-            if n >= 0 { return .bytes(n) }
-            switch errno {
-            case EINTR: continue
-            case EAGAIN, EWOULDBLOCK: return .wouldBlock
-            case ECONNRESET, EPIPE, ETIMEDOUT: return .closed
-            default: throw KernelError.syscall("send(\(name))", errno)
-            }
+        let (n, e) = sysResult {
+            bytes.withUnsafeBytes { send(fd, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL)) }
+        }
+        if n >= 0 { return .bytes(n) }
+        return try Self.outcome(e, "send(\(name))")
+    }
+
+    /// What a failed non-blocking recv or send means for the connection.
+    private static func outcome(_ e: Int32, _ operation: String) throws -> IO {
+        switch e {
+        case EAGAIN, EWOULDBLOCK: return .wouldBlock
+        case ECONNRESET, EPIPE, ETIMEDOUT: return .closed
+        default: throw KernelError.syscall(operation, e)
         }
     }
 }
@@ -210,8 +202,9 @@ public enum Poller {
         }
         let r = poll(&pfds, nfds_t(pfds.count), timeoutMilliseconds)
         if r < 0 {
-            if errno == EINTR { return }
-            throw KernelError.syscall("poll(\(pfds.count) descriptor(s))", errno)
+            let e = errno
+            if e == EINTR { return }
+            throw KernelError.syscall("poll(\(pfds.count) descriptor(s))", e)
         }
         for i in entries.indices {
             let ev = Int32(pfds[i].revents)

@@ -2,14 +2,13 @@ internal import CNetshapeShim
 import Glibc
 
 /// The controlling terminal for `status --watch`: raw mode with the settings it found put back,
-/// and termination signals received as events (signalfd) so that every way out, `q`, Ctrl-C,
+/// and termination signals received as events (a self-pipe) so that every way out, `q`, Ctrl-C,
 /// SIGTERM, SIGHUP, goes through the same restore.
 public final class Terminal {
     public let input: Int32
     public let output: Int32
     private var saved: termios?
     private var signals: Int32 = -1
-    private var oldMask = [UInt8](repeating: 0, count: netshape_sigset_size())
 
     public init(input: Int32 = 0, output: Int32 = 1) {
         self.input = input
@@ -28,7 +27,7 @@ public final class Terminal {
     }
 
     /// Turns off echo and line buffering on `input` and takes SIGINT, SIGTERM, SIGHUP and SIGWINCH
-    /// as events. ISIG stays on, so Ctrl-C is a SIGINT and arrives through the signalfd.
+    /// as events. ISIG stays on, so Ctrl-C is a SIGINT and arrives through the signal pipe.
     public func enterRawMode() throws {
         var t = termios()
         try sys("tcgetattr(fd \(input))") { tcgetattr(input, &t) }
@@ -44,23 +43,22 @@ public final class Terminal {
         try takeSignals()
     }
 
-    /// Blocks the termination signals and opens a signalfd for them, so a signal wakes `poll`
+    /// Catches the termination signals (in every thread) onto a pipe, so a signal wakes `poll`
     /// instead of killing the process with the terminal left raw.
     public func takeSignals() throws {
         guard signals < 0 else { return }
-        signals = try sys("signalfd(INT TERM HUP WINCH)") { netshape_termination_signalfd(&oldMask) }
+        signals = try sys("sigaction(INT TERM HUP WINCH)") { netshape_termination_signals_open() }
     }
 
-    /// Puts back the terminal settings and the signal mask; safe to call more than once.
+    /// Puts back the terminal settings and the signal handlers; safe to call more than once.
     public func restore() {
         if var t = saved {
             _ = tcsetattr(input, TCSANOW, &t)
             saved = nil
         }
         if signals >= 0 {
-            _ = close(signals)
+            netshape_termination_signals_close(signals)
             signals = -1
-            _ = netshape_restore_sigmask(&oldMask)
         }
     }
 
@@ -81,17 +79,18 @@ public final class Terminal {
         if signals >= 0 { fds.append(pollfd(fd: signals, events: Int16(POLLIN), revents: 0)) }
         let r = poll(&fds, nfds_t(fds.count), timeoutMilliseconds)
         if r < 0 {
-            if errno == EINTR { return .timeout }
-            throw KernelError.syscall("poll(terminal)", errno)
+            let e = errno
+            if e == EINTR { return .timeout }
+            throw KernelError.syscall("poll(terminal)", e)
         }
         if r == 0 { return .timeout }
         if signals >= 0, let sf = fds.last, sf.fd == signals, sf.revents & Int16(POLLIN) != 0 {
-            let sig = try sys("read(signalfd)") { netshape_signalfd_read(signals) }
+            let sig = try sys("read(signal pipe)") { netshape_termination_signal_read(signals) }
             if sig > 0 { return sig == SIGWINCH ? .resized : .signal(sig) }
         }
         if readKeys, fds[0].revents != 0 {
             var b: UInt8 = 0
-            let n = read(input, &b, 1)
+            let n = sysResult { read(input, &b, 1) }.value
             if n == 1 { return .key(b) }
             if n == 0 || fds[0].revents & Int16(POLLHUP) != 0 { return .inputClosed }
         }
@@ -100,13 +99,6 @@ public final class Terminal {
 
     /// Writes all of `text` to `output`.
     public func write(_ text: String) throws {
-        var bytes = Array(text.utf8)
-        var off = 0
-        while off < bytes.count {
-            let n = try sys("write(fd \(output))") {
-                bytes.withUnsafeMutableBytes { Glibc.write(output, $0.baseAddress! + off, $0.count - off) }
-            }
-            off += n
-        }
+        try Syscall.writeAll(output, Array(text.utf8), what: "fd \(output)")
     }
 }

@@ -4,5 +4,5 @@ import NetshapeCLI
 if Netshape.isCNIInvocation {
     Netshape.runCNI()
 } else {
-    Netshape.runMain()
+    await Netshape.runMain()
 }

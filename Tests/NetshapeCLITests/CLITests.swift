@@ -49,7 +49,7 @@ func tempPolicy(_ text: String) throws -> String {
     @Test func runTakesTheCommandAfterTheTerminator() throws {
         let run = try #require(
             try Netshape.parseAsRoot(["run", "p.toml", "web/frontend", "--", "iperf3", "-c", "x"]) as? Run)
-        #expect(run.class == "web/frontend")
+        #expect(run.target.class == "web/frontend")
         #expect(run.command == ["iperf3", "-c", "x"])
         #expect(throws: (any Error).self) { try Netshape.parseAsRoot(["run", "p.toml", "frontend"]) }
     }

@@ -4,6 +4,7 @@ import NetshapeTestSupport
 import Testing
 
 @testable import NetshapeCLI
+@testable import NetshapeCNI
 
 /// Issue 13: hostile and absurd input gets a clear error, never a crash, a hang or a bypass. These
 /// run the built binary; none needs root (the file-safety cases fail before anything is locked).

@@ -4,30 +4,7 @@ import NetshapePolicy
 import NetshapeTestSupport
 import Testing
 
-let webPolicy = """
-    version = 1
-    [[namespace]]
-    name = "web"
-    device = "eth0"
-    egress = "100mbit"
-    default = "other"
-
-    [[namespace.class]]
-    name = "frontend"
-    rate = "60mbit"
-    priority = 1
-    match.comm = ["nginx"]
-
-    [[namespace.class]]
-    name = "backup"
-    rate = "5mbit"
-    ceil = "20mbit"
-    match.user = ["backup"]
-
-    [[namespace.class]]
-    name = "other"
-    rate = "10mbit"
-    """
+let webPolicy = SamplePolicy.web
 
 func load(_ text: String) throws -> Policy { try PolicyParser.parse(text, file: "t.toml") }
 

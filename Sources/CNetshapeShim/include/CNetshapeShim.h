@@ -60,25 +60,18 @@ int netshape_sd_notify(const char *socket_path, const char *state);
 /// pthread_setname_np (a GNU extension): names a thread for ps/top/gdb.
 int netshape_set_thread_name(unsigned long thread, const char *name);
 
-/// Writes the sizes of the proc connector's structures (cn_msg, proc_event) for layout checks.
-size_t netshape_cn_msg_size(void);
-size_t netshape_proc_event_size(void);
-
 /// accept4(fd, addr, len, SOCK_NONBLOCK | SOCK_CLOEXEC): glibc declares it only under _GNU_SOURCE.
 int netshape_accept_nonblock(int fd, void *addr, unsigned int *len);
 
-/// signalfd(-1, {INT, TERM, HUP, WINCH}, SFD_NONBLOCK | SFD_CLOEXEC) after blocking those signals
-/// in the calling thread; the previous mask is written to `old_mask` (a sigset_t). -1 with errno.
-int netshape_termination_signalfd(void *old_mask);
+/// Takes SIGINT, SIGTERM, SIGHUP and SIGWINCH process-wide (whatever thread they reach) as bytes on
+/// a non-blocking pipe; returns its read end, -1 with errno. One taker at a time (EBUSY).
+int netshape_termination_signals_open(void);
 
-/// Reads one signalfd_siginfo from `fd`: the signal number, 0 when none is pending, -1 with errno.
-int netshape_signalfd_read(int fd);
+/// Reads one taken signal from `fd`: its number, 0 when none is pending, -1 with errno.
+int netshape_termination_signal_read(int fd);
 
-/// Restores the signal mask saved by netshape_termination_signalfd.
-int netshape_restore_sigmask(const void *old_mask);
-
-/// sizeof(sigset_t), for the Swift side's buffer.
-static inline size_t netshape_sigset_size(void) { return 128; }
+/// Puts back the signal handlers found at open, then closes the pipe (both ends).
+void netshape_termination_signals_close(int fd);
 
 // The shared bpf(2) wrappers behind Sources/NetshapeKernel/BPF.swift: one per command, each fills
 // a zeroed union bpf_attr and calls syscall(__NR_bpf). Every one returns -1 with errno set on failure.

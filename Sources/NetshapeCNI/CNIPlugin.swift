@@ -1,5 +1,4 @@
 import FoundationEssentials
-import Glibc
 import NetshapeCore
 import NetshapeEngine
 import NetshapeKernel
@@ -64,19 +63,19 @@ struct CNIError: Error {
 /// `runtimeConfig.bandwidth`, treating containerd's 4294967295-bit burst as "unset", plus an
 /// optional `netshape` block: `{"classes": [{"name", "rate", "ceil", "priority", "match": {…}}],
 /// "default": "…"}` in the policy file's own format.
-enum CNIPlugin {
+public enum CNIPlugin {
     static let supportedVersions = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
     /// The "unlimited" burst containerd and Kubernetes send when a pod sets none.
     static let unsetBurst: Double = 4_294_967_295
 
     /// Runs one CNI command from the environment and stdin; never returns.
-    static func main() -> Never {
-        let env = ProcessEnvironment()
+    public static func main() -> Never {
+        let env = Syscall.environment()
         let command = env["CNI_COMMAND"] ?? ""
         var version = "1.0.0"
         do {
             if command == "VERSION" {
-                let stdin = readStdin()
+                let stdin = (try? Syscall.readStandardInput()) ?? []
                 if let v = (try? JSONDecoder().decode(JSONValue.self, from: Data(stdin)))?["cniVersion"]?.string {
                     version = v
                 }
@@ -85,9 +84,9 @@ enum CNIPlugin {
                         "cniVersion": .string(version),
                         "supportedVersions": .array(supportedVersions.map(JSONValue.string)),
                     ]))
-                exit(0)
+                Syscall.exit(0)
             }
-            let stdin = readStdin()
+            let stdin = (try? Syscall.readStandardInput()) ?? []
             let parsed = try CNIConfig(stdin)
             let config = parsed.config
             version = config["cniVersion"]?.string ?? version
@@ -167,15 +166,21 @@ enum CNIPlugin {
             default:
                 throw CNIError(code: 4, msg: "unknown CNI_COMMAND \"\(command)\"")
             }
-            exit(0)
+            Syscall.exit(0)
         } catch let e as CNIError {
             fail(e, version: version)
-        } catch let e as PolicyError {
-            fail(CNIError(code: 7, msg: "invalid netshape configuration", details: e.description), version: version)
-        } catch let e as KernelError {
-            fail(CNIError(code: e.code == .notFound ? 3 : 999, msg: e.description), version: version)
         } catch {
-            fail(CNIError(code: 999, msg: "\(error)"), version: version)
+            fail(cniError(error), version: version)
+        }
+    }
+
+    /// The CNI error object for a failure, by the same classification as the CLI's exit status.
+    static func cniError(_ error: any Error) -> CNIError {
+        switch Failure(error)?.kind {
+        case .invalidPolicy?:
+            return CNIError(code: 7, msg: "invalid netshape configuration", details: "\(error)")
+        case .notFound?: return CNIError(code: 3, msg: "\(error)")
+        default: return CNIError(code: 999, msg: "\(error)")
         }
     }
 
@@ -230,8 +235,7 @@ enum CNIPlugin {
     static func emit(_ v: JSONValue) throws {
         let e = JSONEncoder()
         e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        var out = String(decoding: try e.encode(v), as: UTF8.self) + "\n"
-        out.withUTF8 { _ = write(1, $0.baseAddress, $0.count) }
+        Syscall.write(String(decoding: try e.encode(v), as: UTF8.self) + "\n", to: 1)
     }
 
     static func fail(_ e: CNIError, version: String) -> Never {
@@ -240,46 +244,6 @@ enum CNIPlugin {
                 "cniVersion": .string(version), "code": .number(Double(e.code)), "msg": .string(e.msg),
                 "details": .string(e.details),
             ]))
-        exit(1)
-    }
-
-    static func readStdin() -> [UInt8] {
-        var out: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = buf.withUnsafeMutableBytes { read(0, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { break }
-            out += buf[0..<n]
-        }
-        return out
-    }
-}
-
-/// The process environment, read once.
-struct ProcessEnvironment {
-    let values: [String: String]
-    init() {
-        var v: [String: String] = [:]
-        var p = environ
-        while let entry = p.pointee {
-            let s = String(cString: entry)
-            if let eq = s.firstIndex(of: "=") { v[String(s[..<eq])] = String(s[s.index(after: eq)...]) }
-            p += 1
-        }
-        values = v
-    }
-    subscript(_ key: String) -> String? { values[key] }
-}
-
-extension String {
-    func replacingAll(_ target: String, with replacement: String) -> String {
-        var out = ""
-        var rest = self[...]
-        while let r = rest.firstRange(of: target) {
-            out += rest[..<r.lowerBound] + replacement
-            rest = rest[r.upperBound...]
-        }
-        return out + rest
+        Syscall.exit(1)
     }
 }

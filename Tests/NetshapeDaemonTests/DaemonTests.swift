@@ -1,0 +1,316 @@
+import FoundationEssentials
+import Logging
+import NetshapeCore
+import NetshapeEngine
+import NetshapeKernel
+import NetshapePolicy
+import NetshapeTestSupport
+import Prometheus
+import Synchronization
+import Testing
+
+@testable import NetshapeDaemon
+
+// The daemon's services over fakes: no root, no kernel, no threads (the exec loop is stepped).
+
+let policyText = SamplePolicy.web
+
+let bulkClass = """
+
+    [[namespace.class]]
+    name = "bulk"
+    rate = "5mbit"
+    match.comm = ["rsync"]
+    """
+
+typealias Proc = NetshapeCore.ProcessInfo
+
+struct TestError: Error, CustomStringConvertible {
+    var description: String
+}
+
+/// Reads the proc connector would give, in order; `.timeout` once they run out.
+final class FakeEvents: ProcessEvents, @unchecked Sendable {
+    var queue: [Result<ProcConnectorRead, any Error>]
+    init(_ queue: [Result<ProcConnectorRead, any Error>]) { self.queue = queue }
+    func next(timeoutMilliseconds: Int32) throws -> ProcConnectorRead {
+        queue.isEmpty ? .timeout : try queue.removeFirst().get()
+    }
+}
+
+struct FakeProcesses: ProcessTable {
+    var table: [Int32: (netns: String, info: Proc)] = [:]
+    func namespaceID(_ pid: Int32) -> String? { table[pid]?.netns }
+    func process(_ pid: Int32, fields: ProcScanner.Fields) -> Proc? { table[pid]?.info }
+}
+
+struct Move: Equatable {
+    var pid: Int32
+    var path: String
+    var root: String
+}
+
+final class FakeMover: CgroupMover, @unchecked Sendable {
+    let moves = Mutex<[Move]>([])
+    /// pids that exited before the move (ESRCH).
+    let gone = Mutex<Set<Int32>>([])
+    func move(pid: Int32, to relative: String, root: String) throws {
+        if gone.withLock({ $0.contains(pid) }) { throw FakeKernelError(errno: KernelErrno.ESRCH, "no such process") }
+        moves.withLock { $0.append(Move(pid: pid, path: relative, root: root)) }
+    }
+}
+
+/// Time moves only when told to or when someone sleeps.
+final class FakeClock: DaemonClock, @unchecked Sendable {
+    let now = Mutex<UInt64>(1_000_000_000)
+    let sleeps = Mutex<[Int]>([])
+    func monotonicNanoseconds() -> UInt64 { now.withLock { $0 } }
+    func sleep(milliseconds: Int) {
+        sleeps.withLock { $0.append(milliseconds) }
+        advance(milliseconds: milliseconds)
+    }
+    func advance(milliseconds: Int) { now.withLock { $0 += UInt64(milliseconds) * 1_000_000 } }
+}
+
+final class FakeNotifier: ServiceNotifier, @unchecked Sendable {
+    let sent = Mutex<[String]>([])
+    func send(_ state: String) { sent.withLock { $0.append(state) } }
+}
+
+/// A policy "file" the test edits or deletes.
+final class FakePolicyFile: @unchecked Sendable {
+    let text = Mutex<String?>(policyText)
+    func load(_ path: String) throws -> Policy {
+        guard let t = text.withLock({ $0 }) else {
+            throw PolicyFileError("cannot read policy \(path): No such file or directory")
+        }
+        return try PolicyParser.parse(t, file: path)
+    }
+}
+
+let quiet = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+
+/// The daemon's core and classifier over a fake kernel holding namespace "web".
+struct Harness {
+    let kernel = FakeKernel()
+    let processes: FakeProcesses
+    let mover = FakeMover()
+    let clock = FakeClock()
+    let notifier = FakeNotifier()
+    let file = FakePolicyFile()
+    let registry = PrometheusCollectorRegistry()
+    let io: DaemonIO
+    let classifier: ExecClassifier
+    let core: DaemonCore
+    let stateDirectory: String
+
+    init(processes: FakeProcesses = FakeProcesses()) throws {
+        kernel.addNamespace("web")
+        kernel.users = ["backup": 34]
+        self.processes = processes
+        let (file, mover, clock, notifier) = (file, mover, clock, notifier)
+        io = DaemonIO(
+            events: { FakeEvents([]) }, processes: processes, mover: mover, clock: clock,
+            watch: { _, _ in throw TestError(description: "no watches in tests") },
+            loadPolicy: { try file.load($0) }, notifier: notifier, netClsRoot: { _ in "/fake/net_cls" })
+        let health = DaemonHealth(factory: PrometheusMetricsFactory(registry: registry))
+        classifier = ExecClassifier(logger: quiet, health: health, io: io)
+        // The state lock the CLI shares, in a directory of the test's own.
+        stateDirectory =
+            FileManager.default.temporaryDirectory.appendingPathComponent(
+                "netshape-daemon-\(UInt32.random(in: 0...UInt32.max))"
+            ).path
+        // The test reads the fake kernel after the actor took the engine; nothing runs concurrently.
+        nonisolated(unsafe) let engine = Engine(kernel: kernel, logger: quiet)
+        core = DaemonCore(
+            policy: try file.load("/test/p.toml"), path: "/test/p.toml", engine: engine,
+            state: StateStore(directory: stateDirectory), classifier: classifier, io: io, logger: quiet)
+    }
+
+    func cleanUp() { try? FileManager.default.removeItem(atPath: stateDirectory) }
+
+    func pump(_ events: FakeEvents, overflow: @escaping () -> Void = {}) -> (ExecEventPump, Liveness) {
+        let liveness = Liveness(clock: clock)
+        let pump = ExecEventPump(
+            source: events, classifier: classifier, clock: clock, heartbeat: liveness.register("exec events"),
+            logger: quiet, overflow: overflow)
+        return (pump, liveness)
+    }
+
+    func metric(_ name: String) -> Double? {
+        let text = registry.emitToString()
+        return text.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap {
+            Double($0.split(separator: " ").last ?? "")
+        }
+    }
+
+    var webID: String { kernel.namespaces["web"]!.netnsID }
+}
+
+@Suite struct ExecEventTests {
+    @Test func anExecInAShapedNamespaceMovesTheProcessIntoItsClass() async throws {
+        var procs = FakeProcesses()
+        let h0 = try Harness()
+        defer { h0.cleanUp() }
+        let web = h0.webID
+        procs.table = [
+            500: (web, Proc(pid: 500, comm: "nginx")),
+            501: ("4:999", Proc(pid: 501, comm: "nginx")),  // another namespace: not ours
+            502: (web, Proc(pid: 502, comm: "nginx")),  // renamed itself to nginx
+            504: (web, Proc(pid: 504, comm: "bash")),  // no rule: left where it is
+            503: (web, Proc(pid: 503, comm: "nginx")),  // exits before the move
+        ]
+        let h = try Harness(processes: procs)
+        defer { h.cleanUp() }
+        try await h.core.reconcile("start")  // 999 is gone from /proc already
+        h.mover.gone.withLock { $0 = [503] }
+        let (pump, _) = h.pump(
+            FakeEvents([
+                .success(.events([.exec(tgid: 500, timestampNS: 1), .exec(tgid: 501, timestampNS: 2)])),
+                .success(.events([.comm(tgid: 502, timestampNS: 3), .identity(tgid: 503, timestampNS: 4)])),
+                .success(.events([.exec(tgid: 999, timestampNS: 5), .exec(tgid: 504, timestampNS: 6)])),
+            ]))
+        for _ in 0..<3 { pump.step() }
+        #expect(
+            h.mover.moves.withLock { $0 } == [
+                Move(pid: 500, path: CgroupPaths.class("frontend", in: "web"), root: "/fake/net_cls"),
+                Move(pid: 502, path: CgroupPaths.class("frontend", in: "web"), root: "/fake/net_cls"),
+            ])
+        #expect(h.classifier.moves.load(ordering: .relaxed) == 2)
+        #expect(h.metric("netshape_classified_processes_total") == 2)
+        #expect(h.clock.sleeps.withLock { $0 }.isEmpty)
+    }
+
+    @Test func beforeTheFirstApplyNothingIsMoved() throws {
+        let h = try Harness(processes: FakeProcesses(table: [500: ("4:1", Proc(pid: 500, comm: "nginx"))]))
+        defer { h.cleanUp() }
+        let (pump, _) = h.pump(FakeEvents([.success(.events([.exec(tgid: 500, timestampNS: 1)]))]))
+        pump.step()
+        #expect(h.mover.moves.withLock { $0 }.isEmpty)
+    }
+
+    @Test func lostEventsAskForARescan() throws {
+        let h = try Harness()
+        defer { h.cleanUp() }
+        let asked = Mutex(0)
+        let (pump, _) = h.pump(FakeEvents([.success(.overflow), .success(.timeout)])) { asked.withLock { $0 += 1 } }
+        pump.step()
+        pump.step()
+        #expect(asked.withLock { $0 } == 1)
+        #expect(h.metric("netshape_exec_events_lost_total") == 1)
+    }
+
+    /// A socket that keeps failing must not spin: every error is counted and waited out, twice as
+    /// long each time up to the cap; one good read resets the pause, and the thread's heartbeat
+    /// says "failing" exactly while the errors last.
+    @Test func readErrorsAreCountedAndBackedOff() throws {
+        let h = try Harness()
+        defer { h.cleanUp() }
+        let failure = Result<ProcConnectorRead, any Error>.failure(
+            KernelError(.netlinkSocket, "recv(NETLINK_CONNECTOR)", errno: 5, reason: "Input/output error"))
+        let (pump, liveness) = h.pump(FakeEvents(Array(repeating: failure, count: 4) + [.success(.timeout), failure]))
+        for _ in 0..<4 { pump.step() }
+        #expect(h.clock.sleeps.withLock { $0 } == [100, 200, 400, 800])
+        #expect(pump.failures == 4)
+        #expect(liveness.check(windowNanoseconds: 60_000_000_000).problem?.contains("Input/output error") == true)
+        pump.step()
+        #expect(pump.failures == 0)
+        #expect(liveness.check(windowNanoseconds: 60_000_000_000).problem == nil)
+        pump.step()
+        #expect(h.clock.sleeps.withLock { $0 } == [100, 200, 400, 800, 100])
+        #expect(h.metric("netshape_exec_event_errors_total") == 5)
+        #expect(ExecEventPump.backoff(afterFailures: 7) == ExecEventPump.maxBackoffMilliseconds)
+        #expect(ExecEventPump.backoff(afterFailures: 1000) == ExecEventPump.maxBackoffMilliseconds)
+    }
+}
+
+@Suite struct WatchdogTests {
+    @Test func pingsOnlyWhileEveryServiceIsAlive() async throws {
+        let h = try Harness()
+        defer { h.cleanUp() }
+        let liveness = Liveness(clock: h.clock)
+        let exec = liveness.register("exec events")
+        let watch = liveness.register("namespace watch")
+        let dog = WatchdogService(
+            context: DaemonContext(core: h.core, liveness: liveness, logger: quiet), microseconds: 10_000_000)
+        func pings() -> Int { h.notifier.sent.withLock { $0 }.filter { $0 == "WATCHDOG=1" }.count }
+
+        #expect(await dog.tick())
+        #expect(pings() == 1)
+        exec.failing("recv failed")
+        #expect(await dog.tick() == false)
+        #expect(pings() == 1)
+        exec.alive()
+        #expect(await dog.tick())
+        #expect(pings() == 2)
+        // One thread falls silent for longer than the window: no ping, though the other reports.
+        h.clock.advance(milliseconds: 6000)
+        exec.alive()
+        #expect(await dog.tick() == false)
+        #expect(pings() == 2)
+        watch.alive()
+        #expect(await dog.tick())
+        #expect(pings() == 3)
+    }
+}
+
+@Suite struct ReconcileTests {
+    @Test func reloadAppliesTheChangedPolicy() async throws {
+        let h = try Harness()
+        defer { h.cleanUp() }
+        try await h.core.reconcile("start")
+        #expect(h.kernel.cgroups[CgroupPaths.class("bulk", in: "web")] == nil)
+        h.file.text.withLock { $0 = policyText + bulkClass }
+        #expect(await h.core.reload())
+        #expect(await h.core.policy.namespace("web")?.class("bulk") != nil)
+        #expect(h.kernel.cgroups[CgroupPaths.class("bulk", in: "web")] != nil)
+        #expect(h.kernel.namespaces["web"]!.classes.count == 5)  // root + four classes
+    }
+
+    @Test func anInvalidOrDeletedPolicyKeepsTheRunningOne() async throws {
+        let h = try Harness()
+        defer { h.cleanUp() }
+        try await h.core.reconcile("start")
+        let before = (h.kernel.cgroups, h.kernel.namespaces["web"]!.classes)
+        h.file.text.withLock { $0 = policyText + "\n[[namespace.class]]\nname = \"broken\"\nrate = \"fast\"\n" }
+        #expect(await h.core.reload() == false)
+        h.file.text.withLock { $0 = nil }
+        #expect(await h.core.reload() == false)
+        #expect(await h.core.policy.namespace("web")?.classes.map(\.name) == ["frontend", "backup", "other"])
+        #expect(h.kernel.cgroups == before.0)
+        #expect(h.kernel.namespaces["web"]!.classes == before.1)
+        // The running policy is still enforced: drift is repaired after the failed reloads.
+        h.kernel.cgroups[CgroupPaths.class("frontend", in: "web")] = nil
+        let report = try await h.core.reconcile("periodic check")
+        #expect(!report.performed.isEmpty)
+        #expect(h.kernel.cgroups[CgroupPaths.class("frontend", in: "web")] != nil)
+    }
+
+    /// `ip netns delete web; ip netns add web`: the namespace is waited for, then shaped again,
+    /// and the exec fast path follows the new namespace id, not the old one.
+    @Test func aRecreatedNamespaceIsShapedAgainAndFollowed() async throws {
+        let h = try Harness()
+        defer { h.cleanUp() }
+        try await h.core.reconcile("start")
+        let oldID = h.webID
+        #expect(h.classifier.snapshot.withLock { $0?.namespaces[oldID]?.name } == "web")
+
+        let gone = h.kernel.namespaces.removeValue(forKey: "web")!
+        let waiting = try await h.core.reconcile("namespaces changed")
+        #expect(waiting.skipped["web"] != nil)
+        #expect(await h.core.waiting["web"] != nil)
+
+        var fresh = gone
+        fresh.netnsID = "4:4026532999"
+        fresh.qdiscs = [ObservedQdisc(handle: .unspecified, parent: .root, kind: "noqueue")]
+        fresh.classes = []
+        fresh.filters = []
+        h.kernel.namespaces["web"] = fresh
+        let back = try await h.core.reconcile("namespaces changed")
+        #expect(back.skipped.isEmpty)
+        #expect(await h.core.waiting.isEmpty)
+        #expect(h.kernel.namespaces["web"]!.classes.count == 4)
+        let followed = h.classifier.snapshot.withLock { $0?.namespaces.keys.sorted() }
+        #expect(followed == ["4:4026532999"])
+    }
+}
