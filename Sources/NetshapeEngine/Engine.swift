@@ -247,14 +247,24 @@ public final class Engine {
     /// leaving the rollback to the caller.
     func perform(_ ops: [Operation], _ done: inout [Operation], _ report: inout ApplyReport) -> (Operation, any Error)?
     {
-        for op in ops {
-            switch execute(op) {
-            case .done:
-                done.append(op)
-                logger.info("\(op.command)", metadata: ["namespace": "\(op.namespace)"])
-            case .vanished(let pid): if let pid { report.vanished.append(pid) }
-            case .failed(let error): return (op, error)
+        // The kernel port may send many at once (a batch's later operations can have succeeded after
+        // an earlier one failed: they are done all the same, so rollback undoes them too).
+        var rest = ops[...]
+        while !rest.isEmpty {
+            let results = kernel.execute(Array(rest))
+            var failure: (Operation, any Error)?
+            for (op, result) in zip(rest, results) {
+                switch Self.outcome(result, of: op) {
+                case .done:
+                    done.append(op)
+                    logger.info("\(op.command)", metadata: ["namespace": "\(op.namespace)"])
+                case .vanished(let pid): if let pid { report.vanished.append(pid) }
+                case .failed(let error): if failure == nil { failure = (op, error) }
+                }
             }
+            if let failure { return failure }
+            guard !results.isEmpty else { break }
+            rest = rest.dropFirst(results.count)
         }
         return nil
     }
@@ -271,14 +281,17 @@ public final class Engine {
     /// The one place an operation meets the kernel, for apply, rollback and reset alike. `undoing`
     /// is the operation `op` undoes (a rollback), whose kind decides what a vanished process means.
     func execute(_ op: Operation, undoing: Operation? = nil) -> Outcome {
-        do {
-            try kernel.execute(op)
-            return .done
-        } catch let e as KernelFailure where (undoing ?? op).isMembership && e.errno == KernelErrno.ESRCH {
+        Self.outcome(Result { try kernel.execute(op) }, of: op, undoing: undoing)
+    }
+
+    /// What the kernel's answer to `op` means (`execute`, and each result of a batch).
+    static func outcome(_ result: Result<Void, any Error>, of op: Operation, undoing: Operation? = nil) -> Outcome {
+        switch result {
+        case .success: return .done
+        case .failure(let e as KernelFailure) where (undoing ?? op).isMembership && e.errno == KernelErrno.ESRCH:
             if case .moveProcess(let pid, _, _, _) = op.action { return .vanished(pid) }
             return .vanished(nil)
-        } catch {
-            return .failed(error)
+        case .failure(let error): return .failed(error)
         }
     }
 

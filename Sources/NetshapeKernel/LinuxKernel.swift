@@ -85,27 +85,32 @@ public final class LinuxKernel: KernelPort {
         try onDedicatedThread {
             try sys("unshare(CLONE_NEWNET) for the capability probe") { netshape_unshare_net() }
             let route = try RouteSocket(namespace: "probe")
-            let filterSocket = try FilterSocket(namespace: "probe")
+            let filterSocket = FilterSocket(session: route.session, namespace: "probe")
             let lo: Int32 = 1
             let qdisc = TCHandle(major: 1, minor: 0)
             let leafClass = TCHandle(major: 1, minor: 1)
-            try route.htbRoot(.add, ifindex: lo, device: "lo", HTBQdiscSpec(handle: qdisc, defaultMinor: 1))
+            try route.transact(
+                RouteSocket.htbRoot(.add, ifindex: lo, device: "lo", HTBQdiscSpec(handle: qdisc, defaultMinor: 1)))
             let rate = Rate.mbit(10)
-            try route.htbClass(
-                .add, ifindex: lo, device: "lo",
-                HTBClassSpec(
-                    classid: leafClass, parent: qdisc, rate: rate, ceil: rate, burst: Planner.defaultBurst(for: rate),
-                    cburst: Planner.defaultBurst(for: rate), priority: 0, quantum: 1514))
+            try route.transact(
+                RouteSocket.htbClass(
+                    .add, ifindex: lo, device: "lo",
+                    HTBClassSpec(
+                        classid: leafClass, parent: qdisc, rate: rate, ceil: rate,
+                        burst: Planner.defaultBurst(for: rate), cburst: Planner.defaultBurst(for: rate), priority: 0,
+                        quantum: 1514)))
             func leafWorks(_ q: LeafQueue) -> Bool {
-                (try? route.leaf(.replace, ifindex: lo, device: "lo", LeafQdiscSpec(parent: leafClass, queue: q)))
+                (try? route.transact(
+                    RouteSocket.leaf(.replace, ifindex: lo, device: "lo", LeafQdiscSpec(parent: leafClass, queue: q))))
                     != nil
             }
             let fq = leafWorks(.fqCodel)
             let sfq = leafWorks(.sfq)
             let cgroup =
-                (try? route.cgroupFilter(
-                    add: true, ifindex: lo, device: "lo",
-                    FilterSpec(parent: qdisc, kind: .cgroup, priority: 1))) != nil
+                (try? route.transact(
+                    RouteSocket.cgroupFilter(
+                        add: true, ifindex: lo, device: "lo", FilterSpec(parent: qdisc, kind: .cgroup, priority: 1))))
+                != nil
             var bpf = false
             if let fd = try? BPFClassifier.load() {
                 defer { close(fd) }
@@ -134,9 +139,9 @@ public final class LinuxKernel: KernelPort {
         let key = target.path ?? "host"
         if let s = sockets[key] { return s }
         let ns = try NetworkNamespace(target)
-        let (route, filterSocket) = try ns.run { () -> (RouteSocket, FilterSocket) in
-            (try RouteSocket(namespace: label), try FilterSocket(namespace: label))
-        }
+        // One socket per namespace: libnl builds and parses, netshape's session sends and reads.
+        let route = try ns.run { try RouteSocket(namespace: label) }
+        let filterSocket = FilterSocket(session: route.session, namespace: label)
         let s = Sockets(netns: ns, route: route, filterSocket: filterSocket)
         sockets[key] = s
         return s
@@ -327,51 +332,119 @@ public final class LinuxKernel: KernelPort {
             return
         case .deleteIngressRedirect:
             let c = try context(r)
-            try c.route.deleteQdisc(
-                ifindex: c.ifindex, device: c.device, parent: .ingress, handle: TCHandle(raw: 0xFFFF_0000))
+            try c.route.transact(
+                RouteSocket.deleteQdisc(
+                    ifindex: c.ifindex, device: c.device, parent: .ingress, handle: TCHandle(raw: 0xFFFF_0000)))
             return
         default: break
         }
-        // tc on the namespace device, or on the device carrying its ingress (peer in the host, or IFB).
-        let route: RouteSocket
-        let filterSocket: FilterSocket
-        let i: Int32
-        let d = op.device
-        if op.link == .ingress {
-            // A namespace being provisioned in this run was planned with its host-side peer.
-            let onHost = (ingressPlacement[op.namespace] ?? .peer) == .peer
-            let s = onHost ? try host() : try context(r).sockets
-            route = s.route
-            filterSocket = s.filterSocket
-            i = try s.route.requireIfindex(d)
-        } else {
-            let c = try context(r)
-            route = c.route
-            filterSocket = c.filterSocket
-            i = c.ifindex
+        if case .addFilter(let f) = op.action, f.kind == .bpf {
+            let (s, i) = try tcTarget(op, r)
+            let fd = try BPFClassifier.load()
+            defer { close(fd) }  // the filter holds its own reference to the program
+            return try s.filterSocket.addBpfFilter(ifindex: i, device: op.device, f, programFD: fd)
         }
-        switch op.action {
-        case .addRootQdisc(let q): try route.htbRoot(.add, ifindex: i, device: d, q)
-        case .replaceRootQdisc(let q, _): try route.htbRoot(.replace, ifindex: i, device: d, q)
-        case .deleteRootQdisc(let q): try route.deleteQdisc(ifindex: i, device: d, parent: .root, handle: q.handle)
-        case .addClass(let spec): try route.htbClass(.add, ifindex: i, device: d, spec)
-        case .changeClass(let spec, _): try route.htbClass(.change, ifindex: i, device: d, spec)
-        case .deleteClass(let spec): try route.deleteClass(ifindex: i, device: d, spec)
-        case .addLeaf(let l): try route.leaf(.add, ifindex: i, device: d, l)
-        case .replaceLeaf(let l, _): try route.leaf(.replace, ifindex: i, device: d, l)
-        case .deleteLeaf(let l): try route.deleteQdisc(ifindex: i, device: d, parent: l.parent, handle: nil)
-        case .addFilter(let f):
-            switch f.kind {
-            case .cgroup: try route.cgroupFilter(add: true, ifindex: i, device: d, f)
-            case .bpf:
-                let fd = try BPFClassifier.load()
-                defer { close(fd) }  // the filter holds its own reference to the program
-                try filterSocket.addBpfFilter(ifindex: i, device: d, f, programFD: fd)
-            }
-        case .deleteFilter(let f): try filterSocket.deleteFilter(ifindex: i, device: d, f)
-        default:
+        guard let (route, request) = try tcRequest(op) else {
             throw KernelError(.state, op.command, reason: "not a tc operation")
         }
+        try route.transact(request)
+    }
+
+    /// Several operations, the tc ones among them sent many to a `sendmsg` (`NetlinkSession.transact(batch:)`).
+    /// A run of consecutive tc operations on one socket goes as one batch; anything else, and the
+    /// operation `NETSHAPE_FAIL_OPERATION` names, runs alone. Stops after the first failure (the
+    /// rest of its batch still has its own results: the kernel went on with them).
+    public func execute(_ ops: [Operation]) -> [Result<Void, any Error>] {
+        var results: [Result<Void, any Error>] = []
+        var next = 0
+        while next < ops.count {
+            var batch: [NetlinkRequest] = []
+            var socket: RouteSocket?
+            while next + batch.count < ops.count, executed + 1 != failAt {
+                let op = ops[next + batch.count]
+                guard Self.isBatchable(op), let (route, request) = try? tcRequest(op),
+                    socket == nil || socket === route
+                else { break }
+                socket = route
+                batch.append(request)
+                executed += 1
+            }
+            if let socket {
+                let outcomes = socket.session.transact(batch: batch)
+                results += outcomes.map { $0.mapError { $0 as any Error } }
+                if outcomes.count < batch.count
+                    || results.contains(where: { if case .failure = $0 { true } else { false } })
+                {
+                    return results
+                }
+                next += batch.count
+                continue
+            }
+            // Not batchable (or its request could not be built: executing it alone says why).
+            do {
+                try execute(ops[next])
+                results.append(.success(()))
+            } catch {
+                results.append(.failure(error))
+                return results
+            }
+            next += 1
+        }
+        return results
+    }
+
+    /// tc operations whose request can be built ahead and sent in a batch (cls_bpf needs its
+    /// program loaded, so it goes alone).
+    static func isBatchable(_ op: Operation) -> Bool {
+        switch op.action {
+        case .addRootQdisc, .replaceRootQdisc, .deleteRootQdisc, .addClass, .changeClass, .deleteClass, .addLeaf,
+            .replaceLeaf, .deleteLeaf, .deleteFilter:
+            return true
+        case .addFilter(let f): return f.kind == .cgroup
+        default: return false
+        }
+    }
+
+    /// The sockets and ifindex a tc operation is for: the namespace device, or the device carrying
+    /// its ingress (the veth peer in the host, or the IFB inside).
+    func tcTarget(_ op: Operation, _ r: NamespaceRequest) throws -> (Sockets, Int32) {
+        guard op.link == .ingress else {
+            let c = try context(r)
+            return (c.sockets, c.ifindex)
+        }
+        // A namespace being provisioned in this run was planned with its host-side peer.
+        let onHost = (ingressPlacement[op.namespace] ?? .peer) == .peer
+        let s = onHost ? try host() : try context(r).sockets
+        return (s, try s.route.requireIfindex(op.device))
+    }
+
+    /// The request of a batchable tc operation and the socket it goes over; nil for any other.
+    func tcRequest(_ op: Operation) throws -> (RouteSocket, NetlinkRequest)? {
+        guard Self.isBatchable(op) else { return nil }
+        guard let r = requests[op.namespace] else {
+            throw KernelError(
+                .state, op.command, reason: "namespace \(op.namespace) was not observed before this change")
+        }
+        let (s, i) = try tcTarget(op, r)
+        let d = op.device
+        let request: NetlinkRequest
+        switch op.action {
+        case .addRootQdisc(let q): request = try RouteSocket.htbRoot(.add, ifindex: i, device: d, q)
+        case .replaceRootQdisc(let q, _): request = try RouteSocket.htbRoot(.replace, ifindex: i, device: d, q)
+        case .deleteRootQdisc(let q):
+            request = try RouteSocket.deleteQdisc(ifindex: i, device: d, parent: .root, handle: q.handle)
+        case .addClass(let spec): request = try RouteSocket.htbClass(.add, ifindex: i, device: d, spec)
+        case .changeClass(let spec, _): request = try RouteSocket.htbClass(.change, ifindex: i, device: d, spec)
+        case .deleteClass(let spec): request = try RouteSocket.deleteClass(ifindex: i, device: d, spec)
+        case .addLeaf(let l): request = try RouteSocket.leaf(.add, ifindex: i, device: d, l)
+        case .replaceLeaf(let l, _): request = try RouteSocket.leaf(.replace, ifindex: i, device: d, l)
+        case .deleteLeaf(let l):
+            request = try RouteSocket.deleteQdisc(ifindex: i, device: d, parent: l.parent, handle: nil)
+        case .addFilter(let f): request = try RouteSocket.cgroupFilter(add: true, ifindex: i, device: d, f)
+        case .deleteFilter(let f): request = FilterSocket.deleteFilter(ifindex: i, device: d, f)
+        default: return nil
+        }
+        return (s.route, request)
     }
 
     /// Creates or removes what `provision` describes. Namespace files are made the way `ip netns add`

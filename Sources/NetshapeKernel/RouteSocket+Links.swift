@@ -19,9 +19,7 @@ struct LinkInfo {
 extension RouteSocket {
     /// Every link in this socket's namespace.
     func links() throws -> [LinkInfo] {
-        var cache: OpaquePointer?
-        let rc = rtnl_link_alloc_cache(sock, AF_UNSPEC, &cache)
-        guard rc == 0, let cache else { throw Self.nlError("ip link show (in \(namespace))", rc) }
+        let cache = try dump(Self.linkDumpRequest(), "ip link show (in \(namespace))", cacheType: "route/link")
         defer { nl_cache_free(cache) }
         var out: [LinkInfo] = []
         var obj = nl_cache_get_first(cache)
@@ -37,6 +35,17 @@ extension RouteSocket {
             obj = nl_cache_get_next(o)
         }
         return out
+    }
+
+    /// RTM_GETLINK dump (`struct ifinfomsg`, 16 bytes) asking for VF details as libnl does
+    /// (IFLA_EXT_MASK = RTEXT_FILTER_VF).
+    static func linkDumpRequest() -> NetlinkMessage {
+        dumpRequest(type: RTM_GETLINK, header: 16, attributes: { w in w.attribute(UInt16(IFLA_EXT_MASK), u32: 1) })
+    }
+
+    /// Builds with libnl and sends, waiting for the ACK.
+    func build(_ op: String, _ make: (inout OpaquePointer?) -> Int32) throws {
+        try transact(Self.request(op, make))
     }
 
     private func withLink(_ body: (OpaquePointer) throws -> Void) throws {
@@ -209,7 +218,9 @@ extension RouteSocket {
                 rtnl_cls_build_add_request(cls, NLM_F_CREATE | NLM_F_EXCL, &$0)
             }
         } catch {
-            try? deleteQdisc(ifindex: ifindex, device: device, parent: .ingress, handle: TCHandle(raw: 0xFFFF_0000))
+            try? transact(
+                Self.deleteQdisc(ifindex: ifindex, device: device, parent: .ingress, handle: TCHandle(raw: 0xFFFF_0000))
+            )
             throw error
         }
     }
