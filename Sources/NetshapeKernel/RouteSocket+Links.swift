@@ -112,21 +112,30 @@ extension RouteSocket {
         let idx = try requireIfindex(name)
         var masterIdx: Int32?
         if case .some(let m) = master { masterIdx = try m.map(requireIfindex) ?? 0 }
-        try withLink { link in
-            rtnl_link_set_ifindex(link, idx)
-            if let up { up ? rtnl_link_set_flags(link, 0x1) : rtnl_link_unset_flags(link, 0x1) }
-            if let m = masterIdx { rtnl_link_set_master(link, m) }
-            try build(
-                "ip link set \(name)\(up.map { $0 ? " up" : " down" } ?? "")\(masterIdx.map { $0 == 0 ? " nomaster" : " master" } ?? "")"
-            ) {
-                rtnl_link_build_add_request(link, 0, &$0)
-            }
+        try transact(Self.setLink(name, ifindex: idx, up: up, masterIfindex: masterIdx))
+    }
+
+    /// The request of `setLink` once the names are resolved (`masterIfindex` 0: nomaster).
+    static func setLink(_ name: String, ifindex: Int32, up: Bool?, masterIfindex: Int32?) throws -> NetlinkRequest {
+        guard let link = rtnl_link_alloc() else {
+            throw KernelError(.netlink, "rtnl_link_alloc", errno: ENOMEM, reason: "out of memory")
         }
+        defer { rtnl_link_put(link) }
+        rtnl_link_set_ifindex(link, ifindex)
+        if let up { up ? rtnl_link_set_flags(link, 0x1) : rtnl_link_unset_flags(link, 0x1) }
+        if let m = masterIfindex { rtnl_link_set_master(link, m) }
+        let op =
+            "ip link set \(name)\(up.map { $0 ? " up" : " down" } ?? "")\(masterIfindex.map { $0 == 0 ? " nomaster" : " master" } ?? "")"
+        return try request(op) { rtnl_link_build_add_request(link, 0, &$0) }
     }
 
     /// `ip addr add|del CIDR dev NAME`.
     func address(_ cidr: String, device: String, add: Bool) throws {
-        let idx = try requireIfindex(device)
+        try transact(Self.address(cidr, device: device, ifindex: try requireIfindex(device), add: add))
+    }
+
+    /// The request of `address` once the device is resolved.
+    static func address(_ cidr: String, device: String, ifindex: Int32, add: Bool) throws -> NetlinkRequest {
         guard let a = rtnl_addr_alloc() else {
             throw KernelError(.netlink, "rtnl_addr_alloc", errno: ENOMEM, reason: "out of memory")
         }
@@ -135,14 +144,14 @@ extension RouteSocket {
         let rc = nl_addr_parse(cidr, AF_UNSPEC, &local)
         guard rc == 0, let local else { throw Self.nlError("parse address \(cidr)", rc) }
         defer { nl_addr_put(local) }
-        rtnl_addr_set_ifindex(a, idx)
+        rtnl_addr_set_ifindex(a, ifindex)
         _ = rtnl_addr_set_local(a, local)
         rtnl_addr_set_prefixlen(a, Int32(nl_addr_get_prefixlen(local)))
         let op = "ip addr \(add ? "add" : "del") \(cidr) dev \(device)"
         if add {
-            try build(op) { rtnl_addr_build_add_request(a, NLM_F_CREATE | NLM_F_EXCL, &$0) }
+            return try request(op) { rtnl_addr_build_add_request(a, NLM_F_CREATE | NLM_F_EXCL, &$0) }
         } else {
-            try build(op) { rtnl_addr_build_delete_request(a, 0, &$0) }
+            return try request(op) { rtnl_addr_build_delete_request(a, 0, &$0) }
         }
     }
 
@@ -182,6 +191,19 @@ extension RouteSocket {
     /// plugin does. One operation for the caller: if the filter fails, the ingress qdisc goes too.
     func addIngressRedirect(ifindex: Int32, device: String, ifb: String) throws {
         let ifbIndex = try requireIfindex(ifb)
+        try transact(Self.ingressQdisc(ifindex: ifindex, device: device))
+        do {
+            try transact(Self.redirectFilter(ifindex: ifindex, device: device, ifb: ifb, ifbIndex: ifbIndex))
+        } catch {
+            try? transact(
+                Self.deleteQdisc(ifindex: ifindex, device: device, parent: .ingress, handle: TCHandle(raw: 0xFFFF_0000))
+            )
+            throw error
+        }
+    }
+
+    /// `tc qdisc add dev D handle ffff: ingress`.
+    static func ingressQdisc(ifindex: Int32, device: String) throws -> NetlinkRequest {
         guard let q = rtnl_qdisc_alloc() else {
             throw KernelError(.netlink, "rtnl_qdisc_alloc", errno: ENOMEM, reason: "out of memory")
         }
@@ -190,10 +212,14 @@ extension RouteSocket {
         rtnl_tc_set_parent(q, TCHandle.ingress.raw)
         rtnl_tc_set_handle(q, 0xFFFF_0000)
         _ = rtnl_tc_set_kind(q, "ingress")
-        try build("tc qdisc add dev \(device) handle ffff: ingress") {
+        return try request("tc qdisc add dev \(device) handle ffff: ingress") {
             rtnl_qdisc_build_add_request(q, NLM_F_CREATE | NLM_F_EXCL, &$0)
         }
+    }
 
+    /// `tc filter add dev D parent ffff: protocol all prio P u32 match u32 0 0 action mirred egress
+    /// redirect dev IFB` (IFB's ifindex resolved).
+    static func redirectFilter(ifindex: Int32, device: String, ifb: String, ifbIndex: Int32) throws -> NetlinkRequest {
         guard let cls = rtnl_cls_alloc(), let act = rtnl_act_alloc() else {
             throw KernelError(.netlink, "rtnl_cls_alloc", errno: ENOMEM, reason: "out of memory")
         }
@@ -211,17 +237,10 @@ extension RouteSocket {
         _ = rtnl_mirred_set_ifindex(act, UInt32(ifbIndex))
         _ = rtnl_u32_add_action(cls, act)  // takes its own reference
         rtnl_act_put(act)
-        do {
-            try build(
-                "tc filter add dev \(device) parent ffff: protocol all u32 match u32 0 0 action mirred egress redirect dev \(ifb)"
-            ) {
-                rtnl_cls_build_add_request(cls, NLM_F_CREATE | NLM_F_EXCL, &$0)
-            }
-        } catch {
-            try? transact(
-                Self.deleteQdisc(ifindex: ifindex, device: device, parent: .ingress, handle: TCHandle(raw: 0xFFFF_0000))
-            )
-            throw error
+        return try request(
+            "tc filter add dev \(device) parent ffff: protocol all u32 match u32 0 0 action mirred egress redirect dev \(ifb)"
+        ) {
+            rtnl_cls_build_add_request(cls, NLM_F_CREATE | NLM_F_EXCL, &$0)
         }
     }
 }
