@@ -2,9 +2,10 @@ internal import CNetshapeShim
 import Glibc
 import NetshapeCore
 
-/// The kernel port for real: netlink handles per namespace (libnl-route for qdiscs, classes,
-/// cls_cgroup, links, addresses and routes; netshape's own netlink layer for cls_bpf and filter dumps), cgroupfs for
-/// net_cls, /proc for processes, and the state store for ownership.
+/// The kernel port for real: one netlink socket per namespace (libnl-route builds the messages for
+/// qdiscs, classes, cls_cgroup, links, addresses and routes and parses their dumps; netshape's own
+/// netlink layer sends everything and builds cls_bpf and filter dumps), cgroupfs for net_cls, /proc
+/// for processes, and the state store for ownership.
 ///
 /// Privileges: CAP_NET_ADMIN (tc, links), CAP_SYS_ADMIN (setns, mounting net_cls and netns files,
 /// bpf), write access to cgroupfs. Not thread-safe: one engine drives it at a time (the CLI holds

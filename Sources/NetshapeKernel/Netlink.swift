@@ -1,10 +1,11 @@
 import Glibc
 
-/// netshape's own netlink layer for the requests libnl-route has no object for (cls_bpf filters,
-/// filter dumps, the proc connector): a typed message and attribute encoder/decoder, pure and
-/// pinned by golden bytes, over a `NetlinkTransport` (the real AF_NETLINK socket, or a replay
-/// mock in tests). It replaces libmnl, which Debian ships only as a shared object, so the CNI
-/// binary can be linked statically.
+/// netshape's own netlink layer: a typed message and attribute encoder/decoder, pure and pinned by
+/// golden bytes, over a `NetlinkTransport` (the real AF_NETLINK socket, or a replay mock in tests).
+/// Every netlink message netshape sends goes through it: the ones libnl-route builds (`RouteSocket`),
+/// and the ones libnl has no object for (cls_bpf filters, filter dumps, the proc connector). It
+/// replaces libmnl, which Debian ships only as a shared object, so the CNI binary can be linked
+/// statically.
 ///
 /// Wire format (linux/netlink.h): every message is a 16-byte `struct nlmsghdr` (len, type, flags,
 /// seq, pid; host byte order) and a payload, padded to 4 bytes; attributes are `struct nlattr`
