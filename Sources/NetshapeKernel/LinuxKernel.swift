@@ -225,7 +225,8 @@ public final class LinuxKernel: KernelPort {
                 state.namespaces[r.name] = ObservedNamespace(
                     name: r.name, netnsID: c.netns.id, device: c.device, ifindex: c.ifindex, qdiscs: qdiscs,
                     classes: classes, filters: filters, processes: byNamespace[c.netns.id] ?? [],
-                    ingress: r.ingress ? try observeIngress(r, c, qdiscs) : nil)
+                    ingress: r.ingress ? try observeIngress(r, c, qdiscs) : nil,
+                    target: resolvedContainers[r.name].map { .path($0.netnsPath) } ?? r.target)
             } catch let e as KernelError where e.code == .notFound {
                 forget(r.name)
                 state.namespaces[r.name] = ObservedNamespace(name: r.name, problem: e.reason)
@@ -316,31 +317,27 @@ public final class LinuxKernel: KernelPort {
         default: break
         }
         if op.isProvisioning { return try provision(op) }
-        guard let r = requests[op.namespace] else {
-            throw KernelError(
-                .state, op.command, reason: "namespace \(op.namespace) was not observed before this change")
-        }
         switch op.action {
         case .createIFB(let name):
-            try context(r).route.createLink(name, type: "ifb", txqueuelen: 1000)
+            try targetSockets(op).route.createLink(name, type: "ifb", txqueuelen: 1000)
             return
         case .deleteIFB(let name):
-            try context(r).route.deleteLink(name)
+            try targetSockets(op).route.deleteLink(name)
             return
         case .addIngressRedirect(let ifb):
-            let c = try context(r)
-            try c.route.addIngressRedirect(ifindex: c.ifindex, device: c.device, ifb: ifb)
+            let (s, i) = try tcTarget(op)
+            try s.route.addIngressRedirect(ifindex: i, device: op.device, ifb: ifb)
             return
         case .deleteIngressRedirect:
-            let c = try context(r)
-            try c.route.transact(
+            let (s, i) = try tcTarget(op)
+            try s.route.transact(
                 RouteSocket.deleteQdisc(
-                    ifindex: c.ifindex, device: c.device, parent: .ingress, handle: TCHandle(raw: 0xFFFF_0000)))
+                    ifindex: i, device: op.device, parent: .ingress, handle: TCHandle(raw: 0xFFFF_0000)))
             return
         default: break
         }
         if case .addFilter(let f) = op.action, f.kind == .bpf {
-            let (s, i) = try tcTarget(op, r)
+            let (s, i) = try tcTarget(op)
             let fd = try BPFClassifier.load()
             defer { close(fd) }  // the filter holds its own reference to the program
             return try s.filterSocket.addBpfFilter(ifindex: i, device: op.device, f, programFD: fd)
@@ -406,27 +403,36 @@ public final class LinuxKernel: KernelPort {
         }
     }
 
-    /// The sockets and ifindex a tc operation is for: the namespace device, or the device carrying
-    /// its ingress (the veth peer in the host, or the IFB inside).
-    func tcTarget(_ op: Operation, _ r: NamespaceRequest) throws -> (Sockets, Int32) {
-        guard op.link == .ingress else {
-            let c = try context(r)
-            return (c.sockets, c.ifindex)
+    /// The sockets and ifindex an operation on a device is for: where the observation it was
+    /// planned from resolved it (`Operation.target`), else found by the namespace's name: the
+    /// namespace device, or the device carrying its ingress (the veth peer in the host, or the IFB).
+    func tcTarget(_ op: Operation) throws -> (Sockets, Int32) {
+        let s = try targetSockets(op)
+        if let i = op.target?.ifindex, i != 0 { return (s, i) }
+        if op.target == nil, op.link == .namespace, let c = try requests[op.namespace].map(context),
+            op.device == c.device
+        {
+            return (s, c.ifindex)
+        }
+        return (s, try s.route.requireIfindex(op.device))
+    }
+
+    /// The sockets of the namespace an operation on a device acts in (see `tcTarget`).
+    func targetSockets(_ op: Operation) throws -> Sockets {
+        if let t = op.target { return try t.netns == .host ? host() : sockets(t.netns, label: op.namespace) }
+        guard let r = requests[op.namespace] else {
+            throw KernelError(
+                .state, op.command, reason: "namespace \(op.namespace) was not observed before this change")
         }
         // A namespace being provisioned in this run was planned with its host-side peer.
-        let onHost = (ingressPlacement[op.namespace] ?? .peer) == .peer
-        let s = onHost ? try host() : try context(r).sockets
-        return (s, try s.route.requireIfindex(op.device))
+        if op.link == .ingress, (ingressPlacement[op.namespace] ?? .peer) == .peer { return try host() }
+        return try context(r).sockets
     }
 
     /// The request of a batchable tc operation and the socket it goes over; nil for any other.
     func tcRequest(_ op: Operation) throws -> (RouteSocket, NetlinkRequest)? {
         guard Self.isBatchable(op) else { return nil }
-        guard let r = requests[op.namespace] else {
-            throw KernelError(
-                .state, op.command, reason: "namespace \(op.namespace) was not observed before this change")
-        }
-        let (s, i) = try tcTarget(op, r)
+        let (s, i) = try tcTarget(op)
         let d = op.device
         let request: NetlinkRequest
         switch op.action {
