@@ -19,7 +19,9 @@ struct LinkInfo {
 extension RouteSocket {
     /// Every link in this socket's namespace.
     func links() throws -> [LinkInfo] {
-        let cache = try dump(Self.linkDumpRequest(), "ip link show (in \(namespace))", cacheType: "route/link")
+        let cache = try dump(Self.linkDumpRequest(), "ip link show (in \(namespace))") {
+            rtnl_link_alloc_cache(nil, AF_UNSPEC, &$0)
+        }
         defer { nl_cache_free(cache) }
         var out: [LinkInfo] = []
         var obj = nl_cache_get_first(cache)

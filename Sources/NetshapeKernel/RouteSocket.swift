@@ -76,12 +76,14 @@ final class RouteSocket {
     /// Sends one request and waits for its ACK.
     func transact(_ r: NetlinkRequest) throws { try session.transact(r.message, r.operation) }
 
-    /// Sends a dump request and parses every reply into a libnl cache of `cacheType`
-    /// ("route/qdisc", "route/class", "route/link", "route/route"); the caller frees it.
-    func dump(_ request: NetlinkMessage, _ op: String, cacheType: String) throws -> OpaquePointer {
+    /// Sends a dump request and parses every reply into the libnl cache `alloc` makes (one of the
+    /// `rtnl_*_alloc_cache` functions, given no socket: it then only allocates; calling them, not
+    /// `nl_cache_alloc_name`, keeps their cache types linked into the static CNI binary). The
+    /// caller frees the cache.
+    func dump(_ request: NetlinkMessage, _ op: String, alloc: (inout OpaquePointer?) -> Int32) throws -> OpaquePointer {
         var cache: OpaquePointer?
-        let rc = nl_cache_alloc_name(cacheType, &cache)
-        guard rc == 0, let cache else { throw Self.nlError("\(op): nl_cache_alloc_name(\(cacheType))", rc) }
+        let rc = alloc(&cache)
+        guard rc == 0, let cache else { throw Self.nlError("\(op): allocate its cache", rc) }
         do {
             try session.transact(request, op) { m in
                 var bytes = m.bytes
@@ -129,8 +131,9 @@ final class RouteSocket {
     /// ifindex of the device the main table's default route leaves through (IPv4, then IPv6).
     func defaultRouteIfindex() throws -> Int32? {
         for family in [AF_INET, AF_INET6] {
-            let cache = try dump(
-                Self.routeDumpRequest(family: family), "ip route show (in \(namespace))", cacheType: "route/route")
+            let cache = try dump(Self.routeDumpRequest(family: family), "ip route show (in \(namespace))") {
+                rtnl_route_alloc_cache(nil, family, 0, &$0)
+            }
             defer { nl_cache_free(cache) }
             var obj = nl_cache_get_first(cache)
             while let o = obj {
@@ -159,7 +162,9 @@ final class RouteSocket {
 
     /// Every qdisc on `ifindex` (`tc -s qdisc show dev D`).
     func qdiscs(ifindex: Int32, device: String) throws -> [ObservedQdisc] {
-        let cache = try dump(Self.qdiscDumpRequest(), "tc qdisc show dev \(device)", cacheType: "route/qdisc")
+        let cache = try dump(Self.qdiscDumpRequest(), "tc qdisc show dev \(device)") {
+            rtnl_qdisc_alloc_cache(nil, &$0)
+        }
         defer { nl_cache_free(cache) }
         var out: [ObservedQdisc] = []
         var obj = nl_cache_get_first(cache)
@@ -188,8 +193,9 @@ final class RouteSocket {
 
     /// Every HTB class on `ifindex` (`tc -s class show dev D`).
     func classes(ifindex: Int32, device: String) throws -> [ObservedClass] {
-        let cache = try dump(
-            Self.classDumpRequest(ifindex: ifindex), "tc class show dev \(device)", cacheType: "route/class")
+        let cache = try dump(Self.classDumpRequest(ifindex: ifindex), "tc class show dev \(device)") {
+            rtnl_class_alloc_cache(nil, ifindex, &$0)
+        }
         defer { nl_cache_free(cache) }
         var out: [ObservedClass] = []
         var obj = nl_cache_get_first(cache)
