@@ -5,7 +5,7 @@ import PackageDescription
 //   NetshapeCore            pure values, planner, differ, ports (no Glibc, no C, no I/O)
 //   NetshapePolicy          TOML text -> validated Policy (TOMLKit stays in here)
 //   NetshapeEngine          observe -> plan -> apply -> verify, through Core's ports only
-//   NetshapeKernel          the ports for real: libnl-route-3, own netlink (cls_bpf, proc connector), bpf(), cgroupfs, /proc
+//   NetshapeKernel          the ports for real: own netlink transport (libnl-route-3 builds/parses), bpf(), cgroupfs, /proc
 //   NetshapeMetrics         Prometheus exposition and its small HTTP/1.1 server (swift-prometheus)
 //   NetshapeDaemon          long-running services (exec events, reconcile, reload, sd_notify)
 //   NetshapeCNI             the CNI plugin (config -> one-namespace policy -> engine) and the failure mapping

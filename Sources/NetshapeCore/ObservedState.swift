@@ -184,13 +184,17 @@ public struct ObservedNamespace: Sendable, Equatable {
     public var processes: [ProcessInfo]
     /// Where and how ingress is shaped now (observed only when the policy asks for ingress).
     public var ingress: ObservedIngress?
+    /// The namespace as the kernel port resolved it (a container's: its namespace file), for the
+    /// operations planned from this observation (`Operation.resolved(in:)`); nil: by name.
+    public var target: NetnsTarget?
 
     public init(
         name: String, problem: String? = nil, netnsID: String = "", device: String = "", ifindex: Int32 = 0,
         qdiscs: [ObservedQdisc] = [], classes: [ObservedClass] = [], filters: [ObservedFilter] = [],
-        processes: [ProcessInfo] = [], ingress: ObservedIngress? = nil
+        processes: [ProcessInfo] = [], ingress: ObservedIngress? = nil, target: NetnsTarget? = nil
     ) {
         self.ingress = ingress
+        self.target = target
         self.name = name
         self.problem = problem
         self.netnsID = netnsID

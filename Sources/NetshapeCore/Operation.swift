@@ -20,6 +20,10 @@ public struct Operation: Sendable, Equatable {
     public var device: String
     public var link: Link
     public var action: Action
+    /// Where it acts, as the observation it was planned from resolved it (`resolved(in:)`); nil for
+    /// cgroupfs and process operations, provisioning, and namespaces not observed yet: the kernel
+    /// port then finds the namespace by the policy's name.
+    public var target: ResolvedTarget?
 
     public init(namespace: String, device: String = "", link: Link = .namespace, action: Action) {
         self.namespace = namespace
@@ -144,7 +148,9 @@ public struct Operation: Sendable, Equatable {
         case .addDefaultRoute(let g): a = .deleteDefaultRoute(gateway: g)
         case .deleteDefaultRoute(let g): a = .addDefaultRoute(gateway: g)
         }
-        return Operation(namespace: namespace, device: device, link: link, action: a)
+        var op = Operation(namespace: namespace, device: device, link: link, action: a)
+        op.target = target
+        return op
     }
 
     /// The verb, as in `tc` (`add`, `change`, `replace`, `delete`) or the cgroupfs action.
@@ -274,3 +280,41 @@ public struct Operation: Sendable, Equatable {
 }
 
 func hex(_ h: TCHandle) -> String { "0x" + String(h.raw, radix: 16) }
+
+/// Where an operation acts, resolved by the observation it was planned from, so the kernel port
+/// executes it without anything remembered from that observation.
+public struct ResolvedTarget: Sendable, Equatable {
+    /// The network namespace of the operation's device (a container's: the namespace file it
+    /// resolved to, so the runtime is not asked again).
+    public var netns: NetnsTarget
+    /// The device's ifindex there; 0 when it was not observed (an IFB this run creates): the kernel
+    /// port looks it up by name.
+    public var ifindex: Int32
+
+    public init(netns: NetnsTarget, ifindex: Int32) {
+        self.netns = netns
+        self.ifindex = ifindex
+    }
+}
+
+extension Operation {
+    /// This operation with its `target` taken from `observed`; unchanged when it has one already,
+    /// needs none, or its namespace was not observed with a resolved namespace.
+    public func resolved(in observed: ObservedState) -> Operation {
+        guard target == nil, !isProvisioning, !device.isEmpty, let seen = observed.namespaces[namespace],
+            seen.problem == nil, let netns = seen.target
+        else { return self }
+        var op = self
+        switch link {
+        case .namespace:
+            op.target = ResolvedTarget(netns: netns, ifindex: device == seen.device ? seen.ifindex : 0)
+        case .ingress:
+            guard let ingress = seen.ingress else { return self }
+            op.target = ResolvedTarget(
+                netns: ingress.placement == .peer ? .host : netns,
+                ifindex: device == ingress.device ? ingress.ifindex : 0)
+        case .host: return self
+        }
+        return op
+    }
+}

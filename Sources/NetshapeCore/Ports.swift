@@ -76,6 +76,11 @@ public protocol KernelPort: AnyObject {
     func observe(_ request: ObservationRequest) throws -> ObservedState
     /// Performs one operation.
     func execute(_ operation: Operation) throws
+    /// Performs `operations` in order, as many at once as the port can (netlink requests share a
+    /// `sendmsg`): one result per operation attempted, stopping after the first failure. The
+    /// results can cover fewer than all of them: the rest were not attempted. A port that batches
+    /// may report successes after the first failure (the kernel carried on with them); each is done.
+    func execute(_ operations: [Operation]) -> [Result<Void, any Error>]
     /// The ownership record as persisted (empty when none was written yet).
     func loadOwnership() throws -> OwnershipRecord
     /// Persists the ownership record (before the objects it names are created).
@@ -85,6 +90,21 @@ public protocol KernelPort: AnyObject {
 }
 
 extension KernelPort {
+    /// One at a time, stopping at the first failure.
+    public func execute(_ operations: [Operation]) -> [Result<Void, any Error>] {
+        var results: [Result<Void, any Error>] = []
+        for op in operations {
+            do {
+                try execute(op)
+                results.append(.success(()))
+            } catch {
+                results.append(.failure(error))
+                break
+            }
+        }
+        return results
+    }
+
     /// No container runtime: nothing matches (the in-memory fake and other ports without one).
     public func containers(matching selector: ContainerSelector) throws -> [ContainerInfo] { [] }
 }

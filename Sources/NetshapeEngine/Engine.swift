@@ -183,7 +183,7 @@ public final class Engine {
         if !provisioning.isEmpty {
             record.recordProvisioning(provisioning, policyPath: policyPath)
             try kernel.saveOwnership(record)
-            if let (op, error) = perform(provisioning, &done, &report) { throw fail(op, error) }
+            if let (op, error) = perform(provisioning, in: plan.observed, &done, &report) { throw fail(op, error) }
             do {
                 plan = try self.plan(policy, policyPath: policyPath, options: options)
             } catch {
@@ -195,12 +195,12 @@ public final class Engine {
         let shaping = plan.operations.filter { !$0.isProvisioning && !plan.retired.contains($0.namespace) }
         record.recordShaping(shaping, plan.observed, policy, policyPath: policyPath)
         if record != before { try kernel.saveOwnership(record) }
-        if let (op, error) = perform(shaping, &done, &report) { throw fail(op, error) }
+        if let (op, error) = perform(shaping, in: plan.observed, &done, &report) { throw fail(op, error) }
 
         // 2b. Entries dropped from the policy go last, after everything it still names converged: a
         //     failure before this point never has to rebuild them. Their records go when they are empty.
         let retiring = plan.operations.filter { plan.retired.contains($0.namespace) }
-        if let (op, error) = perform(retiring, &done, &report) { throw fail(op, error) }
+        if let (op, error) = perform(retiring, in: plan.observed, &done, &report) { throw fail(op, error) }
         if !plan.retired.isEmpty {
             for op in retiring { record.forget(op) }
             // As in reset: a tree whose namespace is gone (a removed container's) went with it.
@@ -245,16 +245,28 @@ public final class Engine {
 
     /// Performs `ops` in order, appending each to `done`. Returns the operation that failed and why,
     /// leaving the rollback to the caller.
-    func perform(_ ops: [Operation], _ done: inout [Operation], _ report: inout ApplyReport) -> (Operation, any Error)?
-    {
-        for op in ops {
-            switch execute(op) {
-            case .done:
-                done.append(op)
-                logger.info("\(op.command)", metadata: ["namespace": "\(op.namespace)"])
-            case .vanished(let pid): if let pid { report.vanished.append(pid) }
-            case .failed(let error): return (op, error)
+    func perform(
+        _ ops: [Operation], in observed: ObservedState, _ done: inout [Operation], _ report: inout ApplyReport
+    ) -> (Operation, any Error)? {
+        // The kernel port may send many at once (a batch's later operations can have succeeded after
+        // an earlier one failed: they are done all the same, so rollback undoes them too).
+        // Each carries where it acts, from the observation it was planned from.
+        var rest = ops.map { $0.resolved(in: observed) }[...]
+        while !rest.isEmpty {
+            let results = kernel.execute(Array(rest))
+            var failure: (Operation, any Error)?
+            for (op, result) in zip(rest, results) {
+                switch Self.outcome(result, of: op) {
+                case .done:
+                    done.append(op)
+                    logger.info("\(op.command)", metadata: ["namespace": "\(op.namespace)"])
+                case .vanished(let pid): if let pid { report.vanished.append(pid) }
+                case .failed(let error): if failure == nil { failure = (op, error) }
+                }
             }
+            if let failure { return failure }
+            guard !results.isEmpty else { break }
+            rest = rest.dropFirst(results.count)
         }
         return nil
     }
@@ -271,14 +283,17 @@ public final class Engine {
     /// The one place an operation meets the kernel, for apply, rollback and reset alike. `undoing`
     /// is the operation `op` undoes (a rollback), whose kind decides what a vanished process means.
     func execute(_ op: Operation, undoing: Operation? = nil) -> Outcome {
-        do {
-            try kernel.execute(op)
-            return .done
-        } catch let e as KernelFailure where (undoing ?? op).isMembership && e.errno == KernelErrno.ESRCH {
+        Self.outcome(Result { try kernel.execute(op) }, of: op, undoing: undoing)
+    }
+
+    /// What the kernel's answer to `op` means (`execute`, and each result of a batch).
+    static func outcome(_ result: Result<Void, any Error>, of op: Operation, undoing: Operation? = nil) -> Outcome {
+        switch result {
+        case .success: return .done
+        case .failure(let e as KernelFailure) where (undoing ?? op).isMembership && e.errno == KernelErrno.ESRCH:
             if case .moveProcess(let pid, _, _, _) = op.action { return .vanished(pid) }
             return .vanished(nil)
-        } catch {
-            return .failed(error)
+        case .failure(let error): return .failed(error)
         }
     }
 

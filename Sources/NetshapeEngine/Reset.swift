@@ -72,7 +72,7 @@ extension Engine {
         let plan = Differ.resetPlan(namespaces: names, observed, adopt: adopt)
         var report = ResetReport(foreign: plan.foreign, namespaces: names)
         var failures: [(Operation, any Error)] = []
-        for op in plan.operations {
+        for op in plan.operations.map({ $0.resolved(in: observed) }) {
             switch execute(op) {
             case .done:
                 report.performed.append(op)

@@ -89,17 +89,14 @@ final class FilterSocket {
     let session: NetlinkSession
     let namespace: String
 
-    /// A NETLINK_ROUTE socket in the calling thread's namespace.
-    convenience init(namespace: String) throws {
-        let socket = try NetlinkSocket(protocol: NETLINK_ROUTE, label: "NETLINK_ROUTE in \(namespace)")
-        self.init(transport: socket, namespace: namespace)
+    /// Over any transport (tests replay captured replies).
+    convenience init(transport: any NetlinkTransport, namespace: String, firstSeq: UInt32? = nil) {
+        self.init(session: NetlinkSession(transport: transport, firstSeq: firstSeq), namespace: namespace)
     }
 
-    /// Over any transport (tests replay captured replies). Sequence numbers start at the clock, as
-    /// libmnl's examples do, so replies to an earlier process's requests are never taken for ours.
-    init(transport: any NetlinkTransport, namespace: String, firstSeq: UInt32? = nil) {
-        self.session = NetlinkSession(
-            transport: transport, firstSeq: firstSeq ?? UInt32(truncatingIfNeeded: Int(bitPattern: UInt(time(nil)))))
+    /// Sharing a session (and its socket) with the namespace's `RouteSocket`.
+    init(session: NetlinkSession, namespace: String) {
+        self.session = session
         self.namespace = namespace
     }
 
@@ -118,9 +115,17 @@ final class FilterSocket {
 
     /// `tc filter del dev D parent M: protocol all prio P handle H KIND`.
     func deleteFilter(ifindex: Int32, device: String, _ f: FilterSpec) throws {
-        let op =
-            "tc filter del dev \(device) parent \(f.parent) protocol all prio \(f.priority) handle \(f.handle) \(f.kind.kind)"
-        try session.transact(Self.deleteFilterRequest(ifindex: ifindex, f), op)
+        let r = Self.deleteFilter(ifindex: ifindex, device: device, f)
+        try session.transact(r.message, r.operation)
+    }
+
+    /// The request of `deleteFilter`, for sending in a batch.
+    static func deleteFilter(ifindex: Int32, device: String, _ f: FilterSpec) -> NetlinkRequest {
+        NetlinkRequest(
+            message: deleteFilterRequest(ifindex: ifindex, f),
+            operation:
+                "tc filter del dev \(device) parent \(f.parent) protocol all prio \(f.priority) handle \(f.handle) \(f.kind.kind)"
+        )
     }
 
     /// RTM_NEWTFILTER with CREATE|EXCL (tc's `add`) for netshape's cls_bpf filter.

@@ -9,9 +9,9 @@ public struct KernelError: KernelFailure, Equatable {
         public var description: String { rawValue }
         /// A syscall failed (open, setns, mount, write…).
         public static let syscall = Code(rawValue: "syscall")
-        /// A netlink request through libnl failed.
+        /// libnl could not build a request or parse a reply.
         public static let netlink = Code(rawValue: "netlink")
-        /// A netlink request through netshape's own socket layer (cls_bpf, filter dumps) failed.
+        /// A netlink request failed: the kernel's answer (errno, extended-ACK text) or the socket's.
         public static let netlinkSocket = Code(rawValue: "netlink-socket")
         /// Loading the BPF classifier failed.
         public static let bpf = Code(rawValue: "bpf")

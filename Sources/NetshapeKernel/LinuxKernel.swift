@@ -2,9 +2,10 @@ internal import CNetshapeShim
 import Glibc
 import NetshapeCore
 
-/// The kernel port for real: netlink handles per namespace (libnl-route for qdiscs, classes,
-/// cls_cgroup, links, addresses and routes; netshape's own netlink layer for cls_bpf and filter dumps), cgroupfs for
-/// net_cls, /proc for processes, and the state store for ownership.
+/// The kernel port for real: one netlink socket per namespace (libnl-route builds the messages for
+/// qdiscs, classes, cls_cgroup, links, addresses and routes and parses their dumps; netshape's own
+/// netlink layer sends everything and builds cls_bpf and filter dumps), cgroupfs for net_cls, /proc
+/// for processes, and the state store for ownership.
 ///
 /// Privileges: CAP_NET_ADMIN (tc, links), CAP_SYS_ADMIN (setns, mounting net_cls and netns files,
 /// bpf), write access to cgroupfs. Not thread-safe: one engine drives it at a time (the CLI holds
@@ -85,27 +86,32 @@ public final class LinuxKernel: KernelPort {
         try onDedicatedThread {
             try sys("unshare(CLONE_NEWNET) for the capability probe") { netshape_unshare_net() }
             let route = try RouteSocket(namespace: "probe")
-            let filterSocket = try FilterSocket(namespace: "probe")
+            let filterSocket = FilterSocket(session: route.session, namespace: "probe")
             let lo: Int32 = 1
             let qdisc = TCHandle(major: 1, minor: 0)
             let leafClass = TCHandle(major: 1, minor: 1)
-            try route.htbRoot(.add, ifindex: lo, device: "lo", HTBQdiscSpec(handle: qdisc, defaultMinor: 1))
+            try route.transact(
+                RouteSocket.htbRoot(.add, ifindex: lo, device: "lo", HTBQdiscSpec(handle: qdisc, defaultMinor: 1)))
             let rate = Rate.mbit(10)
-            try route.htbClass(
-                .add, ifindex: lo, device: "lo",
-                HTBClassSpec(
-                    classid: leafClass, parent: qdisc, rate: rate, ceil: rate, burst: Planner.defaultBurst(for: rate),
-                    cburst: Planner.defaultBurst(for: rate), priority: 0, quantum: 1514))
+            try route.transact(
+                RouteSocket.htbClass(
+                    .add, ifindex: lo, device: "lo",
+                    HTBClassSpec(
+                        classid: leafClass, parent: qdisc, rate: rate, ceil: rate,
+                        burst: Planner.defaultBurst(for: rate), cburst: Planner.defaultBurst(for: rate), priority: 0,
+                        quantum: 1514)))
             func leafWorks(_ q: LeafQueue) -> Bool {
-                (try? route.leaf(.replace, ifindex: lo, device: "lo", LeafQdiscSpec(parent: leafClass, queue: q)))
+                (try? route.transact(
+                    RouteSocket.leaf(.replace, ifindex: lo, device: "lo", LeafQdiscSpec(parent: leafClass, queue: q))))
                     != nil
             }
             let fq = leafWorks(.fqCodel)
             let sfq = leafWorks(.sfq)
             let cgroup =
-                (try? route.cgroupFilter(
-                    add: true, ifindex: lo, device: "lo",
-                    FilterSpec(parent: qdisc, kind: .cgroup, priority: 1))) != nil
+                (try? route.transact(
+                    RouteSocket.cgroupFilter(
+                        add: true, ifindex: lo, device: "lo", FilterSpec(parent: qdisc, kind: .cgroup, priority: 1))))
+                != nil
             var bpf = false
             if let fd = try? BPFClassifier.load() {
                 defer { close(fd) }
@@ -134,9 +140,9 @@ public final class LinuxKernel: KernelPort {
         let key = target.path ?? "host"
         if let s = sockets[key] { return s }
         let ns = try NetworkNamespace(target)
-        let (route, filterSocket) = try ns.run { () -> (RouteSocket, FilterSocket) in
-            (try RouteSocket(namespace: label), try FilterSocket(namespace: label))
-        }
+        // One socket per namespace: libnl builds and parses, netshape's session sends and reads.
+        let route = try ns.run { try RouteSocket(namespace: label) }
+        let filterSocket = FilterSocket(session: route.session, namespace: label)
         let s = Sockets(netns: ns, route: route, filterSocket: filterSocket)
         sockets[key] = s
         return s
@@ -219,7 +225,8 @@ public final class LinuxKernel: KernelPort {
                 state.namespaces[r.name] = ObservedNamespace(
                     name: r.name, netnsID: c.netns.id, device: c.device, ifindex: c.ifindex, qdiscs: qdiscs,
                     classes: classes, filters: filters, processes: byNamespace[c.netns.id] ?? [],
-                    ingress: r.ingress ? try observeIngress(r, c, qdiscs) : nil)
+                    ingress: r.ingress ? try observeIngress(r, c, qdiscs) : nil,
+                    target: resolvedContainers[r.name].map { .path($0.netnsPath) } ?? r.target)
             } catch let e as KernelError where e.code == .notFound {
                 forget(r.name)
                 state.namespaces[r.name] = ObservedNamespace(name: r.name, problem: e.reason)
@@ -310,68 +317,141 @@ public final class LinuxKernel: KernelPort {
         default: break
         }
         if op.isProvisioning { return try provision(op) }
+        switch op.action {
+        case .createIFB(let name):
+            try targetSockets(op).route.createLink(name, type: "ifb", txqueuelen: 1000)
+            return
+        case .deleteIFB(let name):
+            try targetSockets(op).route.deleteLink(name)
+            return
+        case .addIngressRedirect(let ifb):
+            let (s, i) = try tcTarget(op)
+            try s.route.addIngressRedirect(ifindex: i, device: op.device, ifb: ifb)
+            return
+        case .deleteIngressRedirect:
+            let (s, i) = try tcTarget(op)
+            try s.route.transact(
+                RouteSocket.deleteQdisc(
+                    ifindex: i, device: op.device, parent: .ingress, handle: TCHandle(raw: 0xFFFF_0000)))
+            return
+        default: break
+        }
+        if case .addFilter(let f) = op.action, f.kind == .bpf {
+            let (s, i) = try tcTarget(op)
+            let fd = try BPFClassifier.load()
+            defer { close(fd) }  // the filter holds its own reference to the program
+            return try s.filterSocket.addBpfFilter(ifindex: i, device: op.device, f, programFD: fd)
+        }
+        guard let (route, request) = try tcRequest(op) else {
+            throw KernelError(.state, op.command, reason: "not a tc operation")
+        }
+        try route.transact(request)
+    }
+
+    /// Several operations, the tc ones among them sent many to a `sendmsg` (`NetlinkSession.transact(batch:)`).
+    /// A run of consecutive tc operations on one socket goes as one batch; anything else, and the
+    /// operation `NETSHAPE_FAIL_OPERATION` names, runs alone. Stops after the first failure (the
+    /// rest of its batch still has its own results: the kernel went on with them).
+    public func execute(_ ops: [Operation]) -> [Result<Void, any Error>] {
+        var results: [Result<Void, any Error>] = []
+        var next = 0
+        while next < ops.count {
+            var batch: [NetlinkRequest] = []
+            var socket: RouteSocket?
+            while next + batch.count < ops.count, executed + 1 != failAt {
+                let op = ops[next + batch.count]
+                guard Self.isBatchable(op), let (route, request) = try? tcRequest(op),
+                    socket == nil || socket === route
+                else { break }
+                socket = route
+                batch.append(request)
+                executed += 1
+            }
+            if let socket {
+                let outcomes = socket.session.transact(batch: batch)
+                results += outcomes.map { $0.mapError { $0 as any Error } }
+                if outcomes.count < batch.count
+                    || results.contains(where: { if case .failure = $0 { true } else { false } })
+                {
+                    return results
+                }
+                next += batch.count
+                continue
+            }
+            // Not batchable (or its request could not be built: executing it alone says why).
+            do {
+                try execute(ops[next])
+                results.append(.success(()))
+            } catch {
+                results.append(.failure(error))
+                return results
+            }
+            next += 1
+        }
+        return results
+    }
+
+    /// tc operations whose request can be built ahead and sent in a batch (cls_bpf needs its
+    /// program loaded, so it goes alone).
+    static func isBatchable(_ op: Operation) -> Bool {
+        switch op.action {
+        case .addRootQdisc, .replaceRootQdisc, .deleteRootQdisc, .addClass, .changeClass, .deleteClass, .addLeaf,
+            .replaceLeaf, .deleteLeaf, .deleteFilter:
+            return true
+        case .addFilter(let f): return f.kind == .cgroup
+        default: return false
+        }
+    }
+
+    /// The sockets and ifindex an operation on a device is for: where the observation it was
+    /// planned from resolved it (`Operation.target`), else found by the namespace's name: the
+    /// namespace device, or the device carrying its ingress (the veth peer in the host, or the IFB).
+    func tcTarget(_ op: Operation) throws -> (Sockets, Int32) {
+        let s = try targetSockets(op)
+        if let i = op.target?.ifindex, i != 0 { return (s, i) }
+        if op.target == nil, op.link == .namespace, let c = try requests[op.namespace].map(context),
+            op.device == c.device
+        {
+            return (s, c.ifindex)
+        }
+        return (s, try s.route.requireIfindex(op.device))
+    }
+
+    /// The sockets of the namespace an operation on a device acts in (see `tcTarget`).
+    func targetSockets(_ op: Operation) throws -> Sockets {
+        if let t = op.target { return try t.netns == .host ? host() : sockets(t.netns, label: op.namespace) }
         guard let r = requests[op.namespace] else {
             throw KernelError(
                 .state, op.command, reason: "namespace \(op.namespace) was not observed before this change")
         }
-        switch op.action {
-        case .createIFB(let name):
-            try context(r).route.createLink(name, type: "ifb", txqueuelen: 1000)
-            return
-        case .deleteIFB(let name):
-            try context(r).route.deleteLink(name)
-            return
-        case .addIngressRedirect(let ifb):
-            let c = try context(r)
-            try c.route.addIngressRedirect(ifindex: c.ifindex, device: c.device, ifb: ifb)
-            return
-        case .deleteIngressRedirect:
-            let c = try context(r)
-            try c.route.deleteQdisc(
-                ifindex: c.ifindex, device: c.device, parent: .ingress, handle: TCHandle(raw: 0xFFFF_0000))
-            return
-        default: break
-        }
-        // tc on the namespace device, or on the device carrying its ingress (peer in the host, or IFB).
-        let route: RouteSocket
-        let filterSocket: FilterSocket
-        let i: Int32
+        // A namespace being provisioned in this run was planned with its host-side peer.
+        if op.link == .ingress, (ingressPlacement[op.namespace] ?? .peer) == .peer { return try host() }
+        return try context(r).sockets
+    }
+
+    /// The request of a batchable tc operation and the socket it goes over; nil for any other.
+    func tcRequest(_ op: Operation) throws -> (RouteSocket, NetlinkRequest)? {
+        guard Self.isBatchable(op) else { return nil }
+        let (s, i) = try tcTarget(op)
         let d = op.device
-        if op.link == .ingress {
-            // A namespace being provisioned in this run was planned with its host-side peer.
-            let onHost = (ingressPlacement[op.namespace] ?? .peer) == .peer
-            let s = onHost ? try host() : try context(r).sockets
-            route = s.route
-            filterSocket = s.filterSocket
-            i = try s.route.requireIfindex(d)
-        } else {
-            let c = try context(r)
-            route = c.route
-            filterSocket = c.filterSocket
-            i = c.ifindex
-        }
+        let request: NetlinkRequest
         switch op.action {
-        case .addRootQdisc(let q): try route.htbRoot(.add, ifindex: i, device: d, q)
-        case .replaceRootQdisc(let q, _): try route.htbRoot(.replace, ifindex: i, device: d, q)
-        case .deleteRootQdisc(let q): try route.deleteQdisc(ifindex: i, device: d, parent: .root, handle: q.handle)
-        case .addClass(let spec): try route.htbClass(.add, ifindex: i, device: d, spec)
-        case .changeClass(let spec, _): try route.htbClass(.change, ifindex: i, device: d, spec)
-        case .deleteClass(let spec): try route.deleteClass(ifindex: i, device: d, spec)
-        case .addLeaf(let l): try route.leaf(.add, ifindex: i, device: d, l)
-        case .replaceLeaf(let l, _): try route.leaf(.replace, ifindex: i, device: d, l)
-        case .deleteLeaf(let l): try route.deleteQdisc(ifindex: i, device: d, parent: l.parent, handle: nil)
-        case .addFilter(let f):
-            switch f.kind {
-            case .cgroup: try route.cgroupFilter(add: true, ifindex: i, device: d, f)
-            case .bpf:
-                let fd = try BPFClassifier.load()
-                defer { close(fd) }  // the filter holds its own reference to the program
-                try filterSocket.addBpfFilter(ifindex: i, device: d, f, programFD: fd)
-            }
-        case .deleteFilter(let f): try filterSocket.deleteFilter(ifindex: i, device: d, f)
-        default:
-            throw KernelError(.state, op.command, reason: "not a tc operation")
+        case .addRootQdisc(let q): request = try RouteSocket.htbRoot(.add, ifindex: i, device: d, q)
+        case .replaceRootQdisc(let q, _): request = try RouteSocket.htbRoot(.replace, ifindex: i, device: d, q)
+        case .deleteRootQdisc(let q):
+            request = try RouteSocket.deleteQdisc(ifindex: i, device: d, parent: .root, handle: q.handle)
+        case .addClass(let spec): request = try RouteSocket.htbClass(.add, ifindex: i, device: d, spec)
+        case .changeClass(let spec, _): request = try RouteSocket.htbClass(.change, ifindex: i, device: d, spec)
+        case .deleteClass(let spec): request = try RouteSocket.deleteClass(ifindex: i, device: d, spec)
+        case .addLeaf(let l): request = try RouteSocket.leaf(.add, ifindex: i, device: d, l)
+        case .replaceLeaf(let l, _): request = try RouteSocket.leaf(.replace, ifindex: i, device: d, l)
+        case .deleteLeaf(let l):
+            request = try RouteSocket.deleteQdisc(ifindex: i, device: d, parent: l.parent, handle: nil)
+        case .addFilter(let f): request = try RouteSocket.cgroupFilter(add: true, ifindex: i, device: d, f)
+        case .deleteFilter(let f): request = FilterSocket.deleteFilter(ifindex: i, device: d, f)
+        default: return nil
         }
+        return (s.route, request)
     }
 
     /// Creates or removes what `provision` describes. Namespace files are made the way `ip netns add`

@@ -1,8 +1,11 @@
-/// netshape's own netlink layer for the requests libnl-route has no object for (cls_bpf filters,
-/// filter dumps, the proc connector): a typed message and attribute encoder/decoder, pure and
-/// pinned by golden bytes, over a `NetlinkTransport` (the real AF_NETLINK socket, or a replay
-/// mock in tests). It replaces libmnl, which Debian ships only as a shared object, so the CNI
-/// binary can be linked statically.
+import Glibc
+
+/// netshape's own netlink layer: a typed message and attribute encoder/decoder, pure and pinned by
+/// golden bytes, over a `NetlinkTransport` (the real AF_NETLINK socket, or a replay mock in tests).
+/// Every netlink message netshape sends goes through it: the ones libnl-route builds (`RouteSocket`),
+/// and the ones libnl has no object for (cls_bpf filters, filter dumps, the proc connector). It
+/// replaces libmnl, which Debian ships only as a shared object, so the CNI binary can be linked
+/// statically.
 ///
 /// Wire format (linux/netlink.h): every message is a 16-byte `struct nlmsghdr` (len, type, flags,
 /// seq, pid; host byte order) and a payload, padded to 4 bytes; attributes are `struct nlattr`
@@ -242,9 +245,11 @@ final class NetlinkSession {
     let transport: any NetlinkTransport
     private(set) var seq: UInt32
 
-    init(transport: any NetlinkTransport, firstSeq: UInt32) {
+    /// Sequence numbers start at the clock unless given, as libmnl's examples do, so replies to an
+    /// earlier process's requests are never taken for ours.
+    init(transport: any NetlinkTransport, firstSeq: UInt32? = nil) {
         self.transport = transport
-        self.seq = firstSeq
+        self.seq = firstSeq ?? UInt32(truncatingIfNeeded: Int(bitPattern: UInt(time(nil))))
     }
 
     /// The next sequence number.
@@ -267,17 +272,80 @@ final class NetlinkSession {
             for m in messages where m.seq == request.seq {
                 switch m.type {
                 case Netlink.done: return
-                case Netlink.error:
-                    guard let ack = NetlinkAck(m) else {
-                        throw KernelError(.netlinkSocket, operation, reason: "truncated netlink error reply")
-                    }
-                    if ack.errno == 0 { return }
-                    throw KernelError(
-                        .netlinkSocket, operation, errno: ack.errno,
-                        reason: ack.message ?? KernelError.syscall(operation, ack.errno).reason)
+                case Netlink.error: return try Self.outcome(m, operation).get()
                 default: try onMessage(m)
                 }
             }
         }
+    }
+
+    /// An `NLMSG_ERROR` reply as the outcome of the request it answers: success for an ACK, else a
+    /// `KernelError` keeping the kernel's errno and extended-ACK text.
+    static func outcome(_ m: NetlinkMessage, _ operation: String) -> Result<Void, KernelError> {
+        guard let ack = NetlinkAck(m) else {
+            return .failure(KernelError(.netlinkSocket, operation, reason: "truncated netlink error reply"))
+        }
+        if ack.errno == 0 { return .success(()) }
+        return .failure(
+            KernelError(
+                .netlinkSocket, operation, errno: ack.errno,
+                reason: ack.message ?? KernelError.syscall(operation, ack.errno).reason))
+    }
+
+    /// At most this many requests share one datagram: `tc -batch`'s own limit, which also bounds
+    /// the error replies (each echoes its request) that can queue up before they are read.
+    static let maxBatchMessages = 128
+    /// …and at most this many bytes, well under the default socket buffers (208 KiB).
+    static let maxBatchBytes = 64 * 1024
+
+    /// Sends `requests` in as few datagrams as the limits allow, as `tc -batch` does, and reads
+    /// until each request of a datagram has its ACK. The kernel handles the messages of a datagram
+    /// one after another and answers each, so every result is that request's own: a failure does
+    /// not hide what the requests after it did. After a datagram with a failure nothing more is
+    /// sent, so the results cover a prefix of `requests` (the rest were not attempted). A socket
+    /// error fails the requests of that datagram that had no answer yet.
+    func transact(batch requests: [NetlinkRequest]) -> [Result<Void, KernelError>] {
+        var results: [Result<Void, KernelError>] = []
+        var start = 0
+        while start < requests.count {
+            var datagram: [UInt8] = []
+            var index: [UInt32: Int] = [:]
+            var end = start
+            while end < requests.count, end - start < Self.maxBatchMessages {
+                let len = Netlink.align(16 + requests[end].message.payload.count)
+                if end > start, datagram.count + len > Self.maxBatchBytes { break }
+                var m = requests[end].message
+                m.seq = nextSeq()
+                index[m.seq] = end - start
+                datagram += m.bytes
+                end += 1
+            }
+            var chunk = [Result<Void, KernelError>?](repeating: nil, count: end - start)
+            do {
+                try transport.send(datagram)
+                var pending = chunk.count
+                while pending > 0 {
+                    guard let messages = try transport.receive(timeoutMilliseconds: nil) else { continue }
+                    for m in messages where m.type == Netlink.error {
+                        guard let k = index[m.seq], chunk[k] == nil else { continue }
+                        chunk[k] = Self.outcome(m, requests[start + k].operation)
+                        pending -= 1
+                    }
+                }
+            } catch {
+                let e =
+                    error as? KernelError
+                    ?? KernelError(.netlinkSocket, "netlink batch", reason: String(describing: error))
+                for k in chunk.indices where chunk[k] == nil {
+                    chunk[k] = .failure(
+                        KernelError(e.code, requests[start + k].operation, errno: e.errno, reason: e.description))
+                }
+            }
+            let outcomes = chunk.map { $0! }
+            results += outcomes
+            if outcomes.contains(where: { if case .failure = $0 { true } else { false } }) { break }
+            start = end
+        }
+        return results
     }
 }

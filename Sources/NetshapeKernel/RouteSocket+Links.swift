@@ -19,9 +19,9 @@ struct LinkInfo {
 extension RouteSocket {
     /// Every link in this socket's namespace.
     func links() throws -> [LinkInfo] {
-        var cache: OpaquePointer?
-        let rc = rtnl_link_alloc_cache(sock, AF_UNSPEC, &cache)
-        guard rc == 0, let cache else { throw Self.nlError("ip link show (in \(namespace))", rc) }
+        let cache = try dump(Self.linkDumpRequest(), "ip link show (in \(namespace))") {
+            rtnl_link_alloc_cache(nil, AF_UNSPEC, &$0)
+        }
         defer { nl_cache_free(cache) }
         var out: [LinkInfo] = []
         var obj = nl_cache_get_first(cache)
@@ -37,6 +37,17 @@ extension RouteSocket {
             obj = nl_cache_get_next(o)
         }
         return out
+    }
+
+    /// RTM_GETLINK dump (`struct ifinfomsg`, 16 bytes) asking for VF details as libnl does
+    /// (IFLA_EXT_MASK = RTEXT_FILTER_VF).
+    static func linkDumpRequest() -> NetlinkMessage {
+        dumpRequest(type: RTM_GETLINK, header: 16, attributes: { w in w.attribute(UInt16(IFLA_EXT_MASK), u32: 1) })
+    }
+
+    /// Builds with libnl and sends, waiting for the ACK.
+    func build(_ op: String, _ make: (inout OpaquePointer?) -> Int32) throws {
+        try transact(Self.request(op, make))
     }
 
     private func withLink(_ body: (OpaquePointer) throws -> Void) throws {
@@ -103,21 +114,30 @@ extension RouteSocket {
         let idx = try requireIfindex(name)
         var masterIdx: Int32?
         if case .some(let m) = master { masterIdx = try m.map(requireIfindex) ?? 0 }
-        try withLink { link in
-            rtnl_link_set_ifindex(link, idx)
-            if let up { up ? rtnl_link_set_flags(link, 0x1) : rtnl_link_unset_flags(link, 0x1) }
-            if let m = masterIdx { rtnl_link_set_master(link, m) }
-            try build(
-                "ip link set \(name)\(up.map { $0 ? " up" : " down" } ?? "")\(masterIdx.map { $0 == 0 ? " nomaster" : " master" } ?? "")"
-            ) {
-                rtnl_link_build_add_request(link, 0, &$0)
-            }
+        try transact(Self.setLink(name, ifindex: idx, up: up, masterIfindex: masterIdx))
+    }
+
+    /// The request of `setLink` once the names are resolved (`masterIfindex` 0: nomaster).
+    static func setLink(_ name: String, ifindex: Int32, up: Bool?, masterIfindex: Int32?) throws -> NetlinkRequest {
+        guard let link = rtnl_link_alloc() else {
+            throw KernelError(.netlink, "rtnl_link_alloc", errno: ENOMEM, reason: "out of memory")
         }
+        defer { rtnl_link_put(link) }
+        rtnl_link_set_ifindex(link, ifindex)
+        if let up { up ? rtnl_link_set_flags(link, 0x1) : rtnl_link_unset_flags(link, 0x1) }
+        if let m = masterIfindex { rtnl_link_set_master(link, m) }
+        let op =
+            "ip link set \(name)\(up.map { $0 ? " up" : " down" } ?? "")\(masterIfindex.map { $0 == 0 ? " nomaster" : " master" } ?? "")"
+        return try request(op) { rtnl_link_build_add_request(link, 0, &$0) }
     }
 
     /// `ip addr add|del CIDR dev NAME`.
     func address(_ cidr: String, device: String, add: Bool) throws {
-        let idx = try requireIfindex(device)
+        try transact(Self.address(cidr, device: device, ifindex: try requireIfindex(device), add: add))
+    }
+
+    /// The request of `address` once the device is resolved.
+    static func address(_ cidr: String, device: String, ifindex: Int32, add: Bool) throws -> NetlinkRequest {
         guard let a = rtnl_addr_alloc() else {
             throw KernelError(.netlink, "rtnl_addr_alloc", errno: ENOMEM, reason: "out of memory")
         }
@@ -126,14 +146,14 @@ extension RouteSocket {
         let rc = nl_addr_parse(cidr, AF_UNSPEC, &local)
         guard rc == 0, let local else { throw Self.nlError("parse address \(cidr)", rc) }
         defer { nl_addr_put(local) }
-        rtnl_addr_set_ifindex(a, idx)
+        rtnl_addr_set_ifindex(a, ifindex)
         _ = rtnl_addr_set_local(a, local)
         rtnl_addr_set_prefixlen(a, Int32(nl_addr_get_prefixlen(local)))
         let op = "ip addr \(add ? "add" : "del") \(cidr) dev \(device)"
         if add {
-            try build(op) { rtnl_addr_build_add_request(a, NLM_F_CREATE | NLM_F_EXCL, &$0) }
+            return try request(op) { rtnl_addr_build_add_request(a, NLM_F_CREATE | NLM_F_EXCL, &$0) }
         } else {
-            try build(op) { rtnl_addr_build_delete_request(a, 0, &$0) }
+            return try request(op) { rtnl_addr_build_delete_request(a, 0, &$0) }
         }
     }
 
@@ -173,6 +193,19 @@ extension RouteSocket {
     /// plugin does. One operation for the caller: if the filter fails, the ingress qdisc goes too.
     func addIngressRedirect(ifindex: Int32, device: String, ifb: String) throws {
         let ifbIndex = try requireIfindex(ifb)
+        try transact(Self.ingressQdisc(ifindex: ifindex, device: device))
+        do {
+            try transact(Self.redirectFilter(ifindex: ifindex, device: device, ifb: ifb, ifbIndex: ifbIndex))
+        } catch {
+            try? transact(
+                Self.deleteQdisc(ifindex: ifindex, device: device, parent: .ingress, handle: TCHandle(raw: 0xFFFF_0000))
+            )
+            throw error
+        }
+    }
+
+    /// `tc qdisc add dev D handle ffff: ingress`.
+    static func ingressQdisc(ifindex: Int32, device: String) throws -> NetlinkRequest {
         guard let q = rtnl_qdisc_alloc() else {
             throw KernelError(.netlink, "rtnl_qdisc_alloc", errno: ENOMEM, reason: "out of memory")
         }
@@ -181,10 +214,14 @@ extension RouteSocket {
         rtnl_tc_set_parent(q, TCHandle.ingress.raw)
         rtnl_tc_set_handle(q, 0xFFFF_0000)
         _ = rtnl_tc_set_kind(q, "ingress")
-        try build("tc qdisc add dev \(device) handle ffff: ingress") {
+        return try request("tc qdisc add dev \(device) handle ffff: ingress") {
             rtnl_qdisc_build_add_request(q, NLM_F_CREATE | NLM_F_EXCL, &$0)
         }
+    }
 
+    /// `tc filter add dev D parent ffff: protocol all prio P u32 match u32 0 0 action mirred egress
+    /// redirect dev IFB` (IFB's ifindex resolved).
+    static func redirectFilter(ifindex: Int32, device: String, ifb: String, ifbIndex: Int32) throws -> NetlinkRequest {
         guard let cls = rtnl_cls_alloc(), let act = rtnl_act_alloc() else {
             throw KernelError(.netlink, "rtnl_cls_alloc", errno: ENOMEM, reason: "out of memory")
         }
@@ -202,15 +239,10 @@ extension RouteSocket {
         _ = rtnl_mirred_set_ifindex(act, UInt32(ifbIndex))
         _ = rtnl_u32_add_action(cls, act)  // takes its own reference
         rtnl_act_put(act)
-        do {
-            try build(
-                "tc filter add dev \(device) parent ffff: protocol all u32 match u32 0 0 action mirred egress redirect dev \(ifb)"
-            ) {
-                rtnl_cls_build_add_request(cls, NLM_F_CREATE | NLM_F_EXCL, &$0)
-            }
-        } catch {
-            try? deleteQdisc(ifindex: ifindex, device: device, parent: .ingress, handle: TCHandle(raw: 0xFFFF_0000))
-            throw error
+        return try request(
+            "tc filter add dev \(device) parent ffff: protocol all u32 match u32 0 0 action mirred egress redirect dev \(ifb)"
+        ) {
+            rtnl_cls_build_add_request(cls, NLM_F_CREATE | NLM_F_EXCL, &$0)
         }
     }
 }

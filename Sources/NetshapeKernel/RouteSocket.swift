@@ -16,29 +16,34 @@ enum TCVerb: String {
     }
 }
 
-/// A libnl-route socket bound to one network namespace (opened inside it by `NetworkNamespace.run`).
+/// One netlink request ready to send: the message (seq and pid filled in when it is sent) and the
+/// command it stands for, which names it in errors.
+struct NetlinkRequest: Equatable {
+    var message: NetlinkMessage
+    var operation: String
+}
+
+/// rtnetlink requests in one network namespace (the socket is opened inside it by
+/// `NetworkNamespace.run`), over a `NetlinkTransport`.
 ///
-/// Mutations build the message with libnl and read the ACK through a custom error callback, so the
-/// kernel's errno survives (libnl's own calls fold it into coarser `NLE_*` codes).
+/// libnl-route builds the messages (`rtnl_*_build_*_request`) and parses dump replies into its
+/// objects (`nl_cache_parse_and_add`), but never touches a socket: every byte goes through
+/// netshape's `NetlinkSession`, so the kernel's errno and extended-ACK text survive, tests replay
+/// captured replies, and many requests can share one `sendmsg` (`NetlinkSession.transact(batch:)`).
 final class RouteSocket {
-    let sock: OpaquePointer
+    let session: NetlinkSession
     let namespace: String
 
-    /// Opens and connects a NETLINK_ROUTE socket in the calling thread's namespace.
-    init(namespace: String) throws {
-        guard let s = nl_socket_alloc() else {
-            throw KernelError(.netlink, "nl_socket_alloc", errno: ENOMEM, reason: "out of memory")
-        }
-        let rc = nl_connect(s, NETLINK_ROUTE)
-        guard rc == 0 else {
-            nl_socket_free(s)
-            throw Self.nlError("nl_connect(NETLINK_ROUTE) in \(namespace)", rc)
-        }
-        self.sock = s
-        self.namespace = namespace
+    /// A NETLINK_ROUTE socket in the calling thread's namespace.
+    convenience init(namespace: String) throws {
+        let socket = try NetlinkSocket(protocol: NETLINK_ROUTE, label: "NETLINK_ROUTE in \(namespace)")
+        self.init(session: NetlinkSession(transport: socket), namespace: namespace)
     }
 
-    deinit { nl_socket_free(sock) }
+    init(session: NetlinkSession, namespace: String) {
+        self.session = session
+        self.namespace = namespace
+    }
 
     static func nlError(_ op: String, _ rc: Int32) -> KernelError {
         let code = abs(rc)
@@ -50,47 +55,65 @@ final class RouteSocket {
         return KernelError(.netlink, op, errno: map[code], nlCode: code, reason: text)
     }
 
-    // MARK: - Sending with the kernel's errno
+    // MARK: - Messages built by libnl, sent by netshape
 
-    final class AckState {
-        var errno: Int32 = 0
-        var done = false
+    /// The request libnl's builder `make` produces, copied out of its `nl_msg` (freed here), with
+    /// REQUEST|ACK set as `nl_send_auto` would.
+    static func request(_ op: String, _ make: (inout OpaquePointer?) -> Int32) throws -> NetlinkRequest {
+        var msg: OpaquePointer?
+        let rc = make(&msg)
+        guard rc == 0, let msg else { throw nlError(op, rc) }
+        defer { nlmsg_free(msg) }
+        let hdr = nlmsg_hdr(msg)!
+        let bytes = Array(UnsafeRawBufferPointer(start: hdr, count: Int(hdr.pointee.nlmsg_len)))
+        guard var m = try? NetlinkMessage.parse(bytes).first else {
+            throw KernelError(.netlink, op, errno: EINVAL, reason: "libnl built a message that does not parse")
+        }
+        m.flags.formUnion([.request, .ack])
+        return NetlinkRequest(message: m, operation: op)
     }
 
-    /// Sends `msg` (consumed) and waits for the kernel's ACK; throws with the kernel's errno.
-    func transact(_ msg: OpaquePointer, _ op: String) throws {
-        defer { nlmsg_free(msg) }
-        let sent = nl_send_auto(sock, msg)
-        guard sent >= 0 else { throw Self.nlError(op, sent) }
-        let state = AckState()
-        guard let cb = nl_cb_alloc(NL_CB_DEFAULT) else {
-            throw KernelError(.netlink, op, errno: ENOMEM, reason: "nl_cb_alloc failed")
+    /// Sends one request and waits for its ACK.
+    func transact(_ r: NetlinkRequest) throws { try session.transact(r.message, r.operation) }
+
+    /// Sends a dump request and parses every reply into the libnl cache `alloc` makes (one of the
+    /// `rtnl_*_alloc_cache` functions, given no socket: it then only allocates; calling them, not
+    /// `nl_cache_alloc_name`, keeps their cache types linked into the static CNI binary). The
+    /// caller frees the cache.
+    func dump(_ request: NetlinkMessage, _ op: String, alloc: (inout OpaquePointer?) -> Int32) throws -> OpaquePointer {
+        var cache: OpaquePointer?
+        let rc = alloc(&cache)
+        guard rc == 0, let cache else { throw Self.nlError("\(op): allocate its cache", rc) }
+        do {
+            try session.transact(request, op) { m in
+                var bytes = m.bytes
+                let parsed = bytes.withUnsafeMutableBytes { b -> Int32 in
+                    guard let msg = nlmsg_convert(b.baseAddress!.assumingMemoryBound(to: nlmsghdr.self)) else {
+                        return -Int32(NLE_NOMEM)
+                    }
+                    defer { nlmsg_free(msg) }
+                    return nl_cache_parse_and_add(cache, msg)
+                }
+                if parsed < 0 { throw Self.nlError("\(op): parse reply", parsed) }
+            }
+        } catch {
+            nl_cache_free(cache)
+            throw error
         }
-        defer { nl_cb_put(cb) }
-        let ctx = Unmanaged.passUnretained(state).toOpaque()
-        nl_cb_err(
-            cb, NL_CB_CUSTOM,
-            { _, err, arg in
-                let st = Unmanaged<AckState>.fromOpaque(arg!).takeUnretainedValue()
-                st.errno = -(err?.pointee.error ?? -Int32(EIO))
-                st.done = true
-                return Int32(NL_STOP.rawValue)
-            }, ctx)
-        nl_cb_set(
-            cb, NL_CB_ACK, NL_CB_CUSTOM,
-            { _, arg in
-                let st = Unmanaged<AckState>.fromOpaque(arg!).takeUnretainedValue()
-                st.done = true
-                return Int32(NL_STOP.rawValue)
-            }, ctx)
-        while !state.done {
-            let rc = nl_recvmsgs(sock, cb)
-            if state.done { break }
-            if rc < 0 { throw Self.nlError(op, rc) }
-        }
-        if state.errno != 0 {
-            throw KernelError(.netlink, op, errno: state.errno, reason: String(cString: strerror(state.errno)))
-        }
+        return cache
+    }
+
+    /// A dump request with a fixed header of `header` bytes (zeroes but for `fill`) and `attributes`.
+    static func dumpRequest(
+        type: Int, header: Int, fill: (inout [UInt8]) -> Void = { _ in },
+        attributes: (inout NetlinkWriter) -> Void = { _ in }
+    ) -> NetlinkMessage {
+        var fixed = [UInt8](repeating: 0, count: header)
+        fill(&fixed)
+        var w = NetlinkWriter()
+        w.raw(fixed)
+        attributes(&w)
+        return NetlinkMessage(type: UInt16(type), flags: [.request, .ack, .dump], payload: w.bytes)
     }
 
     // MARK: - Links and routes
@@ -108,9 +131,9 @@ final class RouteSocket {
     /// ifindex of the device the main table's default route leaves through (IPv4, then IPv6).
     func defaultRouteIfindex() throws -> Int32? {
         for family in [AF_INET, AF_INET6] {
-            var cache: OpaquePointer?
-            let rc = rtnl_route_alloc_cache(sock, family, 0, &cache)
-            guard rc == 0, let cache else { throw Self.nlError("ip route show (in \(namespace))", rc) }
+            let cache = try dump(Self.routeDumpRequest(family: family), "ip route show (in \(namespace))") {
+                rtnl_route_alloc_cache(nil, family, 0, &$0)
+            }
             defer { nl_cache_free(cache) }
             var obj = nl_cache_get_first(cache)
             while let o = obj {
@@ -139,9 +162,9 @@ final class RouteSocket {
 
     /// Every qdisc on `ifindex` (`tc -s qdisc show dev D`).
     func qdiscs(ifindex: Int32, device: String) throws -> [ObservedQdisc] {
-        var cache: OpaquePointer?
-        let rc = rtnl_qdisc_alloc_cache(sock, &cache)
-        guard rc == 0, let cache else { throw Self.nlError("tc qdisc show dev \(device)", rc) }
+        let cache = try dump(Self.qdiscDumpRequest(), "tc qdisc show dev \(device)") {
+            rtnl_qdisc_alloc_cache(nil, &$0)
+        }
         defer { nl_cache_free(cache) }
         var out: [ObservedQdisc] = []
         var obj = nl_cache_get_first(cache)
@@ -170,9 +193,9 @@ final class RouteSocket {
 
     /// Every HTB class on `ifindex` (`tc -s class show dev D`).
     func classes(ifindex: Int32, device: String) throws -> [ObservedClass] {
-        var cache: OpaquePointer?
-        let rc = rtnl_class_alloc_cache(sock, ifindex, &cache)
-        guard rc == 0, let cache else { throw Self.nlError("tc class show dev \(device)", rc) }
+        let cache = try dump(Self.classDumpRequest(ifindex: ifindex), "tc class show dev \(device)") {
+            rtnl_class_alloc_cache(nil, ifindex, &$0)
+        }
         defer { nl_cache_free(cache) }
         var out: [ObservedClass] = []
         var obj = nl_cache_get_first(cache)
@@ -201,43 +224,62 @@ final class RouteSocket {
         return out
     }
 
+    /// RTM_GETQDISC dump of every device's qdiscs (as libnl's `rtnl_qdisc_alloc_cache` asks).
+    static func qdiscDumpRequest() -> NetlinkMessage {
+        dumpRequest(type: RTM_GETQDISC, header: TCMessage.size)
+    }
+
+    /// RTM_GETTCLASS dump of the classes on `ifindex` (`tcm_ifindex` names the device).
+    static func classDumpRequest(ifindex: Int32) -> NetlinkMessage {
+        var w = NetlinkWriter()
+        TCMessage(ifindex: ifindex, parent: .unspecified).write(into: &w)
+        return NetlinkMessage(type: UInt16(RTM_GETTCLASS), flags: [.request, .ack, .dump], payload: w.bytes)
+    }
+
+    /// RTM_GETROUTE dump of one family (`struct rtmsg`, 12 bytes, `rtm_family` set).
+    static func routeDumpRequest(family: Int32) -> NetlinkMessage {
+        dumpRequest(type: RTM_GETROUTE, header: 12) { $0[0] = UInt8(family) }
+    }
+
     // MARK: - Mutations
 
     /// `tc qdisc add|replace|change dev D root handle M: htb default N`.
-    func htbRoot(_ verb: TCVerb, ifindex: Int32, device: String, _ q: HTBQdiscSpec) throws {
-        try withQdisc(ifindex: ifindex, parent: .root, handle: q.handle, kind: "htb") { qd in
+    static func htbRoot(_ verb: TCVerb, ifindex: Int32, device: String, _ q: HTBQdiscSpec) throws -> NetlinkRequest {
+        return try withQdisc(ifindex: ifindex, parent: .root, handle: q.handle, kind: "htb") { qd in
             _ = rtnl_htb_set_defcls(qd, UInt32(q.defaultMinor))
             _ = rtnl_htb_set_rate2quantum(qd, 10)
-            return try build("tc qdisc \(verb) dev \(device) root handle \(q.handle) htb") { msg in
+            return try request("tc qdisc \(verb) dev \(device) root handle \(q.handle) htb") { msg in
                 rtnl_qdisc_build_add_request(qd, verb.flags, &msg)
             }
         }
     }
 
     /// `tc qdisc del dev D parent P [handle H]`.
-    func deleteQdisc(ifindex: Int32, device: String, parent: TCHandle, handle: TCHandle?) throws {
-        try withQdisc(ifindex: ifindex, parent: parent, handle: handle ?? .unspecified, kind: nil) { qd in
-            try build("tc qdisc del dev \(device) parent \(parent)") { msg in
+    static func deleteQdisc(ifindex: Int32, device: String, parent: TCHandle, handle: TCHandle?) throws
+        -> NetlinkRequest
+    {
+        return try withQdisc(ifindex: ifindex, parent: parent, handle: handle ?? .unspecified, kind: nil) { qd in
+            try request("tc qdisc del dev \(device) parent \(parent)") { msg in
                 rtnl_qdisc_build_delete_request(qd, &msg)
             }
         }
     }
 
     /// `tc qdisc add|replace dev D parent C <queue>` (handle chosen by the kernel).
-    func leaf(_ verb: TCVerb, ifindex: Int32, device: String, _ l: LeafQdiscSpec) throws {
-        try withQdisc(ifindex: ifindex, parent: l.parent, handle: .unspecified, kind: l.queue.kind) { qd in
+    static func leaf(_ verb: TCVerb, ifindex: Int32, device: String, _ l: LeafQdiscSpec) throws -> NetlinkRequest {
+        return try withQdisc(ifindex: ifindex, parent: l.parent, handle: .unspecified, kind: l.queue.kind) { qd in
             switch l.queue {
             case .bfifo(let limit), .pfifo(let limit): _ = rtnl_qdisc_fifo_set_limit(qd, Int32(clamping: limit))
             case .fqCodel, .sfq: break
             }
-            return try build("tc qdisc \(verb) dev \(device) parent \(l.parent) \(l.queue)") { msg in
+            return try request("tc qdisc \(verb) dev \(device) parent \(l.parent) \(l.queue)") { msg in
                 rtnl_qdisc_build_add_request(qd, verb.flags, &msg)
             }
         }
     }
 
     /// `tc class add|change dev D parent P classid C htb rate … ceil … burst … cburst … prio … quantum …`.
-    func htbClass(_ verb: TCVerb, ifindex: Int32, device: String, _ c: HTBClassSpec) throws {
+    static func htbClass(_ verb: TCVerb, ifindex: Int32, device: String, _ c: HTBClassSpec) throws -> NetlinkRequest {
         guard let cls = rtnl_class_alloc() else {
             throw KernelError(.netlink, "rtnl_class_alloc", errno: ENOMEM, reason: "out of memory")
         }
@@ -253,11 +295,11 @@ final class RouteSocket {
         try check(op, rtnl_htb_set_cbuffer(cls, UInt32(clamping: c.cburst.bytes)))
         try check(op, rtnl_htb_set_prio(cls, c.priority))
         try check(op, rtnl_htb_set_quantum(cls, c.quantum))
-        try build(op) { msg in rtnl_class_build_add_request(cls, verb.flags, &msg) }
+        return try request(op) { msg in rtnl_class_build_add_request(cls, verb.flags, &msg) }
     }
 
     /// `tc class del dev D classid C`.
-    func deleteClass(ifindex: Int32, device: String, _ c: HTBClassSpec) throws {
+    static func deleteClass(ifindex: Int32, device: String, _ c: HTBClassSpec) throws -> NetlinkRequest {
         guard let cls = rtnl_class_alloc() else {
             throw KernelError(.netlink, "rtnl_class_alloc", errno: ENOMEM, reason: "out of memory")
         }
@@ -265,13 +307,14 @@ final class RouteSocket {
         rtnl_tc_set_ifindex(cls, ifindex)
         rtnl_tc_set_parent(cls, c.parent.raw)
         rtnl_tc_set_handle(cls, c.classid.raw)
-        try build("tc class del dev \(device) classid \(c.classid)") { msg in rtnl_class_build_delete_request(cls, &msg)
+        return try request("tc class del dev \(device) classid \(c.classid)") { msg in
+            rtnl_class_build_delete_request(cls, &msg)
         }
     }
 
     /// `tc filter add dev D parent M: protocol all prio P handle H cgroup` (cls_cgroup; the handle is
     /// required, or the kernel answers EINVAL).
-    func cgroupFilter(add: Bool, ifindex: Int32, device: String, _ f: FilterSpec) throws {
+    static func cgroupFilter(add: Bool, ifindex: Int32, device: String, _ f: FilterSpec) throws -> NetlinkRequest {
         guard let cls = rtnl_cls_alloc() else {
             throw KernelError(.netlink, "rtnl_cls_alloc", errno: ENOMEM, reason: "out of memory")
         }
@@ -285,13 +328,13 @@ final class RouteSocket {
             "tc filter \(add ? "add" : "del") dev \(device) parent \(f.parent) protocol all prio \(f.priority) handle \(f.handle) cgroup"
         try check(op, rtnl_tc_set_kind(cls, "cgroup"))
         if add {
-            try build(op) { msg in rtnl_cls_build_add_request(cls, NLM_F_CREATE | NLM_F_EXCL, &msg) }
+            return try request(op) { msg in rtnl_cls_build_add_request(cls, NLM_F_CREATE | NLM_F_EXCL, &msg) }
         } else {
-            try build(op) { msg in rtnl_cls_build_delete_request(cls, 0, &msg) }
+            return try request(op) { msg in rtnl_cls_build_delete_request(cls, 0, &msg) }
         }
     }
 
-    private func withQdisc<T>(
+    private static func withQdisc<T>(
         ifindex: Int32, parent: TCHandle, handle: TCHandle, kind: String?,
         _ body: (OpaquePointer) throws -> T
     ) throws -> T {
@@ -306,15 +349,7 @@ final class RouteSocket {
         return try body(qd)
     }
 
-    /// Builds a message with libnl and sends it, keeping the kernel's errno (`transact`).
-    func build(_ op: String, _ make: (inout OpaquePointer?) -> Int32) throws {
-        var msg: OpaquePointer?
-        let rc = make(&msg)
-        guard rc == 0, let msg else { throw Self.nlError(op, rc) }
-        try transact(msg, op)
-    }
-
-    private func check(_ op: String, _ rc: Int32) throws {
+    private static func check(_ op: String, _ rc: Int32) throws {
         if rc < 0 { throw Self.nlError(op, rc) }
     }
 }

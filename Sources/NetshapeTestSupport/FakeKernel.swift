@@ -133,6 +133,24 @@ public final class FakeKernel: KernelPort {
         log.append(op)
     }
 
+    /// When set, `execute(_: [Operation])` behaves as the real kernel port's netlink batches: up
+    /// to this many operations at once, each with its own result, the ones after a failure in the
+    /// same batch carried out all the same; nothing after a batch with a failure.
+    public var batchSize: Int?
+
+    public func execute(_ ops: [Operation]) -> [Result<Void, any Error>] {
+        // Unset: one at a time, stopping at the first failure (the port's default).
+        let size = batchSize ?? 1
+        var results: [Result<Void, any Error>] = []
+        for start in stride(from: 0, to: ops.count, by: size) {
+            for op in ops[start..<min(start + size, ops.count)] {
+                results.append(Result { try execute(op) })
+            }
+            if results.contains(where: { if case .failure = $0 { true } else { false } }) { break }
+        }
+        return results
+    }
+
     func fail(_ errno: Int32, _ msg: String) -> FakeKernelError { FakeKernelError(errno: errno, msg) }
 
     private func apply(_ op: Operation) throws {

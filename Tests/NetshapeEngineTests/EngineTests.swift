@@ -154,6 +154,28 @@ struct Snapshot: Equatable {
         #expect(Snapshot(k) == before, "the machine is as it was")
     }
 
+    @Test func operationsABatchCarriedOutAfterItsFailureAreRolledBackToo() throws {
+        let k = machine()
+        k.batchSize = 4
+        let engine = Engine(kernel: k)
+        let before = Snapshot(k)
+        var count = 0
+        // The 3rd operation fails; the kernel carries on with the 4th of the same batch.
+        k.failWhen = { _ in
+            count += 1
+            return count == 3 ? FakeKernelError(errno: 22, "injected EINVAL") : nil
+        }
+        do {
+            try engine.apply(try load(webPolicy), policyPath: "/p")
+            Issue.record("expected the injected failure")
+        } catch let e as ApplyError {
+            #expect(e.rollbackFailures.isEmpty)
+            #expect(e.rolledBack.count == 3, "operations 1, 2 and 4 were done, so all three are undone")
+            #expect(e.description.contains("injected EINVAL"))
+        }
+        #expect(Snapshot(k) == before, "the machine is as it was")
+    }
+
     @Test func aFailedEditRestoresThePreviousWorkingState() throws {
         let k = machine()
         let engine = Engine(kernel: k)

@@ -1,0 +1,259 @@
+import CNetshapeShim
+import Glibc
+import NetshapeCore
+import Testing
+
+@testable import NetshapeKernel
+
+// Golden bytes for every rtnetlink request netshape sends (built by libnl-route, sent through
+// `NetlinkTransport`), both as built and as they reach the transport, and every dump netshape
+// parses, from the replies captured in RouteCaptures.swift (see there how they were captured).
+
+/// A `RouteSocket` over a replay of `exchanges`' replies, in order.
+func replaySocket(_ exchanges: Exchange...) -> (RouteSocket, ReplayTransport) {
+    let t = ReplayTransport(replies: exchanges.flatMap(\.replies).map { .success(hex($0)) })
+    return (RouteSocket(session: NetlinkSession(transport: t, firstSeq: 0), namespace: "test"), t)
+}
+
+/// The captured request, seq and pid masked.
+func captured(_ e: Exchange) -> [UInt8] { masked(hex(e.request)) }
+
+/// A request as netshape would send it, seq and pid masked.
+func wire(_ r: NetlinkRequest) -> [UInt8] { masked(r.message.bytes) }
+
+/// The TCA_OPTIONS nest of a tc message, as attribute types.
+func optionTypes(_ m: NetlinkMessage) -> [UInt16] {
+    NetlinkAttribute.parse(m.payload[TCMessage.size...]).first { $0.type == UInt16(TCA_OPTIONS) }?.attributes.map(
+        \.type)
+        ?? []
+}
+
+@Suite struct RouteGoldenBytesTests {
+    let tree = TCHandle(major: 0xB7E, minor: 0)
+    let gbit100 = Rate(bytesPerSecond: 12_500_000_000)
+    /// The class `other`: 10mbit, ceil 100gbit (above 34 Gbit/s: TCA_HTB_CEIL64 only).
+    var other: HTBClassSpec {
+        HTBClassSpec(
+            classid: TCHandle(major: 0xB7E, minor: 2), parent: TCHandle(major: 0xB7E, minor: 1),
+            rate: Rate(bytesPerSecond: 1_250_000), ceil: gbit100, burst: Size(bytes: 65536),
+            cburst: Size(bytes: 50_000_000), priority: 4, quantum: 1514)
+    }
+
+    // MARK: - tc: HTB, leaves, classifiers, ingress
+
+    @Test func htbRootQdisc() throws {
+        let r = try RouteSocket.htbRoot(.add, ifindex: 2, device: "eth0", HTBQdiscSpec(handle: tree, defaultMinor: 2))
+        #expect(wire(r) == captured(RouteCaptures.htbRootAdd))
+        #expect(r.operation == "tc qdisc add dev eth0 root handle b7e: htb")
+    }
+
+    func bulk(_ rate: UInt64, burst: UInt64) -> HTBClassSpec {
+        HTBClassSpec(
+            classid: TCHandle(major: 0xB7E, minor: 0xDB3D), parent: TCHandle(major: 0xB7E, minor: 1),
+            rate: Rate(bytesPerSecond: rate), ceil: gbit100, burst: Size(bytes: burst),
+            cburst: Size(bytes: 50_000_000), priority: 4, quantum: 200_000)
+    }
+
+    @Test func htbClassesAbove34GbitCarryRate64AndCeil64() throws {
+        let root = HTBClassSpec(
+            classid: TCHandle(major: 0xB7E, minor: 1), parent: tree, rate: gbit100, ceil: gbit100,
+            burst: Size(bytes: 50_000_000), cburst: Size(bytes: 50_000_000), priority: 0, quantum: 200_000)
+        let add = { (c: HTBClassSpec) in try RouteSocket.htbClass(.add, ifindex: 2, device: "eth0", c) }
+        #expect(wire(try add(root)) == captured(RouteCaptures.classAddRoot))
+        #expect(wire(try add(bulk(5_000_000_000, burst: 20_000_000))) == captured(RouteCaptures.classAddBulk))
+        #expect(wire(try add(other)) == captured(RouteCaptures.classAddOther))
+        // tc_ratespec.rate is u32 bytes/s (34.3 Gbit/s at most): above it TCA_HTB_RATE64 (6) and
+        // TCA_HTB_CEIL64 (7) carry the rate; parms (1), ctab (4) and rtab (3) are always there.
+        #expect(optionTypes(try add(root).message) == [1, 6, 7, 4, 3])
+        #expect(optionTypes(try add(other).message) == [1, 7, 4, 3])
+    }
+
+    @Test func htbClassChange() throws {
+        let r = try RouteSocket.htbClass(.change, ifindex: 2, device: "eth0", bulk(6_250_000_000, burst: 25_000_000))
+        #expect(wire(r) == captured(RouteCaptures.classChange))
+        #expect(r.message.flags == [.request, .ack], "change: neither CREATE nor EXCL")
+    }
+
+    @Test func fifoLeaves() throws {
+        let pfifo = LeafQdiscSpec(parent: TCHandle(major: 0xB7E, minor: 0xDB3D), queue: .pfifo(limit: 82562))
+        let bfifo = LeafQdiscSpec(parent: TCHandle(major: 0xB7E, minor: 2), queue: .bfifo(limit: 16 << 20))
+        let replaced = LeafQdiscSpec(parent: TCHandle(major: 0xB7E, minor: 2), queue: .pfifo(limit: 82562))
+        #expect(
+            wire(try RouteSocket.leaf(.add, ifindex: 2, device: "eth0", pfifo)) == captured(RouteCaptures.leafAddPfifo))
+        #expect(
+            wire(try RouteSocket.leaf(.add, ifindex: 2, device: "eth0", bfifo)) == captured(RouteCaptures.leafAddBfifo))
+        #expect(
+            wire(try RouteSocket.leaf(.replace, ifindex: 2, device: "eth0", replaced))
+                == captured(RouteCaptures.leafReplacePfifo))
+    }
+
+    @Test func fqCodelAndSfqLeavesAndTheKernelsRefusal() throws {
+        let parent = TCHandle(major: 1, minor: 1)
+        let fq = try RouteSocket.leaf(
+            .replace, ifindex: 1, device: "lo", LeafQdiscSpec(parent: parent, queue: .fqCodel))
+        #expect(wire(fq) == captured(RouteCaptures.leafReplaceFqCodel))
+        let sfq = try RouteSocket.leaf(.replace, ifindex: 1, device: "lo", LeafQdiscSpec(parent: parent, queue: .sfq))
+        #expect(wire(sfq) == captured(RouteCaptures.leafReplaceSfq))
+        // This kernel has no fq_codel: ENOENT (no such qdisc kind), kept with the command.
+        let (socket, t) = replaySocket(RouteCaptures.leafReplaceFqCodel)
+        #expect {
+            try socket.transact(fq)
+        } throws: { e in
+            (e as? KernelError)?.errno == ENOENT && (e as? KernelError)?.operation == fq.operation
+        }
+        #expect(t.sent.map(masked) == [captured(RouteCaptures.leafReplaceFqCodel)])
+    }
+
+    @Test func clsCgroupFilter() throws {
+        let f = FilterSpec(parent: TCHandle(major: 1, minor: 0), kind: .cgroup, priority: 1)
+        let r = try RouteSocket.cgroupFilter(add: true, ifindex: 1, device: "lo", f)
+        #expect(wire(r) == captured(RouteCaptures.cgroupAdd))
+        #expect(r.operation == "tc filter add dev lo parent 1: protocol all prio 1 handle 1 cgroup")
+    }
+
+    @Test func ingressQdiscAndU32MirredRedirect() throws {
+        let (socket, t) = replaySocket(RouteCaptures.linkDumpB, RouteCaptures.ingressAdd, RouteCaptures.u32Add)
+        try socket.addIngressRedirect(ifindex: 3, device: "d0", ifb: "nsifb42fc59f7")
+        // The IFB's ifindex (4) comes from a link dump, then the qdisc, then the filter.
+        #expect(
+            t.sent.map(masked) == [
+                captured(RouteCaptures.linkDumpB), captured(RouteCaptures.ingressAdd), captured(RouteCaptures.u32Add),
+            ])
+        #expect(
+            wire(try RouteSocket.redirectFilter(ifindex: 3, device: "d0", ifb: "nsifb42fc59f7", ifbIndex: 4))
+                == captured(RouteCaptures.u32Add))
+    }
+
+    @Test func qdiscDeletes() throws {
+        #expect(
+            wire(try RouteSocket.deleteQdisc(ifindex: 2, device: "eth0", parent: .root, handle: tree))
+                == captured(RouteCaptures.qdiscDelRoot))
+        #expect(
+            wire(
+                try RouteSocket.deleteQdisc(
+                    ifindex: 3, device: "d0", parent: .ingress, handle: TCHandle(raw: 0xFFFF_0000)))
+                == captured(RouteCaptures.qdiscDelIngress))
+    }
+
+    // MARK: - Links, addresses, routes
+
+    @Test func vethBridgeAndIFBLinks() throws {
+        let (socket, t) = replaySocket(RouteCaptures.linkAddVeth, RouteCaptures.linkAddBridge, RouteCaptures.linkAddIFB)
+        try socket.createVeth(host: "ns-caf7bb39", peer: "eth0", peerNamespaceFD: 15)
+        try socket.createLink("crf7bb39", type: "bridge", txqueuelen: nil)
+        try socket.createLink("nsifb42fc59f7", type: "ifb", txqueuelen: 1000)
+        #expect(
+            t.sent.map(masked) == [
+                captured(RouteCaptures.linkAddVeth), captured(RouteCaptures.linkAddBridge),
+                captured(RouteCaptures.linkAddIFB),
+            ])
+    }
+
+    @Test func linkSetAndDelete() throws {
+        let set = { (name: String, index: Int32, up: Bool?, master: Int32?) in
+            wire(try RouteSocket.setLink(name, ifindex: index, up: up, masterIfindex: master))
+        }
+        #expect(try set("lo", 1, true, nil) == captured(RouteCaptures.linkSetLoUp))
+        #expect(try set("eth0", 2, true, nil) == captured(RouteCaptures.linkSetEth0Up))
+        #expect(try set("ns-caf7bb39", 332, nil, 333) == captured(RouteCaptures.linkSetMaster))
+        #expect(try set("ns-caf7bb39", 332, true, nil) == captured(RouteCaptures.linkSetHostUp))
+        // Through the socket: both names resolved by link dumps, then the request.
+        let (socket, t) = replaySocket(
+            RouteCaptures.linkDumpHost, RouteCaptures.linkDumpHost, RouteCaptures.linkSetMaster,
+            RouteCaptures.linkDelIFB, RouteCaptures.linkDelBridge)
+        try socket.setLink("ns-caf7bb39", master: .some("crf7bb39"))
+        try socket.deleteLink("nsifb42fc59f7")
+        try socket.deleteLink("crf7bb39")
+        #expect(
+            Array(t.sent.map(masked).suffix(3)) == [
+                captured(RouteCaptures.linkSetMaster), captured(RouteCaptures.linkDelIFB),
+                captured(RouteCaptures.linkDelBridge),
+            ])
+    }
+
+    @Test func addressAndDefaultRoute() throws {
+        #expect(
+            wire(try RouteSocket.address("198.18.30.2/24", device: "eth0", ifindex: 2, add: true))
+                == captured(RouteCaptures.addrAdd))
+        let (socket, t) = replaySocket(RouteCaptures.routeAdd)
+        try socket.defaultRoute(via: "198.18.30.1", add: true)
+        #expect(t.sent.map(masked) == [captured(RouteCaptures.routeAdd)])
+    }
+
+    // MARK: - Dumps
+
+    @Test func qdiscDumpParses() throws {
+        let (socket, t) = replaySocket(RouteCaptures.qdiscDumpB)
+        let q = try socket.qdiscs(ifindex: 3, device: "d0")
+        #expect(t.sent.map(masked) == [captured(RouteCaptures.qdiscDumpB)])
+        let major = TCHandle(major: 0x3A97, minor: 0)
+        #expect(q.map(\.kind) == ["htb", "bfifo", "bfifo", "ingress"], "only d0's (the IFB's and d1's are left out)")
+        #expect(q[0].handle == major && q[0].parent == .root && q[0].htbDefault == 2)
+        #expect(q[0].stats.bytes == 176 && q[0].stats.packets == 2 && q[0].stats.drops == 0)
+        #expect(q[1].parent == TCHandle(major: 0x3A97, minor: 0xF5F7) && q[1].queue == .bfifo(limit: 128 << 10))
+        #expect(q[2].stats.bytes == 176)
+        #expect(q[3].parent == .ingress && q[3].handle == TCHandle(raw: 0xFFFF_0000))
+        let ifb = try replaySocket(RouteCaptures.qdiscDumpB).0.qdiscs(ifindex: 4, device: "nsifb42fc59f7")
+        #expect(ifb.map(\.kind) == ["htb", "bfifo"] && ifb[0].htbDefault == 1)
+    }
+
+    @Test func classDumpParsesRate64AndStats() throws {
+        let (socket, t) = replaySocket(RouteCaptures.classDumpEth0)
+        let classes = try socket.classes(ifindex: 2, device: "eth0")
+        #expect(t.sent.map(masked) == [captured(RouteCaptures.classDumpEth0)])
+        let byMinor = Dictionary(uniqueKeysWithValues: classes.map { ($0.spec.classid.minor, $0) })
+        #expect(byMinor.keys.sorted() == [1, 2, 0xDB3D])
+        // Dumped with parent TC_H_ROOT, normalised to the qdisc it was created under.
+        #expect(byMinor[1]?.spec.parent == tree)
+        #expect(byMinor[1]?.spec.rate == gbit100 && byMinor[1]?.spec.ceil == gbit100)
+        #expect(byMinor[0xDB3D].map { bulk(5_000_000_000, burst: 20_000_000).matches($0.spec) } == true)
+        #expect(
+            byMinor[2]?.spec.rate == Rate(bytesPerSecond: 1_250_000))
+        // 65536 B asked; the kernel keeps it as psched ticks at 10 Mbit/s and libnl converts back.
+        #expect(byMinor[2]?.spec.burst == Size(bytes: 65533))
+        #expect(byMinor[2].map { other.matches($0.spec) } == true)
+        #expect(byMinor[2]?.stats.bytes == 176 && byMinor[2]?.stats.packets == 2)
+        let d0 = try replaySocket(RouteCaptures.classDumpD0).0.classes(ifindex: 3, device: "d0")
+        #expect(d0.map(\.spec.quantum).sorted() == [1514, 11250, 12500])
+    }
+
+    @Test func linkDumpsParse() throws {
+        let (socket, t) = replaySocket(RouteCaptures.linkDumpB)
+        let links = try socket.links()
+        #expect(t.sent.map(masked) == [captured(RouteCaptures.linkDumpB)])
+        #expect(links.map(\.name) == ["lo", "d1", "d0", "nsifb42fc59f7"])
+        #expect(links.map(\.type) == ["", "veth", "veth", "ifb"])
+        #expect(links[2].ifindex == 3 && links[2].peerIfindex == 2 && !links[2].peerInOtherNamespace)
+        let host = try replaySocket(RouteCaptures.linkDumpHost).0.links()
+        let veth = host.first { $0.name == "ns-caf7bb39" }
+        #expect(veth?.type == "veth" && veth?.peerIfindex == 2 && veth?.peerInOtherNamespace == true)
+        #expect(host.first { $0.name == "crf7bb39" }?.type == "bridge")
+    }
+
+    @Test func routeDumpFindsTheDefaultRoutesDevice() throws {
+        let (socket, t) = replaySocket(RouteCaptures.routeDump)
+        #expect(try socket.defaultRouteIfindex() == 2)
+        #expect(t.sent.map(masked) == [captured(RouteCaptures.routeDump)])
+    }
+
+    // MARK: - A batch on the wire
+
+    @Test func aBatchCarriesTheSameMessagesInOneDatagram() throws {
+        let requests = [
+            try RouteSocket.htbRoot(.add, ifindex: 2, device: "eth0", HTBQdiscSpec(handle: tree, defaultMinor: 2)),
+            try RouteSocket.htbClass(.add, ifindex: 2, device: "eth0", bulk(5_000_000_000, burst: 20_000_000)),
+            try RouteSocket.leaf(
+                .add, ifindex: 2, device: "eth0",
+                LeafQdiscSpec(parent: TCHandle(major: 0xB7E, minor: 0xDB3D), queue: .pfifo(limit: 82562))),
+        ]
+        let t = AckingTransport()
+        let results = NetlinkSession(transport: t, firstSeq: 0).transact(batch: requests)
+        #expect(results.count == 3)
+        #expect(t.datagrams.count == 1)
+        #expect(
+            t.datagrams[0].map { masked($0.bytes) } == [
+                captured(RouteCaptures.htbRootAdd), captured(RouteCaptures.classAddBulk),
+                captured(RouteCaptures.leafAddPfifo),
+            ])
+    }
+}
