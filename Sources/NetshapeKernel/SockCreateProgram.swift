@@ -1,4 +1,3 @@
-internal import CNetshapeShim
 import NetshapeCore
 
 /// The socket-creation classifier (`BPF_PROG_TYPE_CGROUP_SOCK` at `BPF_CGROUP_INET_SOCK_CREATE`) as
@@ -47,41 +46,33 @@ public enum SockCreateProgram {
     static let pseudoMapFD: UInt8 = 1
     static let fp: UInt8 = 10
 
-    /// One instruction as five fields (Swift cannot set bpf_insn's register bitfields).
-    public struct Insn: Equatable, Sendable, CustomStringConvertible {
-        public var code: UInt8
-        public var dst: UInt8
-        public var src: UInt8
-        public var off: Int16
-        public var imm: Int32
-        init(_ code: UInt8, _ dst: UInt8 = 0, _ src: UInt8 = 0, _ off: Int16 = 0, _ imm: Int32 = 0) {
-            (self.code, self.dst, self.src, self.off, self.imm) = (code, dst, src, off, imm)
-        }
-        init(_ code: UInt8, _ dst: UInt8 = 0, _ src: UInt8 = 0, off: Int16 = 0, imm: Int32) {
-            self.init(code, dst, src, off, imm)
-        }
-        public var description: String {
-            String(code, radix: 16) + " r\(dst) r\(src) \(off) \(imm)"
-        }
+    typealias Insn = BPF.Instruction
+
+    /// One instruction from its five fields (BPF.Instruction's builders cover only part of these).
+    static func i(_ code: UInt8, _ dst: UInt8 = 0, _ src: UInt8 = 0, _ off: Int16 = 0, _ imm: Int32 = 0) -> Insn {
+        Insn(code: code, dst: dst, src: src, off: off, imm: imm)
+    }
+    static func i(_ code: UInt8, _ dst: UInt8 = 0, _ src: UInt8 = 0, off: Int16 = 0, imm: Int32) -> Insn {
+        Insn(code: code, dst: dst, src: src, off: off, imm: imm)
     }
 
     /// The program for the map `mapFD`.
-    public static func instructions(mapFD: Int32) -> [Insn] {
+    static func instructions(mapFD: Int32) -> [Insn] {
         var p: [Insn] = [
-            Insn(movReg, 6, 1),  // r6 = ctx
-            Insn(call, imm: getNetnsCookie),  // r0 = bpf_get_netns_cookie(ctx)
-            Insn(stxDW, fp, 0, -40),  // key.cookie = r0
-            Insn(movReg, 1, fp), Insn(addImm, 1, imm: -56), Insn(movImm, 2, imm: 16),
-            Insn(call, imm: getCurrentComm),  // bpf_get_current_comm(fp-56, 16)
-            Insn(call, imm: getCurrentUidGid), Insn(movReg, 7, 0),  // r7 = gid << 32 | uid
-            Insn(mov32Imm, 8, imm: -1),  // best rank = 0xffffffff
-            Insn(movImm, 9, imm: 0),  // classid = 0
+            i(movReg, 6, 1),  // r6 = ctx
+            i(call, imm: getNetnsCookie),  // r0 = bpf_get_netns_cookie(ctx)
+            i(stxDW, fp, 0, -40),  // key.cookie = r0
+            i(movReg, 1, fp), i(addImm, 1, imm: -56), i(movImm, 2, imm: 16),
+            i(call, imm: getCurrentComm),  // bpf_get_current_comm(fp-56, 16)
+            i(call, imm: getCurrentUidGid), i(movReg, 7, 0),  // r7 = gid << 32 | uid
+            i(mov32Imm, 8, imm: -1),  // best rank = 0xffffffff
+            i(movImm, 9, imm: 0),  // classid = 0
         ]
         for mask in UInt32(0)..<8 { p += lookup(mask: mask, mapFD: mapFD) }
         p += [
-            Insn(jeqImm, 9, off: 1, imm: 0),  // no classid: leave the socket alone
-            Insn(stxW, 6, 9, priorityOffset),  // ctx->priority = classid
-            Insn(movImm, 0, imm: 1), Insn(exit),  // allow the socket
+            i(jeqImm, 9, off: 1, imm: 0),  // no classid: leave the socket alone
+            i(stxW, 6, 9, priorityOffset),  // ctx->priority = classid
+            i(movImm, 0, imm: 1), i(exit),  // allow the socket
         ]
         return p
     }
@@ -91,24 +82,24 @@ public enum SockCreateProgram {
         var b: [Insn] = []
         if mask & SockCreate.commBit != 0 {
             b += [
-                Insn(ldxDW, 1, fp, -56), Insn(stxDW, fp, 1, -32), Insn(ldxDW, 1, fp, -48), Insn(stxDW, fp, 1, -24),
+                i(ldxDW, 1, fp, -56), i(stxDW, fp, 1, -32), i(ldxDW, 1, fp, -48), i(stxDW, fp, 1, -24),
             ]
         } else {
-            b += [Insn(stDW, fp, 0, -32, 0), Insn(stDW, fp, 0, -24, 0)]
+            b += [i(stDW, fp, 0, -32, 0), i(stDW, fp, 0, -24, 0)]
         }
-        b += mask & SockCreate.uidBit != 0 ? [Insn(stxW, fp, 7, -16)] : [Insn(stW, fp, 0, -16, 0)]
+        b += mask & SockCreate.uidBit != 0 ? [i(stxW, fp, 7, -16)] : [i(stW, fp, 0, -16, 0)]
         b +=
             mask & SockCreate.gidBit != 0
-            ? [Insn(movReg, 1, 7), Insn(rshImm, 1, imm: 32), Insn(stxW, fp, 1, -12)] : [Insn(stW, fp, 0, -12, 0)]
+            ? [i(movReg, 1, 7), i(rshImm, 1, imm: 32), i(stxW, fp, 1, -12)] : [i(stW, fp, 0, -12, 0)]
         b += [
-            Insn(stW, fp, 0, -8, Int32(mask)), Insn(stW, fp, 0, -4, 0),
-            Insn(ldImm64, 1, pseudoMapFD, 0, mapFD), Insn(0),  // r1 = map
-            Insn(movReg, 2, fp), Insn(addImm, 2, imm: -40),  // r2 = &key
-            Insn(call, imm: mapLookupElem),
-            Insn(jeqImm, 0, off: 4, imm: 0),  // miss
-            Insn(ldxW, 1, 0, 0),  // r1 = value.rank
-            Insn(jgeReg, 1, 8, 2),  // not before the best hit
-            Insn(movReg, 8, 1), Insn(ldxW, 9, 0, 4),  // best = this hit
+            i(stW, fp, 0, -8, Int32(mask)), i(stW, fp, 0, -4, 0),
+            i(ldImm64, 1, pseudoMapFD, 0, mapFD), i(0),  // r1 = map
+            i(movReg, 2, fp), i(addImm, 2, imm: -40),  // r2 = &key
+            i(call, imm: mapLookupElem),
+            i(jeqImm, 0, off: 4, imm: 0),  // miss
+            i(ldxW, 1, 0, 0),  // r1 = value.rank
+            i(jgeReg, 1, 8, 2),  // not before the best hit
+            i(movReg, 8, 1), i(ldxW, 9, 0, 4),  // best = this hit
         ]
         return b
     }
@@ -165,8 +156,4 @@ public enum SockCreateProgram {
         return v
     }
 
-    /// The instructions as the kernel takes them.
-    static func encoded(_ insns: [Insn]) -> [bpf_insn] {
-        insns.map { netshape_bpf_insn($0.code, $0.dst, $0.src, $0.off, $0.imm) }
-    }
 }
