@@ -74,8 +74,15 @@ extension Differ {
         if wanted, !map.attached, let name = first {
             ops.insert(Operation(namespace: name, action: .attachSockCreate), at: 0)
         }
+        // Detached only when the map is left empty: the program serves the whole host, and rules of
+        // another state directory's record (tests, a second netshape) must not lose it.
+        let deleted = Set(
+            removals.compactMap { op -> SockKey? in
+                if case .deleteSockRule(let k, _) = op.action { return k }
+                return nil
+            })
         if !wanted, map.attached, record.sockCreate == true, elsewhere.isEmpty,
-            let name = desired.namespaces.first?.name
+            map.entries.keys.allSatisfy(deleted.contains), let name = desired.namespaces.first?.name
         {
             removals.append(Operation(namespace: name, action: .detachSockCreate))
         }
