@@ -144,3 +144,19 @@ extension LinuxKernel {
             reason: "netshape's sock_create program is not attached on \(root.path), so it has no map")
     }
 }
+
+/// Read-only views of the sock_create hook for tests and benchmarks (the engine goes through
+/// `LinuxKernel.observe`).
+public enum SockCreateInspection {
+    /// netshape's program on the cgroup2 root and its map's entries (attached false: none).
+    public static func current() throws -> ObservedSockCreate {
+        let root = try SockCreateHook.Root()
+        guard let (_, map) = try SockCreateHook.find(root) else { return ObservedSockCreate() }
+        return ObservedSockCreate(attached: true, entries: try SockCreateHook.entries(map))
+    }
+
+    /// The netns cookie of the namespace `target` names.
+    public static func cookie(of target: NetnsTarget) throws -> UInt64 {
+        try NetworkNamespace(target).run { try SockCreateHook.currentCookie(label: "\(target)") }
+    }
+}
