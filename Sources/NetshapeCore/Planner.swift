@@ -177,7 +177,8 @@ public enum Planner {
             filter: FilterSpec(parent: TCHandle(major: major, minor: 0), kind: classifier),
             classifier: classifier, egress: ns.egress, ingress: ns.ingress, ingressPlan: ingressPlan,
             provision: ns.provision)
-        desired.sockCreate = capabilities.sockCreate && ns.classes.contains { SockCreate.kernelEvaluable($0.match) }
+        desired.sockCreate =
+            capabilities.sockCreate && settings.sockCreate && ns.classes.contains { SockCreate.kernelEvaluable($0.match) }
         return desired
     }
 
