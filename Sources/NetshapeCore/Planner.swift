@@ -178,7 +178,8 @@ public enum Planner {
             classifier: classifier, egress: ns.egress, ingress: ns.ingress, ingressPlan: ingressPlan,
             provision: ns.provision)
         desired.sockCreate =
-            capabilities.sockCreate && settings.sockCreate && ns.classes.contains { SockCreate.kernelEvaluable($0.match) }
+            capabilities.sockCreate && settings.sockCreate
+            && ns.classes.contains { SockCreate.kernelEvaluable($0.match) }
         return desired
     }
 
