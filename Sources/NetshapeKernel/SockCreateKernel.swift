@@ -105,8 +105,13 @@ extension LinuxKernel {
     func observeSockCreate() throws -> ObservedSockCreate? {
         guard try capabilities().sockCreate else { return nil }
         let root = try SockCreateHook.Root()
-        guard let (_, map) = try SockCreateHook.find(root) else { return ObservedSockCreate() }
-        return ObservedSockCreate(attached: true, entries: try SockCreateHook.entries(map))
+        do {
+            guard let (_, map) = try SockCreateHook.find(root) else { return ObservedSockCreate() }
+            return ObservedSockCreate(attached: true, entries: try SockCreateHook.entries(map))
+        } catch let e as KernelError where e.errno == EPERM {
+            // Without CAP_SYS_ADMIN (a read-only `status`) the hook cannot be read: say nothing of it.
+            return nil
+        }
     }
 
     /// The netns cookie of a namespace's sockets, learned once per opened namespace.

@@ -62,6 +62,9 @@ public enum SockCreateProgram {
             i(movReg, 6, 1),  // r6 = ctx
             i(call, imm: getNetnsCookie),  // r0 = bpf_get_netns_cookie(ctx)
             i(stxDW, fp, 0, -40),  // key.cookie = r0
+            // The comm buffer is zeroed first: before Linux 6.x `bpf_get_current_comm` copied with
+            // strscpy, leaving the bytes after the NUL as they were (the key would not match).
+            i(stDW, fp, 0, -56, 0), i(stDW, fp, 0, -48, 0),
             i(movReg, 1, fp), i(addImm, 1, imm: -56), i(movImm, 2, imm: 16),
             i(call, imm: getCurrentComm),  // bpf_get_current_comm(fp-56, 16)
             i(call, imm: getCurrentUidGid), i(movReg, 7, 0),  // r7 = gid << 32 | uid

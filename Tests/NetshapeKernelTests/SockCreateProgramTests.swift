@@ -22,6 +22,7 @@ import Testing
             Self.i(0xBF, 6, 1),  // r6 = r1 (ctx)
             Self.i(0x85, imm: 122),  // call bpf_get_netns_cookie
             Self.i(0x7B, 10, 0, -40),  // *(u64 *)(fp - 40) = r0
+            Self.i(0x7A, 10, 0, -56, 0), Self.i(0x7A, 10, 0, -48, 0),  // comm buffer = 0 (strscpy does not pad)
             Self.i(0xBF, 1, 10), Self.i(0x07, 1, imm: -56), Self.i(0xB7, 2, imm: 16),  // r1 = fp - 56, r2 = 16
             Self.i(0x85, imm: 16),  // call bpf_get_current_comm
             Self.i(0x85, imm: 15), Self.i(0xBF, 7, 0),  // r7 = bpf_get_current_uid_gid()
@@ -59,7 +60,7 @@ import Testing
         #expect(Array(p.suffix(epilogue.count + mask7.count)) == mask7 + epilogue)
         // 8 lookups: 16 instructions each, +2 with comm, +2 with gid.
         #expect(p.count == prologue.count + 8 * 16 + 4 * 2 + 4 * 2 + epilogue.count)
-        #expect(p.count == 159)
+        #expect(p.count == 161)
         // Every jump lands inside the program (the verifier would refuse it otherwise).
         for (n, insn) in p.enumerated() where insn.code == 0x15 || insn.code == 0x3D {
             #expect(n + 1 + Int(insn.off) < p.count)
