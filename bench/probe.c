@@ -4,6 +4,8 @@
  *                            100 us for 10 ms, and watches /proc/self/cgroup until a line contains
  *                            TARGET; prints {"classified_us": T, "sent_before": N, "sent": M}.
  *   storm RATE SECONDS PATH  fork+exec PATH at RATE per second for SECONDS, reaping as it goes.
+ *   sockets N                socket + connect + accept + close N times against its own listener on
+ *                            127.0.0.1; prints {"per_second": R} (what a sock_create program costs).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -78,9 +80,29 @@ static int storm(int rate, int seconds, const char *path) {
     return 0;
 }
 
+static int sockets(int n) {
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a);
+    if (l < 0 || bind(l, (struct sockaddr *)&a, sizeof(a)) || listen(l, 128) || getsockname(l, (struct sockaddr *)&a, &len))
+        return perror("listener"), 1;
+    long long t0 = now_us();
+    for (int i = 0; i < n; i++) {
+        int c = socket(AF_INET, SOCK_STREAM, 0);
+        if (c < 0 || connect(c, (struct sockaddr *)&a, sizeof(a))) return perror("connect"), 1;
+        int s = accept(l, NULL, NULL);
+        if (s < 0) return perror("accept"), 1;
+        close(s);
+        close(c);
+    }
+    printf("{\"per_second\": %.1f}\n", n / ((now_us() - t0) / 1e6));
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc == 5 && strcmp(argv[1], "probe") == 0) return probe(argv[2], argv[3], atoi(argv[4]));
     if (argc == 5 && strcmp(argv[1], "storm") == 0) return storm(atoi(argv[2]), atoi(argv[3]), argv[4]);
-    fprintf(stderr, "usage: probe TARGET ADDR PORT | storm RATE SECONDS PATH\n");
+    if (argc == 3 && strcmp(argv[1], "sockets") == 0) return sockets(atoi(argv[2]));
+    fprintf(stderr, "usage: probe TARGET ADDR PORT | storm RATE SECONDS PATH | sockets N\n");
     return 2;
 }

@@ -188,11 +188,11 @@ enum Render {
                     + "classifier \(ns.classifier == "cgroup" ? "cls_cgroup" : ns.classifier == "bpf" ? "cls_bpf" : "none")"
                     + (ns.applied ? "" : " (NOT APPLIED)"))
             if let r = ns.resolved { out.append("  \(r)" + (ns.hostDevice.map { ", host veth \($0)" } ?? "")) }
-            var rows = [["  class", "classid", "rate", "ceil", "now", "bytes", "packets", "drops", "pids"]]
+            var rows = [["  class", "classid", "rate", "ceil", "now", "bytes", "packets", "drops", "path", "pids"]]
             for c in ns.classes {
                 rows.append([
                     "  " + c.name + (c.isDefault ? " *" : ""), c.classid, bits(c.rate), bits(c.ceil),
-                    c.throughput.map(throughput) ?? "-", human(c.bytes), "\(c.packets)", "\(c.drops)",
+                    c.throughput.map(throughput) ?? "-", human(c.bytes), "\(c.packets)", "\(c.drops)", c.path,
                     c.pids.isEmpty ? "-" : c.pids.map(String.init).joined(separator: ","),
                 ])
             }

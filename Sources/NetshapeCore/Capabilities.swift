@@ -4,8 +4,12 @@ public struct KernelCapabilities: Sendable, Equatable, Codable {
     public var clsBpf: Bool
     public var fqCodel: Bool
     public var sfq: Bool
+    /// A `BPF_CGROUP_INET_SOCK_CREATE` program with netshape's helpers (comm, uid/gid, netns cookie)
+    /// loads, cgroup2 is mounted, and `SO_NETNS_COOKIE` answers (Linux 5.14+).
+    public var sockCreate: Bool
 
-    public init(clsCgroup: Bool, clsBpf: Bool, fqCodel: Bool, sfq: Bool) {
+    public init(clsCgroup: Bool, clsBpf: Bool, fqCodel: Bool, sfq: Bool, sockCreate: Bool = false) {
+        self.sockCreate = sockCreate
         self.clsCgroup = clsCgroup
         self.clsBpf = clsBpf
         self.fqCodel = fqCodel

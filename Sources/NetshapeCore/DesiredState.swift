@@ -191,6 +191,9 @@ public struct DesiredNamespace: Sendable, Equatable {
     public var ingressPlan: IngressPlan?
     /// What to create when missing.
     public var provision: Provision?
+    /// Classify new sockets of this namespace's comm/user/group classes at creation (the kernel has
+    /// the hook and some class can be decided there).
+    public var sockCreate = false
 
     /// The net_cls cgroups of the policy's classes (the implicit default class has none).
     public var cgroups: [CgroupSpec] {

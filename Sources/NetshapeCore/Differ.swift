@@ -142,7 +142,9 @@ public enum Differ {
                 ns, seen, observed, owned, matcher: matcher, options: options, needRootDir: &needRootDir, ops: &ops,
                 removals: &removals, notes: &notes)
         }
-        return ops + removals
+        // 7. The sock_create map: rules after the classes they name exist, and gone before them.
+        let sock = diffSockCreate(desired, observed, matcher: matcher, notes: &notes)
+        return ops + sock.ops + sock.removals + removals
     }
 
     /// cgroups (netshape/, netshape/<ns>/, one per class with its classid), the removal of the class

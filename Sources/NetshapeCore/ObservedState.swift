@@ -187,6 +187,8 @@ public struct ObservedNamespace: Sendable, Equatable {
     /// The namespace as the kernel port resolved it (a container's: its namespace file), for the
     /// operations planned from this observation (`Operation.resolved(in:)`); nil: by name.
     public var target: NetnsTarget?
+    /// The namespace's netns cookie (`SO_NETNS_COOKIE`), 0 when the kernel has none.
+    public var netnsCookie: UInt64 = 0
 
     public init(
         name: String, problem: String? = nil, netnsID: String = "", device: String = "", ifindex: Int32 = 0,
@@ -229,6 +231,8 @@ public struct ObservedState: Sendable, Equatable {
     public var resolved: [String: String] = [:]
     /// What the machine does that the user should know about (a firewall that blocks a bridge).
     public var notes: [String] = []
+    /// The socket-creation program and its map (nil: the kernel has no such hook).
+    public var sockCreate: ObservedSockCreate?
 
     public init(
         namespaces: [String: ObservedNamespace] = [:], cgroups: [String: ObservedCgroup] = [:],

@@ -104,6 +104,17 @@ public struct Operation: Sendable, Equatable {
         case addDefaultRoute(gateway: String)
         /// `ip route del default via GW`
         case deleteDefaultRoute(gateway: String)
+
+        // The socket-creation classifier (one program and map for the whole host).
+        /// Load the sock_create program and its map and attach it on the cgroup2 root
+        /// (`BPF_CGROUP_INET_SOCK_CREATE`, `BPF_F_ALLOW_MULTI`).
+        case attachSockCreate
+        /// Detach it (the program and its map go with the attachment).
+        case detachSockCreate
+        /// Insert or update one rule of the map.
+        case putSockRule(SockKey, SockVerdict, old: SockVerdict?)
+        /// Delete one rule of the map.
+        case deleteSockRule(SockKey, old: SockVerdict)
     }
 
     /// What undoes this operation.
@@ -147,6 +158,11 @@ public struct Operation: Sendable, Equatable {
         case .linkDown: a = .linkUp
         case .addDefaultRoute(let g): a = .deleteDefaultRoute(gateway: g)
         case .deleteDefaultRoute(let g): a = .addDefaultRoute(gateway: g)
+        case .attachSockCreate: a = .detachSockCreate
+        case .detachSockCreate: a = .attachSockCreate
+        case .putSockRule(let k, let v, let old):
+            a = old.map { .putSockRule(k, $0, old: v) } ?? .deleteSockRule(k, old: v)
+        case .deleteSockRule(let k, let old): a = .putSockRule(k, old, old: nil)
         }
         var op = Operation(namespace: namespace, device: device, link: link, action: a)
         op.target = target
@@ -169,6 +185,10 @@ public struct Operation: Sendable, Equatable {
         case .addIngressRedirect, .addAddress, .addDefaultRoute: return "add"
         case .deleteIngressRedirect, .deleteAddress, .deleteDefaultRoute: return "delete"
         case .attachToBridge, .detachFromBridge, .linkUp, .linkDown: return "set"
+        case .attachSockCreate: return "attach"
+        case .detachSockCreate: return "detach"
+        case .putSockRule(_, _, let old): return old == nil ? "add" : "change"
+        case .deleteSockRule: return "delete"
         }
     }
 
@@ -189,6 +209,7 @@ public struct Operation: Sendable, Equatable {
         case .createNetns, .deleteNetns: return "netns"
         case .addAddress, .deleteAddress: return "address"
         case .addDefaultRoute, .deleteDefaultRoute: return "route"
+        case .attachSockCreate, .detachSockCreate, .putSockRule, .deleteSockRule: return "sockcreate"
         }
     }
 
@@ -275,6 +296,14 @@ public struct Operation: Sendable, Equatable {
         case .linkDown: return "\(ipPrefix) link set \(device) down"
         case .addDefaultRoute(let g): return "\(ipPrefix) route add default via \(g)"
         case .deleteDefaultRoute(let g): return "\(ipPrefix) route del default via \(g)"
+        case .attachSockCreate:
+            return "bpftool cgroup attach <cgroup2 root> sock_create <\(SockCreate.programName)> multi"
+        case .detachSockCreate:
+            return "bpftool cgroup detach <cgroup2 root> sock_create <\(SockCreate.programName)>"
+        case .putSockRule(let k, let v, _):
+            return "bpftool map update <\(SockCreate.mapName)> key \(k) value \(v)"
+        case .deleteSockRule(let k, _):
+            return "bpftool map delete <\(SockCreate.mapName)> key \(k)"
         }
     }
 }

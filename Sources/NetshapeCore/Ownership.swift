@@ -87,6 +87,8 @@ public struct OwnershipRecord: Sendable, Equatable, Codable {
         /// net_cls cgroups netshape created for this entry, relative to the hierarchy (nil: an
         /// older record; the class cgroups under `netshape/<name>` are then taken as netshape's).
         public var cgroups: [String]?
+        /// The netns cookie under which netshape put this entry's rules in the sock_create map.
+        public var sockCookie: UInt64?
 
         public init(
             policy: String, target: NetnsTarget? = nil, device: String? = nil, egress: Tree? = nil,
@@ -104,6 +106,7 @@ public struct OwnershipRecord: Sendable, Equatable, Codable {
         /// Nothing of it is left on the machine.
         public var isEmpty: Bool {
             egress == nil && (ingress?.isEmpty ?? true) && (provisioned?.isEmpty ?? true) && (cgroups ?? []).isEmpty
+                && sockCookie == nil
         }
 
         /// True when netshape created the cgroup at `path` for this entry.
@@ -116,7 +119,17 @@ public struct OwnershipRecord: Sendable, Equatable, Codable {
     }
 
     public var namespaces: [String: Namespace]
-    public init(namespaces: [String: Namespace] = [:]) { self.namespaces = namespaces }
+    /// netshape attached its sock_create program on the cgroup2 root (one for the whole host).
+    public var sockCreate: Bool?
+    public init(namespaces: [String: Namespace] = [:], sockCreate: Bool? = nil) {
+        self.namespaces = namespaces
+        self.sockCreate = sockCreate
+    }
+
+    /// True when an entry other than those in `except` still has rules in the sock_create map.
+    public func sockCreateUsed(except: Set<String>) -> Bool {
+        namespaces.contains { !except.contains($0.key) && $0.value.sockCookie != nil }
+    }
 
     /// True when `root` on `observed`'s device is the HTB qdisc netshape created there.
     public func owns(_ root: ObservedQdisc, in observed: ObservedNamespace) -> Bool {
@@ -182,6 +195,7 @@ extension OwnershipRecord {
         _ ops: [Operation], _ observed: ObservedState, _ policy: Policy, policyPath: String
     ) {
         for op in ops {
+            if case .attachSockCreate = op.action { sockCreate = true }
             guard let seen = observed.namespaces[op.namespace] else { continue }
             var entry = namespaces[op.namespace] ?? Self.newEntry(op.namespace, policy, policyPath)
             switch (op.action, op.link) {
@@ -224,6 +238,8 @@ extension OwnershipRecord {
                 entry.ingress?.ifb = nil
             case (.deleteIngressRedirect, _):
                 entry.ingress?.redirectFrom = nil
+            case (.putSockRule(let k, _, _), _):
+                entry.sockCookie = k.cookie
             default: continue
             }
             namespaces[op.namespace] = entry
@@ -238,6 +254,7 @@ extension OwnershipRecord {
 
     /// Drops from the record what a performed reset operation removed.
     public mutating func forget(_ op: Operation) {
+        if case .detachSockCreate = op.action { sockCreate = nil }
         guard var e = namespaces[op.namespace] else { return }
         switch (op.action, op.link) {
         case (.removeCgroup(let path, _), _): e.cgroups?.removeAll { $0 == path }
@@ -249,6 +266,7 @@ extension OwnershipRecord {
             e.provisioned?.netns = nil
             e.provisioned?.hostDevice = nil
         case (.deleteBridge, _): e.provisioned?.bridge = nil
+        case (.deleteSockRule, _): e.sockCookie = nil
         default: break
         }
         namespaces[op.namespace] = e

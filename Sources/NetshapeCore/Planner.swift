@@ -170,13 +170,17 @@ public enum Planner {
             ingressPlan = IngressPlan(
                 rate: rate, qdisc: q, rootClass: cls, leaf: LeafQdiscSpec(parent: cls.classid, queue: queue))
         }
-        return DesiredNamespace(
+        var desired = DesiredNamespace(
             name: ns.name, target: ns.netns, device: ns.device ?? (ns.provision != nil ? "eth0" : nil),
             qdisc: HTBQdiscSpec(handle: TCHandle(major: major, minor: 0), defaultMinor: defaultMinor),
             rootClass: root, classes: planned,
             filter: FilterSpec(parent: TCHandle(major: major, minor: 0), kind: classifier),
             classifier: classifier, egress: ns.egress, ingress: ns.ingress, ingressPlan: ingressPlan,
             provision: ns.provision)
+        desired.sockCreate =
+            capabilities.sockCreate && settings.sockCreate
+            && ns.classes.contains { SockCreate.kernelEvaluable($0.match) }
+        return desired
     }
 
     /// The leaf queue for `choice` on this kernel.

@@ -26,6 +26,9 @@ public struct Settings: Sendable, Equatable {
     public var cgroupRoot: String?
     /// Default leaf queue of every class.
     public var leaf: LeafChoice
+    /// `sock_create = "auto"` (true): classify new sockets of comm/user/group classes at creation
+    /// where the kernel can; `"off"`: the daemon and net_cls only.
+    public var sockCreate = true
 
     public init(classifier: ClassifierChoice = .auto, cgroupRoot: String? = nil, leaf: LeafChoice = .auto) {
         self.classifier = classifier

@@ -26,7 +26,8 @@ extension Differ {
     public static func resetPlan(
         namespaces: [String], _ observed: ObservedState, adopt: [String: TCHandle] = [:]
     ) -> ResetPlan {
-        var plan = ResetPlan()
+        // Rules first: a socket created meanwhile must not get a classid whose class is going.
+        var plan = ResetPlan(operations: resetSockCreate(namespaces: namespaces, observed))
         var bridges: [(String, String)] = []
         for name in namespaces {
             let dir = CgroupPaths.namespace(name)

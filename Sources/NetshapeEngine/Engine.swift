@@ -332,8 +332,16 @@ public final class Engine {
                 e.ingress?.tree?.ifindex = ing.ifindex
                 e.ingress?.tree?.netnsID = ing.netnsID
             }
+            if let map = observed.sockCreate {
+                // The cookie whose rules are in the map: the namespace's now, else one left from before.
+                let cookies = Set(map.entries.keys.map(\.cookie))
+                e.sockCookie =
+                    cookies.contains(seen.netnsCookie)
+                    ? seen.netnsCookie : e.sockCookie.flatMap { cookies.contains($0) ? $0 : nil }
+            }
             record.namespaces[ns.name] = e
         }
+        if let map = observed.sockCreate, !map.attached { record.sockCreate = nil }
         if record != observed.ownership { try kernel.saveOwnership(record) }
         return record
     }

@@ -97,6 +97,9 @@ extension Engine {
                 e.ingress = nil
             }
             e.cgroups = e.cgroups?.filter { observed.cgroups[$0] != nil }
+            if failures.contains(where: { $0.0.namespace == n && $0.0.object == "sockcreate" }) {
+                e.sockCookie = observed.ownership.namespaces[n]?.sockCookie
+            }
             record.namespaces[n] = e.isEmpty ? nil : e
         }
         if record != observed.ownership { try kernel.saveOwnership(record) }

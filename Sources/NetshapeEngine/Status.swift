@@ -21,6 +21,9 @@ public struct ClassStatus: Sendable, Codable, Equatable {
     public var isDefault: Bool
     /// False when the class is in the policy but missing from the kernel.
     public var present: Bool
+    /// How its processes' packets get into it: "sock_create" (the kernel sets a new socket's
+    /// priority), "daemon+net_cls" (moved into its net_cls cgroup), "net_cls" (no rules: by hand).
+    public var path: String = ClassPath.manual.rawValue
 }
 
 /// The ingress side of a namespace in `netshape status`.
@@ -104,6 +107,7 @@ extension Engine {
             let root = seen.configuredRoot
             let applied = root?.handle == ns.qdisc.handle && root?.kind == "htb"
             let filter = seen.filters.first { $0.parent == ns.filter.parent && $0.priority == ns.filter.priority }
+            let paths = Differ.classPaths(ns, second)
             var classes: [ClassStatus] = []
             for c in ns.classes {
                 let now = seen.classes.first { $0.spec.classid == c.spec.classid }
@@ -125,7 +129,8 @@ extension Engine {
                         drops: (now?.stats.drops ?? 0) + (leaf?.stats.drops ?? 0),
                         overlimits: now?.stats.overlimits ?? 0,
                         backlog: now?.stats.backlogBytes ?? leaf?.stats.backlogBytes ?? 0,
-                        throughput: tput, pids: pids.sorted(), isDefault: c.isDefault, present: now != nil))
+                        throughput: tput, pids: pids.sorted(), isDefault: c.isDefault, present: now != nil,
+                        path: (c.name.flatMap { paths[$0] } ?? .manual).rawValue))
             }
             var ingress: IngressStatus?
             if let plan = ns.ingressPlan, let ing = seen.ingress {

@@ -16,6 +16,8 @@ public final class LinuxKernel: KernelPort {
         let netns: NetworkNamespace
         let route: RouteSocket
         let filterSocket: FilterSocket
+        /// `SO_NETNS_COOKIE` of the namespace, once asked (SockCreateKernel.swift).
+        var netnsCookie: UInt64?
         init(netns: NetworkNamespace, route: RouteSocket, filterSocket: FilterSocket) {
             self.netns = netns
             self.route = route
@@ -120,7 +122,8 @@ public final class LinuxKernel: KernelPort {
                         ifindex: lo, device: "lo", FilterSpec(parent: qdisc, kind: .bpf, priority: 2),
                         programFD: fd)) != nil
             }
-            return KernelCapabilities(clsCgroup: cgroup, clsBpf: bpf, fqCodel: fq, sfq: sfq)
+            return KernelCapabilities(
+                clsCgroup: cgroup, clsBpf: bpf, fqCodel: fq, sfq: sfq, sockCreate: SockCreateHook.probe())
         }
     }
 
@@ -227,6 +230,7 @@ public final class LinuxKernel: KernelPort {
                     classes: classes, filters: filters, processes: byNamespace[c.netns.id] ?? [],
                     ingress: r.ingress ? try observeIngress(r, c, qdiscs) : nil,
                     target: resolvedContainers[r.name].map { .path($0.netnsPath) } ?? r.target)
+                state.namespaces[r.name]?.netnsCookie = try netnsCookie(c.sockets, label: r.name)
             } catch let e as KernelError where e.code == .notFound {
                 forget(r.name)
                 state.namespaces[r.name] = ObservedNamespace(name: r.name, problem: e.reason)
@@ -237,6 +241,7 @@ public final class LinuxKernel: KernelPort {
                     + (c.sharesNetnsWith.map { ", sharing the network namespace of \($0)" } ?? "")
             }
         }
+        state.sockCreate = try observeSockCreate()
         for u in request.users {
             if let p = getpwnam(u) { state.users[u] = p.pointee.pw_uid }
         }
@@ -314,6 +319,7 @@ public final class LinuxKernel: KernelPort {
         case .setClassID(let path, let id, _): return try cgroups().setClassID(path, id)
         case .removeCgroup(let path, _): return try cgroups().remove(path)
         case .moveProcess(let pid, _, _, let to): return try cgroups().move(pid: pid, to: to)
+        case .attachSockCreate, .detachSockCreate, .putSockRule, .deleteSockRule: return try executeSockCreate(op)
         default: break
         }
         if op.isProvisioning { return try provision(op) }

@@ -351,7 +351,7 @@ struct Validator {
     var suggested: Set<String> = []
 
     static let topKeys = ["version", "settings", "namespace"]
-    static let settingsKeys = ["classifier", "cgroup_root", "leaf"]
+    static let settingsKeys = ["classifier", "cgroup_root", "leaf", "sock_create"]
     static let namespaceKeys = [
         "name", "netns", "device", "egress", "ingress", "default", "leaf", "provision", "class",
         "containers",
@@ -449,6 +449,13 @@ struct Validator {
             }
         }
         if let l = leaf(t, ["settings"]) { s.leaf = l }
+        if let v = string(t, ["settings"], "sock_create") {
+            if v == "auto" || v == "off" {
+                s.sockCreate = v == "auto"
+            } else {
+                error(["settings", "sock_create"], "sock_create must be \"auto\" or \"off\", not \"\(v)\"")
+            }
+        }
         return s
     }
 

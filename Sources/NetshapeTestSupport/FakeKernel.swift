@@ -33,7 +33,15 @@ public final class FakeKernel: KernelPort {
         public var ingressQdisc = false
         /// Name of the `ip netns` file, for provisioning.
         public var netnsName: String?
+        /// Its netns cookie (unique per boot, never reused; 0 where the kernel has none).
+        public var cookie: UInt64 = 0
     }
+
+    /// The sock_create program: attached on the cgroup2 root or not, and its map (which goes with
+    /// the attachment, as the kernel frees a program and its map with their last reference).
+    public var sockCreateAttached = false
+    public var sockCreateMap: [SockKey: SockVerdict] = [:]
+    private var nextCookie: UInt64 = 4096
 
     /// tc objects on a host device (veth peers), by device name.
     public var hostDevices: [String: (qdiscs: [ObservedQdisc], classes: [ObservedClass])] = [:]
@@ -65,11 +73,26 @@ public final class FakeKernel: KernelPort {
         ns.qdiscs = [ObservedQdisc(handle: .unspecified, parent: .root, kind: "noqueue")]
         ns.processes = processes
         ns.peer = peer
+        ns.cookie = newCookie()
         if let p = peer { hostDevices[p] = ([ObservedQdisc(handle: .unspecified, parent: .root, kind: "noqueue")], []) }
         namespaces[name] = ns
     }
 
     public func capabilities() throws -> KernelCapabilities { caps }
+
+    func newCookie() -> UInt64 {
+        nextCookie += 1
+        return caps.sockCreate ? nextCookie : 0
+    }
+
+    /// What the sock_create program decides for a socket created in `namespace` by a task with
+    /// `comm`, `uid`, `gid` (nil: nothing attached, or no rule hit; `.unspecified`: defer).
+    public func sockCreateVerdict(namespace: String, comm: String, uid: UInt32 = 0, gid: UInt32 = 0) -> TCHandle? {
+        guard sockCreateAttached, let cookie = namespaces[namespace]?.cookie, cookie != 0 else { return nil }
+        var table: [SockRule: SockVerdict] = [:]
+        for (k, v) in sockCreateMap where k.cookie == cookie { table[k.rule] = v }
+        return SockCreate.evaluate(table, comm: comm, uid: uid, gid: gid)
+    }
 
     public func observe(_ request: ObservationRequest) throws -> ObservedState {
         var seenCgroups = cgroups
@@ -78,6 +101,9 @@ public final class FakeKernel: KernelPort {
             seenCgroups[String(path[..<slash])]?.children.append(String(path[path.index(after: slash)...]))
         }
         var state = ObservedState(cgroups: request.cgroups ? seenCgroups : [:], ownership: ownership)
+        if caps.sockCreate {
+            state.sockCreate = ObservedSockCreate(attached: sockCreateAttached, entries: sockCreateMap)
+        }
         for r in request.namespaces {
             if let p = r.provision {
                 state.provision[r.name] = ObservedProvision(
@@ -118,6 +144,7 @@ public final class FakeKernel: KernelPort {
             state.namespaces[r.name] = ObservedNamespace(
                 name: r.name, netnsID: ns.netnsID, device: ns.device, ifindex: ns.ifindex, qdiscs: ns.qdiscs,
                 classes: ns.classes, filters: ns.filters, processes: request.processes ? procs : [], ingress: ingress)
+            state.namespaces[r.name]?.netnsCookie = ns.cookie
         }
         for u in request.users { if let id = users[u] { state.users[u] = id } }
         for g in request.groups { if let id = groups[g] { state.groups[g] = id } }
@@ -184,6 +211,7 @@ public final class FakeKernel: KernelPort {
             guard namespaces[op.namespace] == nil else { throw fail(KernelErrno.EEXIST, "netns \(n) exists") }
             var ns = Namespace(netnsID: "4:\(5_000_000 + namespaces.count)", device: "", ifindex: 0)
             ns.netnsName = n
+            ns.cookie = newCookie()
             namespaces[op.namespace] = ns
             return
         case .deleteNetns:
@@ -211,6 +239,29 @@ public final class FakeKernel: KernelPort {
             return
         case .attachToBridge, .detachFromBridge, .addAddress, .deleteAddress, .linkUp, .linkDown, .addDefaultRoute,
             .deleteDefaultRoute:
+            return
+        case .attachSockCreate:
+            guard caps.sockCreate else { throw fail(KernelErrno.EINVAL, "no sock_create hook") }
+            guard !sockCreateAttached else { throw fail(KernelErrno.EEXIST, "sock_create program attached") }
+            sockCreateAttached = true
+            sockCreateMap = [:]
+            return
+        case .detachSockCreate:
+            guard sockCreateAttached else { throw fail(KernelErrno.ENOENT, "no sock_create program") }
+            sockCreateAttached = false
+            sockCreateMap = [:]
+            return
+        case .putSockRule(let k, let v, _):
+            guard sockCreateAttached else { throw fail(KernelErrno.ENOENT, "no sock_create map") }
+            guard sockCreateMap[k] != nil || sockCreateMap.count < SockCreate.maxEntries else {
+                throw fail(7, "sock_create map full (E2BIG)")
+            }
+            sockCreateMap[k] = v
+            return
+        case .deleteSockRule(let k, _):
+            guard sockCreateAttached, sockCreateMap.removeValue(forKey: k) != nil else {
+                throw fail(KernelErrno.ENOENT, "no sock_create rule \(k)")
+            }
             return
         default: break
         }

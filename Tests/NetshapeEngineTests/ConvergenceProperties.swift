@@ -204,6 +204,7 @@ struct ConfigSnapshot: Equatable, CustomStringConvertible {
     var devices: [String: [String]]
     var cgroups: [String: String]
     var ownership: OwnershipRecord
+    var sockCreate: [String]
 
     init(_ k: FakeKernel) {
         func qdisc(_ q: ObservedQdisc) -> String {
@@ -223,9 +224,12 @@ struct ConfigSnapshot: Equatable, CustomStringConvertible {
         devices = d
         cgroups = k.cgroups.mapValues { "\($0.classid) \($0.pids.sorted())" }
         ownership = k.ownership
+        sockCreate =
+            (k.sockCreateAttached ? ["attached"] : [])
+            + k.sockCreateMap.sorted { $0.key < $1.key }.map { "\($0) \($1)" }
     }
 
-    var description: String { "\(devices)\n\(cgroups)\n\(ownership)" }
+    var description: String { "\(devices)\n\(cgroups)\n\(ownership)\nsock_create \(sockCreate)" }
 }
 
 @Suite struct ConvergenceProperties {
@@ -239,8 +243,10 @@ struct ConfigSnapshot: Equatable, CustomStringConvertible {
         let steps = 10
         for seed in UInt64(1)...UInt64(sequences) {
             var r = SeededRandom(seed: seed)
-            let caps: KernelCapabilities =
+            // A third each: a stock kernel with the sock_create hook, this project's with it, without it.
+            var caps: KernelCapabilities =
                 seed % 3 == 0 ? KernelCapabilities(clsCgroup: true, clsBpf: true, fqCodel: true, sfq: true) : .minimal
+            caps.sockCreate = seed % 3 != 2
             let k = walkMachine(caps)
             let engine = quietEngine(k)
             let pristine = ConfigSnapshot(k)
@@ -267,6 +273,7 @@ struct ConfigSnapshot: Equatable, CustomStringConvertible {
                     return
                 }
                 k.clearLog()
+                let wasAttached = k.sockCreateAttached
                 let report: ApplyReport
                 do { report = try engine.apply(policy, policyPath: Self.policyPath) } catch {
                     Issue.record("apply failed: \(error)\n\(context())")
@@ -280,6 +287,36 @@ struct ConfigSnapshot: Equatable, CustomStringConvertible {
                 guard again.operations.isEmpty else {
                     Issue.record("plan after apply not empty: \(again.operations.map(\.command))\n\(context())")
                     return
+                }
+                // Edits change the sock_create map in place: the program stays attached while it is used.
+                if wasAttached && k.sockCreateAttached,
+                    let op = k.log.first(where: { [.attachSockCreate, .detachSockCreate].contains($0.action) })
+                {
+                    Issue.record("an edit re-attached the sock_create program: \(op.command)\n\(context())")
+                    return
+                }
+                // The kernel path never disagrees with where apply put each process.
+                for (name, ns) in k.namespaces {
+                    for p in ns.processes {
+                        guard let v = k.sockCreateVerdict(namespace: name, comm: p.comm), v != .unspecified else {
+                            continue
+                        }
+                        let placed = k.cgroups.values.first { $0.pids.contains(p.pid) }?.classid
+                        guard placed == v else {
+                            Issue.record(
+                                "sock_create gives \(p.comm) class \(v), apply placed it in \(String(describing: placed))\n\(context())"
+                            )
+                            return
+                        }
+                    }
+                }
+                if caps.sockCreate {
+                    let served = policy.namespaces.contains { $0.classes.contains { !$0.match.comm.isEmpty } }
+                    if served != k.sockCreateAttached {
+                        Issue.record(
+                            "sock_create attached: \(k.sockCreateAttached), comm rules: \(served)\n\(context())")
+                        return
+                    }
                 }
                 let rebuilt = Set(
                     k.log.compactMap { op -> String? in
@@ -321,10 +358,12 @@ struct ConfigSnapshot: Equatable, CustomStringConvertible {
     /// and the record equal the state before, and the next apply converges.
     @Test func aFaultAtEveryOperationRollsBack() throws {
         var checked = 0
+        var sockFaults = 0
         for seed in UInt64(1)...60 {
             var r = SeededRandom(seed: seed &* 7919)
-            let caps: KernelCapabilities =
+            var caps: KernelCapabilities =
                 seed % 2 == 0 ? KernelCapabilities(clsCgroup: true, clsBpf: true, fqCodel: true, sfq: true) : .minimal
+            caps.sockCreate = seed % 4 != 1
             var a = ModelPolicy(
                 leaf: nil, classifier: nil, namespaces: [ModelPolicy.randomNamespace(&r, caps, name: "a")])
             a.normalize()
@@ -348,8 +387,9 @@ struct ConfigSnapshot: Equatable, CustomStringConvertible {
                     }
                     let before = ConfigSnapshot(k)
                     var n = 0
-                    k.failWhen = { _ in
+                    k.failWhen = { op in
                         defer { n += 1 }
+                        if n == index && op.object == "sockcreate" { sockFaults += 1 }
                         return n == index ? FakeKernelError(errno: 5, "injected EIO at operation \(index)") : nil
                     }
                     let context: Comment =
@@ -372,5 +412,6 @@ struct ConfigSnapshot: Equatable, CustomStringConvertible {
             }
         }
         #expect(checked > 500, "the walk injected faults at \(checked) operation indexes")
+        #expect(sockFaults > 20, "faults at \(sockFaults) sock_create operations")
     }
 }

@@ -1,0 +1,124 @@
+extension Differ {
+    /// The sock_create map in step with the policy: per namespace, the compiled table under the
+    /// namespace's netns cookie; the rules of a replaced namespace (an old cookie) removed; the program
+    /// attached when some table needs it and detached when no recorded entry uses it any more.
+    ///
+    /// A cookie belongs to one entry: two entries on one network namespace (two devices) would each
+    /// want the socket's one priority, so neither uses the path (a note says so) and both stay with
+    /// the daemon. Every map key under an entry's own cookie is netshape's: a rule left by a lost
+    /// record is replaced or removed like a recorded one.
+    static func diffSockCreate(
+        _ desired: DesiredState, _ observed: ObservedState, matcher: ProcessMatcher, notes: inout [String]
+    ) -> (ops: [Operation], removals: [Operation]) {
+        guard let map = observed.sockCreate else { return ([], []) }
+        let record = observed.ownership
+        var owners: [UInt64: [String]] = [:]
+        for ns in desired.namespaces {
+            guard let c = observed.namespaces[ns.name]?.netnsCookie, c != 0 else { continue }
+            owners[c, default: []].append(ns.name)
+        }
+        let mine = Set(desired.namespaces.map(\.name))
+        let elsewhere = Dictionary(
+            record.namespaces.filter { !mine.contains($0.key) }.compactMap { e in e.value.sockCookie.map { ($0, e.key) }
+            },
+            uniquingKeysWith: { a, _ in a })
+        var ops: [Operation] = []
+        var removals: [Operation] = []
+        var wanted = false
+        var first: String?
+        for ns in desired.namespaces {
+            guard let seen = observed.namespaces[ns.name], seen.problem == nil else { continue }
+            let cookie = seen.netnsCookie
+            var table: [SockRule: SockVerdict] = [:]
+            if ns.sockCreate && cookie != 0 {
+                if let others = owners[cookie], others.count > 1 {
+                    notes.append(
+                        "namespaces \(others.joined(separator: " and ")) share one network namespace: their classes "
+                            + "are classified by the daemon only (a socket has one priority for both devices)")
+                } else if let other = elsewhere[cookie] {
+                    notes.append(
+                        "namespace \(ns.name): its network namespace is classified at socket creation for "
+                            + "namespace \(other) already: this entry's classes are classified by the daemon only")
+                } else {
+                    table = SockCreate.compile(ns.classes, users: matcher.users, groups: matcher.groups)
+                    if table.count > SockCreate.maxEntries {
+                        notes.append(
+                            "namespace \(ns.name): its rules make \(table.count) socket-creation entries, more than "
+                                + "the map holds (\(SockCreate.maxEntries)): classified by the daemon only")
+                        table = [:]
+                    }
+                }
+            }
+            func op(_ a: Operation.Action) -> Operation { Operation(namespace: ns.name, action: a) }
+            if let old = record.namespaces[ns.name]?.sockCookie, old != cookie, elsewhere[old] == nil {
+                for (k, v) in map.entries.sorted(by: { $0.key < $1.key }) where k.cookie == old {
+                    removals.append(op(.deleteSockRule(k, old: v)))
+                }
+            }
+            let exclusive = cookie != 0 && (owners[cookie]?.count ?? 0) == 1 && elsewhere[cookie] == nil
+            if exclusive {
+                for (rule, v) in table.sorted(by: { $0.key < $1.key }) {
+                    let k = SockKey(cookie: cookie, rule: rule)
+                    if map.entries[k] != v { ops.append(op(.putSockRule(k, v, old: map.entries[k]))) }
+                }
+                for (k, v) in map.entries.sorted(by: { $0.key < $1.key })
+                where k.cookie == cookie && table[k.rule] == nil {
+                    removals.append(op(.deleteSockRule(k, old: v)))
+                }
+            }
+            if !table.isEmpty {
+                wanted = true
+                first = first ?? ns.name
+            }
+        }
+        if wanted, !map.attached, let name = first {
+            ops.insert(Operation(namespace: name, action: .attachSockCreate), at: 0)
+        }
+        // Detached only when the map is left empty: the program serves the whole host, and rules of
+        // another state directory's record (tests, a second netshape) must not lose it.
+        let deleted = Set(
+            removals.compactMap { op -> SockKey? in
+                if case .deleteSockRule(let k, _) = op.action { return k }
+                return nil
+            })
+        if !wanted, map.attached, record.sockCreate == true, elsewhere.isEmpty,
+            map.entries.keys.allSatisfy(deleted.contains), let name = desired.namespaces.first?.name
+        {
+            removals.append(Operation(namespace: name, action: .detachSockCreate))
+        }
+        return (ops, removals)
+    }
+
+    /// Removal of the rules `namespaces` put in the sock_create map (under their recorded cookies),
+    /// and of the program when no other entry uses it.
+    static func resetSockCreate(namespaces: [String], _ observed: ObservedState) -> [Operation] {
+        guard let map = observed.sockCreate else { return [] }
+        var ops: [Operation] = []
+        let record = observed.ownership
+        for name in namespaces {
+            guard let cookie = record.namespaces[name]?.sockCookie else { continue }
+            for (k, v) in map.entries.sorted(by: { $0.key < $1.key }) where k.cookie == cookie {
+                ops.append(Operation(namespace: name, action: .deleteSockRule(k, old: v)))
+            }
+        }
+        if map.attached, record.sockCreate == true, !record.sockCreateUsed(except: Set(namespaces)),
+            let name = namespaces.first
+        {
+            ops.append(Operation(namespace: name, action: .detachSockCreate))
+        }
+        return ops
+    }
+
+    /// Which path serves each named class of `ns` now (for `plan` and `status`).
+    public static func classPaths(_ ns: DesiredNamespace, _ observed: ObservedState) -> [String: ClassPath] {
+        var paths: [String: ClassPath] = [:]
+        let cookie = observed.namespaces[ns.name]?.netnsCookie ?? 0
+        let map = observed.sockCreate
+        var table: [SockRule: SockVerdict] = [:]
+        if ns.sockCreate, cookie != 0, let map, map.attached {
+            for (k, v) in map.entries where k.cookie == cookie { table[k.rule] = v }
+        }
+        for c in ns.classes { if let n = c.name { paths[n] = SockCreate.path(of: c, table: table) } }
+        return paths
+    }
+}
