@@ -1,4 +1,5 @@
 import FoundationEssentials
+import Glibc
 import Logging
 import NetshapeCore
 import NetshapeEngine
@@ -77,6 +78,21 @@ final class FakeNotifier: ServiceNotifier, @unchecked Sendable {
     func send(_ state: String) { sent.withLock { $0.append(state) } }
 }
 
+/// A directory watch that reports a change each time the test asks for one.
+final class FakeWatch: ChangeWatch, @unchecked Sendable {
+    let pending = Atomic<Int>(0)
+    /// The directories the service asked to watch (created, existing).
+    let asked = Mutex<[String]>([])
+    func wait(timeoutMilliseconds: Int32) -> Bool {
+        if pending.load(ordering: .relaxed) > 0 {
+            pending.subtract(1, ordering: .relaxed)
+            return true
+        }
+        usleep(10_000)
+        return false
+    }
+}
+
 /// A policy "file" the test edits or deletes.
 final class FakePolicyFile: @unchecked Sendable {
     let text = Mutex<String?>(policyText)
@@ -104,14 +120,18 @@ struct Harness {
     let core: DaemonCore
     let stateDirectory: String
 
-    init(processes: FakeProcesses = FakeProcesses()) throws {
+    init(processes: FakeProcesses = FakeProcesses(), watch: FakeWatch? = nil) throws {
         kernel.addNamespace("web")
         kernel.users = ["backup": 34]
         self.processes = processes
         let (file, mover, clock, notifier) = (file, mover, clock, notifier)
         io = DaemonIO(
             events: { FakeEvents([]) }, processes: processes, mover: mover, clock: clock,
-            watch: { _, _ in throw TestError(description: "no watches in tests") },
+            watch: { create, existing in
+                guard let watch else { throw TestError(description: "no watches in this test") }
+                watch.asked.withLock { $0 = create + existing }
+                return watch
+            },
             loadPolicy: { try file.load($0) }, notifier: notifier, netClsRoot: { _ in "/fake/net_cls" })
         let health = DaemonHealth(factory: PrometheusMetricsFactory(registry: registry))
         classifier = ExecClassifier(logger: quiet, health: health, io: io)
@@ -312,5 +332,32 @@ struct Harness {
         #expect(h.kernel.namespaces["web"]!.classes.count == 4)
         let followed = h.classifier.snapshot.withLock { $0?.namespaces.keys.sorted() }
         #expect(followed == ["4:4026532999"])
+    }
+
+    /// `ip netns add web` while the daemon runs: the watch wakes the reconcile service, which
+    /// shapes the namespace at once instead of at the next periodic check (an hour away here).
+    @Test func aNamespaceThatAppearsIsShapedWhenTheWatchFires() async throws {
+        let watch = FakeWatch()
+        let h = try Harness(watch: watch)
+        defer { h.cleanUp() }
+        let web = h.kernel.namespaces.removeValue(forKey: "web")!
+        try await h.core.reconcile("start")
+        #expect(await h.core.waiting["web"] != nil)
+        let service = ReconcileService(
+            context: DaemonContext(core: h.core, liveness: Liveness(clock: h.clock), logger: quiet), interval: 3600)
+        let running = Task { try await service.run() }
+        // Nothing reconciles before the watch fires, so the fake kernel is the test's to change.
+        h.kernel.namespaces["web"] = web
+        watch.pending.store(1, ordering: .relaxed)
+        var shaped = false
+        for _ in 0..<200 where !shaped {
+            try await Task.sleep(for: .milliseconds(10))
+            shaped = await h.core.waiting.isEmpty
+        }
+        running.cancel()
+        _ = try? await running.value
+        #expect(shaped)
+        #expect(h.kernel.namespaces["web"]!.classes.count == 4)
+        #expect(watch.asked.withLock { $0 }.contains("/run/netns"))
     }
 }
