@@ -95,6 +95,13 @@ public final class Engine {
         let retired = record.namespaces.filter { $0.value.policy == path && policy.namespace($0.key) == nil }
             .keys.sorted()
         var request = ObservationRequest(policy: policy, processes: options.memberships)
+        // Memberships come from /proc; only cgroups the plan may remove (ones the policy no longer
+        // names) need their members read, so that they can be emptied first.
+        request.cgroupsWithoutMembers = Set(
+            [CgroupPaths.top]
+                + policy.namespaces.flatMap { ns in
+                    [CgroupPaths.namespace(ns.name)] + ns.classes.map { CgroupPaths.class($0.name, in: ns.name) }
+                })
         request.namespaces += retired.map { Self.request(for: $0, record: record.namespaces[$0], policy: nil) }
         if !retired.isEmpty { request.processes = true }
         var observed = try kernel.observe(request)
@@ -217,12 +224,17 @@ public final class Engine {
         //    ownership record now that they exist; then verify: dump again and diff. Configuration
         //    must match exactly; processes may have come and gone meanwhile, so memberships are not
         //    part of the check.
-        //    cgroupfs is read again only when an operation touched a cgroup; otherwise what the plan
-        //    read still stands (the lock keeps other netshape runs out).
+        //    Only what the operations touched is read back: the namespaces they changed and the
+        //    cgroups they made, renumbered or removed. The rest is as the plan saw it a moment ago
+        //    (the lock keeps other netshape runs out); a change made behind netshape's back outside
+        //    that set shows in the next plan or status, which read everything.
         var verifyRequest = ObservationRequest(policy: verifyPolicy(policy, plan), processes: false)
-        verifyRequest.cgroups = done.contains { $0.object == "cgroup" }
-        var after = try kernel.observe(verifyRequest)
-        if !verifyRequest.cgroups { after.cgroups = plan.observed.cgroups }
+        let touched = Set(done.map(\.namespace))
+        verifyRequest.namespaces.removeAll { !touched.contains($0.name) }
+        let cgroupPaths = Set(done.compactMap(\.cgroupPath))
+        verifyRequest.cgroups = !cgroupPaths.isEmpty
+        verifyRequest.cgroupPaths = cgroupPaths
+        var after = Self.readBack(try kernel.observe(verifyRequest), over: plan.observed, cgroups: cgroupPaths)
         after.ownership = try keepRecord(record, after, plan.desired, policy, policyPath)
         var verifyNotes: [String] = []
         let verify = try Differ.diff(
@@ -234,6 +246,28 @@ public final class Engine {
             operations: verify, skipped: plan.skipped)
         report.state = verifyState
         return report
+    }
+
+    /// `before` with what the verification read back in its place: the namespaces `fresh` observed,
+    /// and the cgroups at `cgroups` (a missing one is gone, and leaves its parent's children).
+    static func readBack(_ fresh: ObservedState, over before: ObservedState, cgroups: Set<String>) -> ObservedState {
+        var o = before
+        o.namespaces.merge(fresh.namespaces) { _, new in new }
+        o.provision.merge(fresh.provision) { _, new in new }
+        o.resolved.merge(fresh.resolved) { _, new in new }
+        o.users = fresh.users
+        o.groups = fresh.groups
+        o.notes = fresh.notes
+        o.ownership = fresh.ownership
+        for path in cgroups {
+            o.cgroups[path] = fresh.cgroups[path]
+            guard let slash = path.lastIndex(of: "/") else { continue }
+            let parent = String(path[..<slash])
+            let name = String(path[path.index(after: slash)...])
+            o.cgroups[parent]?.children.removeAll { $0 == name }
+            if fresh.cgroups[path] != nil { o.cgroups[parent]?.children.append(name) }
+        }
+        return o
     }
 
     /// The policy as planned: without the namespaces a `skipUnreachable` plan left out.

@@ -206,7 +206,9 @@ public final class LinuxKernel: KernelPort {
         var state = ObservedState(ownership: try self.state.loadOwnership())
         if hierarchy == nil { hierarchy = NetClsHierarchy.find(configured: settings.cgroupRoot) }
         if request.cgroups, let h = hierarchy {
-            state.cgroups = h.listNetshape(namespaces: request.namespaces.map(\.name))
+            state.cgroups = h.listNetshape(
+                namespaces: request.namespaces.map(\.name), only: request.cgroupPaths,
+                withoutMembers: request.cgroupsWithoutMembers)
         }
         let byNamespace = request.processes ? procs.scan() : [:]
         for r in request.namespaces {
