@@ -234,6 +234,12 @@ public final class Engine {
         let cgroupPaths = Set(done.compactMap(\.cgroupPath))
         verifyRequest.cgroups = !cgroupPaths.isEmpty
         verifyRequest.cgroupPaths = cgroupPaths
+        // Members matter only in a cgroup that should be gone (they would have to be moved out).
+        verifyRequest.cgroupsWithoutMembers = Set(
+            done.compactMap { op in
+                if case .removeCgroup = op.action { return nil }
+                return op.cgroupPath
+            })
         var after = Self.readBack(try kernel.observe(verifyRequest), over: plan.observed, cgroups: cgroupPaths)
         after.ownership = try keepRecord(record, after, plan.desired, policy, policyPath)
         var verifyNotes: [String] = []
@@ -347,8 +353,9 @@ public final class Engine {
             guard e.policy == policyPath else { continue }
             e.target = ns.target
             e.device = policy.namespace(ns.name)?.device
+            var recorded = Set(e.cgroups ?? [])
             for path in [CgroupPaths.namespace(ns.name)] + ns.cgroups.map(\.relativePath)
-            where observed.cgroups[path] != nil && e.cgroups?.contains(path) == false {
+            where e.cgroups != nil && observed.cgroups[path] != nil && recorded.insert(path).inserted {
                 e.cgroups?.append(path)
             }
             if let t = e.egress, t.ifindex == 0 || t.netnsID.isEmpty, t.device == seen.device {

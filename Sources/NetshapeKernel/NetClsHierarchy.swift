@@ -287,7 +287,7 @@ public final class NetClsHierarchy {
     public func listNetshape(
         namespaces: [String], only: Set<String>? = nil, withoutMembers: Set<String> = []
     ) -> [String: ObservedCgroup] {
-        if let only { return Dictionary(uniqueKeysWithValues: only.compactMap { p in cgroup(p).map { (p, $0) } }) }
+        if let only { return cgroups(only, withoutMembers: withoutMembers) }
         var out: [String: ObservedCgroup] = [:]
         guard let top = try? openDirectory(CgroupPaths.top) else { return out }
         defer { close(top) }
@@ -306,27 +306,42 @@ public final class NetClsHierarchy {
             out[nsPath]?.children = classes
             for cls in classes {
                 let path = CgroupPaths.class(cls, in: ns)
-                guard var cg = Self.cgroup(at: nsfd, cls + "/", path, members: !withoutMembers.contains(path)) else {
-                    continue  // removed since the listing
-                }
-                // netshape never makes cgroups below a class: any there are someone else's.
-                cg.children = Self.childDirectories(nsfd, cls)
-                out[path] = cg
+                // nil: removed since the listing.
+                out[path] = Self.cgroup(in: nsfd, cls, path, members: !withoutMembers.contains(path))
             }
         }
         return out
     }
 
-    /// One cgroup by relative path, or nil when it is not there.
-    func cgroup(_ relative: String) -> ObservedCgroup? {
-        let (parent, name) = Self.split(relative)
-        guard let dir = try? openDirectory(parent) else { return nil }
-        defer { close(dir) }
+    /// The cgroups at `paths` that are there, each parent directory opened once.
+    func cgroups(_ paths: Set<String>, withoutMembers: Set<String>) -> [String: ObservedCgroup] {
+        var out: [String: ObservedCgroup] = [:]
+        for (parent, names) in Dictionary(grouping: paths.map(Self.split), by: \.0) {
+            guard let dir = try? openDirectory(parent) else { continue }
+            defer { close(dir) }
+            for (_, name) in names {
+                let path = parent.isEmpty ? name : parent + "/" + name
+                out[path] = Self.cgroup(in: dir, name, path, members: !withoutMembers.contains(path))
+            }
+        }
+        return out
+    }
+
+    /// The cgroup directory `name` in `dir`, with the directories below it (netshape never makes
+    /// cgroups below a class: any there are someone else's); nil when it is not there.
+    static func cgroup(in dir: Int32, _ name: String, _ path: String, members: Bool) -> ObservedCgroup? {
         var st = stat()
-        guard fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) == 0, st.st_mode & S_IFMT == S_IFDIR,
-            var cg = Self.cgroup(at: dir, name + "/", relative, members: true)
-        else { return nil }
-        cg.children = Self.childDirectories(dir, name)
+        guard fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) == 0, st.st_mode & S_IFMT == S_IFDIR else { return nil }
+        var cg =
+            cgroup(at: dir, name + "/", path, members: members) ?? ObservedCgroup(path: path, classid: .unspecified)
+        // kernfs counts subdirectories in a directory's link count: list only when there are some.
+        if st.st_nlink > 2 {
+            let fd = openat(dir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            if fd >= 0 {
+                cg.children = subdirectories(fd)
+                close(fd)
+            }
+        }
         return cg
     }
 
@@ -360,16 +375,6 @@ public final class NetClsHierarchy {
             }
             return String(decoding: b.prefix(n), as: UTF8.self)
         }
-    }
-
-    /// Subdirectories of `dir`/`name`, listed only when its link count shows it has any.
-    static func childDirectories(_ dir: Int32, _ name: String) -> [String] {
-        var st = stat()
-        guard fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) == 0, st.st_nlink > 2 else { return [] }
-        let fd = openat(dir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-        guard fd >= 0 else { return [] }
-        defer { close(fd) }
-        return subdirectories(fd)
     }
 
     /// Names of the directories in `dir` (the descriptor stays open: readdir works on a copy).
