@@ -6,6 +6,9 @@ public struct NamespaceRequest: Sendable, Equatable {
     public var device: String?
     /// Observe where the ingress is (or would be) shaped.
     public var ingress: Bool
+    /// Read only the device's classes (the read-back after an apply that changed nothing but
+    /// classes); the caller keeps the rest from its earlier observation.
+    public var classesOnly = false
     /// Observe what exists of this provisioning.
     public var provision: Provision?
 

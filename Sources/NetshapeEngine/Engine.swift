@@ -231,6 +231,18 @@ public final class Engine {
         var verifyRequest = ObservationRequest(policy: verifyPolicy(policy, plan), processes: false)
         let touched = Set(done.map(\.namespace))
         verifyRequest.namespaces.removeAll { !touched.contains($0.name) }
+        // A namespace where only classes of its own device changed (a rate edit) has only its
+        // classes read back; its qdiscs, filters and ingress are as the plan saw them.
+        for i in verifyRequest.namespaces.indices {
+            let name = verifyRequest.namespaces[i].name
+            verifyRequest.namespaces[i].classesOnly =
+                plan.observed.namespaces[name]?.problem == nil
+                && done.allSatisfy { op in
+                    guard op.namespace == name else { return true }
+                    if case .changeClass = op.action { return op.link == .namespace }
+                    return false
+                }
+        }
         let cgroupPaths = Set(done.compactMap(\.cgroupPath))
         verifyRequest.cgroups = !cgroupPaths.isEmpty
         verifyRequest.cgroupPaths = cgroupPaths
@@ -240,7 +252,9 @@ public final class Engine {
                 if case .removeCgroup = op.action { return nil }
                 return op.cgroupPath
             })
-        var after = Self.readBack(try kernel.observe(verifyRequest), over: plan.observed, cgroups: cgroupPaths)
+        var after = Self.readBack(
+            try kernel.observe(verifyRequest), over: plan.observed, cgroups: cgroupPaths,
+            classesOnly: Set(verifyRequest.namespaces.filter(\.classesOnly).map(\.name)))
         after.ownership = try keepRecord(record, after, plan.desired, policy, policyPath)
         var verifyNotes: [String] = []
         let verify = try Differ.diff(
@@ -254,11 +268,19 @@ public final class Engine {
         return report
     }
 
-    /// `before` with what the verification read back in its place: the namespaces `fresh` observed,
-    /// and the cgroups at `cgroups` (a missing one is gone, and leaves its parent's children).
-    static func readBack(_ fresh: ObservedState, over before: ObservedState, cgroups: Set<String>) -> ObservedState {
+    /// `before` with what the verification read back in its place: the namespaces `fresh` observed
+    /// (only their classes for those in `classesOnly`), and the cgroups at `cgroups` (a missing one
+    /// is gone, and leaves its parent's children).
+    static func readBack(
+        _ fresh: ObservedState, over before: ObservedState, cgroups: Set<String>, classesOnly: Set<String> = []
+    ) -> ObservedState {
         var o = before
-        o.namespaces.merge(fresh.namespaces) { _, new in new }
+        o.namespaces.merge(fresh.namespaces) { old, new in
+            guard classesOnly.contains(new.name), new.problem == nil else { return new }
+            var kept = old
+            kept.classes = new.classes
+            return kept
+        }
         o.provision.merge(fresh.provision) { _, new in new }
         o.resolved.merge(fresh.resolved) { _, new in new }
         o.users = fresh.users

@@ -221,6 +221,12 @@ public final class LinuxKernel: KernelPort {
             }
             do {
                 let c = try context(r)
+                if r.classesOnly {
+                    state.namespaces[r.name] = ObservedNamespace(
+                        name: r.name, netnsID: c.netns.id, device: c.device, ifindex: c.ifindex,
+                        classes: try c.route.classes(ifindex: c.ifindex, device: c.device))
+                    continue
+                }
                 let qdiscs = try c.route.qdiscs(ifindex: c.ifindex, device: c.device)
                 let classes = try c.route.classes(ifindex: c.ifindex, device: c.device)
                 var filters: [ObservedFilter] = []

@@ -149,6 +149,11 @@ public final class FakeKernel: KernelPort {
                     )
                 }
             }
+            if r.classesOnly {
+                state.namespaces[r.name] = ObservedNamespace(
+                    name: r.name, netnsID: ns.netnsID, device: ns.device, ifindex: ns.ifindex, classes: ns.classes)
+                continue
+            }
             state.namespaces[r.name] = ObservedNamespace(
                 name: r.name, netnsID: ns.netnsID, device: ns.device, ifindex: ns.ifindex, qdiscs: ns.qdiscs,
                 classes: ns.classes, filters: ns.filters, processes: request.processes ? procs : [], ingress: ingress)

@@ -46,8 +46,7 @@ import Testing
         var foundByNextPlan = 0
         for seed in UInt64(1)...400 {
             var r = SeededRandom(seed: seed &* 104_729)
-            let caps: KernelCapabilities =
-                seed % 2 == 0 ? KernelCapabilities(clsCgroup: true, clsBpf: true, fqCodel: true, sfq: true) : .minimal
+            let caps = walkCapabilities(seed: seed, every: 2)
             var a = ModelPolicy(
                 leaf: nil, classifier: nil,
                 namespaces: [
@@ -181,6 +180,7 @@ import Testing
             ]))
         let readBack = try #require(k.requests.last)
         #expect(readBack.namespaces.map(\.name) == ["b"])
+        #expect(readBack.namespaces.allSatisfy { $0.classesOnly }, "only classes changed: only classes are read back")
         #expect(!readBack.cgroups, "no cgroup was touched")
 
         k.clearLog()
@@ -189,6 +189,7 @@ import Testing
         #expect(second.remaining.isEmpty, "\(second.remaining.map(\.command))")
         let back = try #require(k.requests.last)
         #expect(back.namespaces.map(\.name) == ["a"])
+        #expect(!back.namespaces.contains { $0.classesOnly }, "a class was added and removed: all is read back")
         #expect(back.cgroups)
         #expect(back.cgroupPaths == [CgroupPaths.class("bulk", in: "a"), CgroupPaths.class("batch", in: "a")])
     }
