@@ -255,6 +255,20 @@ extension OwnershipRecord {
         return OwnershipRecord.Namespace(policy: policyPath, target: ns?.netns, device: ns?.device)
     }
 
+    /// Drops from the record what performed reset operations removed; the cgroups in one pass per
+    /// entry (one search of the list per removed cgroup is quadratic on a big tree).
+    public mutating func forget(_ ops: [Operation]) {
+        var removed: [String: Set<String>] = [:]
+        for op in ops {
+            if case .removeCgroup(let path, _) = op.action {
+                removed[op.namespace, default: []].insert(path)
+            } else {
+                forget(op)
+            }
+        }
+        for (name, paths) in removed { namespaces[name]?.cgroups?.removeAll { paths.contains($0) } }
+    }
+
     /// Drops from the record what a performed reset operation removed.
     public mutating func forget(_ op: Operation) {
         if case .detachSockCreate = op.action { sockCreate = nil }

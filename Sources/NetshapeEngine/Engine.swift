@@ -209,7 +209,7 @@ public final class Engine {
         let retiring = plan.operations.filter { plan.retired.contains($0.namespace) }
         if let (op, error) = perform(retiring, in: plan.observed, &done, &report) { throw fail(op, error) }
         if !plan.retired.isEmpty {
-            for op in retiring { record.forget(op) }
+            record.forget(retiring)
             // As in reset: a tree whose namespace is gone (a removed container's) went with it.
             for name in plan.retired where plan.observed.namespaces[name]?.problem != nil {
                 record.namespaces[name]?.egress = nil
