@@ -301,7 +301,7 @@ public final class NetClsHierarchy {
             guard nsfd >= 0 else { continue }
             defer { close(nsfd) }
             let nsPath = CgroupPaths.namespace(ns)
-            let classes = Self.subdirectories(nsfd)
+            let classes = Syscall.entries(of: nsfd, directoriesOnly: true)
             out[nsPath] = directory(nsfd, nsPath)
             out[nsPath]?.children = classes
             for cls in classes {
@@ -338,7 +338,7 @@ public final class NetClsHierarchy {
         if st.st_nlink > 2 {
             let fd = openat(dir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
             if fd >= 0 {
-                cg.children = subdirectories(fd)
+                cg.children = Syscall.entries(of: fd, directoriesOnly: true)
                 close(fd)
             }
         }
@@ -365,8 +365,7 @@ public final class NetClsHierarchy {
         defer { close(fd) }
         var buf = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
         return withUnsafeMutableBytes(of: &buf) { b -> String? in
-            var n = read(fd, b.baseAddress, b.count)
-            while n < 0 && errno == EINTR { n = read(fd, b.baseAddress, b.count) }
+            let n = sysResult { read(fd, b.baseAddress, b.count) }.value
             guard n >= 0 else { return nil }
             // Longer than a classid ever is: read the rest the ordinary way.
             if n == b.count {
@@ -375,22 +374,6 @@ public final class NetClsHierarchy {
             }
             return String(decoding: b.prefix(n), as: UTF8.self)
         }
-    }
-
-    /// Names of the directories in `dir` (the descriptor stays open: readdir works on a copy).
-    static func subdirectories(_ dir: Int32) -> [String] {
-        let copy = dup(dir)
-        guard copy >= 0, let d = fdopendir(copy) else { return [] }
-        defer { closedir(d) }
-        var names: [String] = []
-        while let e = readdir(d) {
-            guard e.pointee.d_type == UInt8(DT_DIR) else { continue }
-            let name = withUnsafeBytes(of: e.pointee.d_name) {
-                String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self)
-            }
-            if name != "." && name != ".." { names.append(name) }
-        }
-        return names
     }
 }
 
