@@ -274,19 +274,24 @@ public final class Engine {
     static func readBack(
         _ fresh: ObservedState, over before: ObservedState, cgroups: Set<String>, classesOnly: Set<String> = []
     ) -> ObservedState {
-        var o = before
-        o.namespaces.merge(fresh.namespaces) { old, new in
-            guard classesOnly.contains(new.name), new.problem == nil else { return new }
-            var kept = old
-            kept.classes = new.classes
-            return kept
+        // What the read-back observed wins (all of the machine-wide state: the record, the
+        // sock_create map, accounts); what it left out on purpose comes from the plan.
+        var o = fresh
+        for (name, seen) in before.namespaces {
+            guard let new = fresh.namespaces[name] else {
+                o.namespaces[name] = seen
+                continue
+            }
+            if classesOnly.contains(name), new.problem == nil {
+                var kept = seen
+                kept.classes = new.classes
+                o.namespaces[name] = kept
+            }
         }
-        o.provision.merge(fresh.provision) { _, new in new }
-        o.resolved.merge(fresh.resolved) { _, new in new }
-        o.users = fresh.users
-        o.groups = fresh.groups
-        o.notes = fresh.notes
-        o.ownership = fresh.ownership
+        o.provision = before.provision.merging(fresh.provision) { _, new in new }
+        o.resolved = before.resolved.merging(fresh.resolved) { _, new in new }
+        o.notes = before.notes + fresh.notes.filter { !before.notes.contains($0) }
+        o.cgroups = before.cgroups
         for path in cgroups {
             o.cgroups[path] = fresh.cgroups[path]
             guard let slash = path.lastIndex(of: "/") else { continue }
