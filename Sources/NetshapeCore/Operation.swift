@@ -213,6 +213,14 @@ public struct Operation: Sendable, Equatable {
         }
     }
 
+    /// The cgroup this operation creates, renumbers or removes.
+    public var cgroupPath: String? {
+        switch action {
+        case .createCgroup(let p, _), .setClassID(let p, _, _), .removeCgroup(let p, _): return p
+        default: return nil
+        }
+    }
+
     /// True for provisioning operations (namespaces, links, addresses, routes).
     public var isProvisioning: Bool {
         switch action {

@@ -194,6 +194,7 @@ extension OwnershipRecord {
     public mutating func recordShaping(
         _ ops: [Operation], _ observed: ObservedState, _ policy: Policy, policyPath: String
     ) {
+        var recordedCgroups: [String: Set<String>] = [:]  // a linear search per cgroup is quadratic on big trees
         for op in ops {
             if case .attachSockCreate = op.action { sockCreate = true }
             guard let seen = observed.namespaces[op.namespace] else { continue }
@@ -223,9 +224,11 @@ extension OwnershipRecord {
             case (.deleteClass(let c), .ingress):
                 entry.ingress?.tree?.classes?.removeAll { $0 == c.classid }
             case (.createCgroup(let path, _), _) where path != CgroupPaths.top:
-                if entry.cgroups?.contains(path) == false { entry.cgroups?.append(path) }
+                let fresh = recordedCgroups[op.namespace, default: Set(entry.cgroups ?? [])].insert(path).inserted
+                if fresh { entry.cgroups?.append(path) }
             case (.removeCgroup(let path, _), _):
                 entry.cgroups?.removeAll { $0 == path }
+                recordedCgroups[op.namespace]?.remove(path)
             case (.createIFB(let name), _):
                 var i = entry.ingress ?? OwnershipRecord.Ingress()
                 i.ifb = name
@@ -250,6 +253,20 @@ extension OwnershipRecord {
     public static func newEntry(_ name: String, _ policy: Policy, _ policyPath: String) -> OwnershipRecord.Namespace {
         let ns = policy.namespace(name)
         return OwnershipRecord.Namespace(policy: policyPath, target: ns?.netns, device: ns?.device)
+    }
+
+    /// Drops from the record what performed reset operations removed; the cgroups in one pass per
+    /// entry (one search of the list per removed cgroup is quadratic on a big tree).
+    public mutating func forget(_ ops: [Operation]) {
+        var removed: [String: Set<String>] = [:]
+        for op in ops {
+            if case .removeCgroup(let path, _) = op.action {
+                removed[op.namespace, default: []].insert(path)
+            } else {
+                forget(op)
+            }
+        }
+        for (name, paths) in removed { namespaces[name]?.cgroups?.removeAll { paths.contains($0) } }
     }
 
     /// Drops from the record what a performed reset operation removed.

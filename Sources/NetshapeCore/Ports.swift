@@ -6,6 +6,9 @@ public struct NamespaceRequest: Sendable, Equatable {
     public var device: String?
     /// Observe where the ingress is (or would be) shaped.
     public var ingress: Bool
+    /// Read only the device's classes (the read-back after an apply that changed nothing but
+    /// classes); the caller keeps the rest from its earlier observation.
+    public var classesOnly = false
     /// Observe what exists of this provisioning.
     public var provision: Provision?
 
@@ -33,6 +36,12 @@ public struct ObservationRequest: Sendable, Equatable {
     /// List netshape's net_cls cgroups (the verification after an apply skips it when no operation
     /// touched a cgroup: on a big tree it is most of the cost of a one-class change).
     public var cgroups = true
+    /// Only these cgroups (paths relative to the mount), each read afresh: there or not. nil: every
+    /// netshape cgroup of `namespaces`. The verification after an apply reads back what it changed.
+    public var cgroupPaths: Set<String>? = nil
+    /// Cgroups whose `cgroup.procs` the caller does not need. A plan takes memberships from /proc;
+    /// it needs the members only of cgroups it may remove (they must be emptied first).
+    public var cgroupsWithoutMembers: Set<String> = []
 
     public init(namespaces: [NamespaceRequest], users: [String] = [], groups: [String] = [], processes: Bool = true) {
         self.namespaces = namespaces

@@ -35,10 +35,14 @@ extension Differ {
             let owned = observed.ownership.namespaces[name]
             let inside = observed.cgroups.values.filter { $0.path == dir || $0.path.hasPrefix(dir + "/") }
                 .sorted(by: deepestFirst)
-            // A cgroup can go when netshape made it and everything inside it goes too.
+            // A cgroup can go when netshape made it and everything inside it goes too. (The record's
+            // list as a set: one search of it per cgroup is quadratic on a 10 000-class tree.)
             var removable = Set<String>()
+            let recorded = owned?.cgroups.map(Set.init)
             for cg in inside {
-                let mine = owned?.created(cgroup: cg.path, entry: name) ?? (adopt[name] != nil)
+                let mine =
+                    owned.map { o in recorded.map { $0.contains(cg.path) } ?? o.created(cgroup: cg.path, entry: name) }
+                    ?? (adopt[name] != nil)
                 let stuck = cg.children.filter { !removable.contains(cg.path + "/" + $0) }
                 if !mine {
                     plan.foreign.append(

@@ -95,6 +95,13 @@ public final class Engine {
         let retired = record.namespaces.filter { $0.value.policy == path && policy.namespace($0.key) == nil }
             .keys.sorted()
         var request = ObservationRequest(policy: policy, processes: options.memberships)
+        // Memberships come from /proc; only cgroups the plan may remove (ones the policy no longer
+        // names) need their members read, so that they can be emptied first.
+        request.cgroupsWithoutMembers = Set(
+            [CgroupPaths.top]
+                + policy.namespaces.flatMap { ns in
+                    [CgroupPaths.namespace(ns.name)] + ns.classes.map { CgroupPaths.class($0.name, in: ns.name) }
+                })
         request.namespaces += retired.map { Self.request(for: $0, record: record.namespaces[$0], policy: nil) }
         if !retired.isEmpty { request.processes = true }
         var observed = try kernel.observe(request)
@@ -202,7 +209,7 @@ public final class Engine {
         let retiring = plan.operations.filter { plan.retired.contains($0.namespace) }
         if let (op, error) = perform(retiring, in: plan.observed, &done, &report) { throw fail(op, error) }
         if !plan.retired.isEmpty {
-            for op in retiring { record.forget(op) }
+            record.forget(retiring)
             // As in reset: a tree whose namespace is gone (a removed container's) went with it.
             for name in plan.retired where plan.observed.namespaces[name]?.problem != nil {
                 record.namespaces[name]?.egress = nil
@@ -217,12 +224,37 @@ public final class Engine {
         //    ownership record now that they exist; then verify: dump again and diff. Configuration
         //    must match exactly; processes may have come and gone meanwhile, so memberships are not
         //    part of the check.
-        //    cgroupfs is read again only when an operation touched a cgroup; otherwise what the plan
-        //    read still stands (the lock keeps other netshape runs out).
+        //    Only what the operations touched is read back: the namespaces they changed and the
+        //    cgroups they made, renumbered or removed. The rest is as the plan saw it a moment ago
+        //    (the lock keeps other netshape runs out); a change made behind netshape's back outside
+        //    that set shows in the next plan or status, which read everything.
         var verifyRequest = ObservationRequest(policy: verifyPolicy(policy, plan), processes: false)
-        verifyRequest.cgroups = done.contains { $0.object == "cgroup" }
-        var after = try kernel.observe(verifyRequest)
-        if !verifyRequest.cgroups { after.cgroups = plan.observed.cgroups }
+        let touched = Set(done.map(\.namespace))
+        verifyRequest.namespaces.removeAll { !touched.contains($0.name) }
+        // A namespace where only classes of its own device changed (a rate edit) has only its
+        // classes read back; its qdiscs, filters and ingress are as the plan saw them.
+        for i in verifyRequest.namespaces.indices {
+            let name = verifyRequest.namespaces[i].name
+            verifyRequest.namespaces[i].classesOnly =
+                plan.observed.namespaces[name]?.problem == nil
+                && done.allSatisfy { op in
+                    guard op.namespace == name else { return true }
+                    if case .changeClass = op.action { return op.link == .namespace }
+                    return false
+                }
+        }
+        let cgroupPaths = Set(done.compactMap(\.cgroupPath))
+        verifyRequest.cgroups = !cgroupPaths.isEmpty
+        verifyRequest.cgroupPaths = cgroupPaths
+        // Members matter only in a cgroup that should be gone (they would have to be moved out).
+        verifyRequest.cgroupsWithoutMembers = Set(
+            done.compactMap { op in
+                if case .removeCgroup = op.action { return nil }
+                return op.cgroupPath
+            })
+        var after = Self.readBack(
+            try kernel.observe(verifyRequest), over: plan.observed, cgroups: cgroupPaths,
+            classesOnly: Set(verifyRequest.namespaces.filter(\.classesOnly).map(\.name)))
         after.ownership = try keepRecord(record, after, plan.desired, policy, policyPath)
         var verifyNotes: [String] = []
         let verify = try Differ.diff(
@@ -234,6 +266,41 @@ public final class Engine {
             operations: verify, skipped: plan.skipped)
         report.state = verifyState
         return report
+    }
+
+    /// `before` with what the verification read back in its place: the namespaces `fresh` observed
+    /// (only their classes for those in `classesOnly`), and the cgroups at `cgroups` (a missing one
+    /// is gone, and leaves its parent's children).
+    static func readBack(
+        _ fresh: ObservedState, over before: ObservedState, cgroups: Set<String>, classesOnly: Set<String> = []
+    ) -> ObservedState {
+        // What the read-back observed wins (all of the machine-wide state: the record, the
+        // sock_create map, accounts); what it left out on purpose comes from the plan.
+        var o = fresh
+        for (name, seen) in before.namespaces {
+            guard let new = fresh.namespaces[name] else {
+                o.namespaces[name] = seen
+                continue
+            }
+            if classesOnly.contains(name), new.problem == nil {
+                var kept = seen
+                kept.classes = new.classes
+                o.namespaces[name] = kept
+            }
+        }
+        o.provision = before.provision.merging(fresh.provision) { _, new in new }
+        o.resolved = before.resolved.merging(fresh.resolved) { _, new in new }
+        o.notes = before.notes + fresh.notes.filter { !before.notes.contains($0) }
+        o.cgroups = before.cgroups
+        for path in cgroups {
+            o.cgroups[path] = fresh.cgroups[path]
+            guard let slash = path.lastIndex(of: "/") else { continue }
+            let parent = String(path[..<slash])
+            let name = String(path[path.index(after: slash)...])
+            o.cgroups[parent]?.children.removeAll { $0 == name }
+            if fresh.cgroups[path] != nil { o.cgroups[parent]?.children.append(name) }
+        }
+        return o
     }
 
     /// The policy as planned: without the namespaces a `skipUnreachable` plan left out.
@@ -313,8 +380,9 @@ public final class Engine {
             guard e.policy == policyPath else { continue }
             e.target = ns.target
             e.device = policy.namespace(ns.name)?.device
+            var recorded = Set(e.cgroups ?? [])
             for path in [CgroupPaths.namespace(ns.name)] + ns.cgroups.map(\.relativePath)
-            where observed.cgroups[path] != nil && e.cgroups?.contains(path) == false {
+            where e.cgroups != nil && observed.cgroups[path] != nil && recorded.insert(path).inserted {
                 e.cgroups?.append(path)
             }
             if let t = e.egress, t.ifindex == 0 || t.netnsID.isEmpty, t.device == seen.device {

@@ -83,7 +83,7 @@ extension Engine {
         }
         // The record forgets exactly what was removed; an entry with nothing left goes.
         var record = observed.ownership
-        for op in report.performed { record.forget(op) }
+        record.forget(report.performed)
         let stuck = Set(failures.map(\.0.namespace)).union(plan.blocked.isEmpty ? [] : names)
         for n in names {
             guard var e = record.namespaces[n] else { continue }

@@ -206,7 +206,9 @@ public final class LinuxKernel: KernelPort {
         var state = ObservedState(ownership: try self.state.loadOwnership())
         if hierarchy == nil { hierarchy = NetClsHierarchy.find(configured: settings.cgroupRoot) }
         if request.cgroups, let h = hierarchy {
-            state.cgroups = h.listNetshape(namespaces: request.namespaces.map(\.name))
+            state.cgroups = h.listNetshape(
+                namespaces: request.namespaces.map(\.name), only: request.cgroupPaths,
+                withoutMembers: request.cgroupsWithoutMembers)
         }
         let byNamespace = request.processes ? procs.scan() : [:]
         for r in request.namespaces {
@@ -219,6 +221,12 @@ public final class LinuxKernel: KernelPort {
             }
             do {
                 let c = try context(r)
+                if r.classesOnly {
+                    state.namespaces[r.name] = ObservedNamespace(
+                        name: r.name, netnsID: c.netns.id, device: c.device, ifindex: c.ifindex,
+                        classes: try c.route.classes(ifindex: c.ifindex, device: c.device))
+                    continue
+                }
                 let qdiscs = try c.route.qdiscs(ifindex: c.ifindex, device: c.device)
                 let classes = try c.route.classes(ifindex: c.ifindex, device: c.device)
                 var filters: [ObservedFilter] = []

@@ -275,40 +275,105 @@ public final class NetClsHierarchy {
     }
 
     /// The cgroups of `namespaces` under `<root>/netshape` (and that directory itself), by relative
-    /// path. Walked with directory fds (openat, O_NOFOLLOW), a handful of syscalls per class.
-    public func listNetshape(namespaces: [String]) -> [String: ObservedCgroup] {
+    /// path, or only the cgroups in `only` (each read afresh: there or not). `cgroup.procs` is left
+    /// unread for the paths in `withoutMembers`.
+    ///
+    /// A class cgroup costs four syscalls: its files are opened relative to the namespace
+    /// directory's fd (`CLASS/net_cls.classid`), read with one read(2), and a subdirectory listing
+    /// is read only when the directory's link count says there is one (kernfs counts
+    /// subdirectories in st_nlink). The two-component path cannot be redirected: the name came from
+    /// readdir as a directory, and cgroupfs (kernfs) cannot hold symlinks; the namespace directory
+    /// itself is opened with O_NOFOLLOW.
+    public func listNetshape(
+        namespaces: [String], only: Set<String>? = nil, withoutMembers: Set<String> = []
+    ) -> [String: ObservedCgroup] {
+        if let only { return cgroups(only, withoutMembers: withoutMembers) }
         var out: [String: ObservedCgroup] = [:]
         guard let top = try? openDirectory(CgroupPaths.top) else { return out }
         defer { close(top) }
-        func cgroup(_ dir: Int32, _ path: String) -> ObservedCgroup {
-            let id = Files.read(at: dir, "net_cls.classid").flatMap {
-                UInt32($0.split(whereSeparator: \.isWhitespace).first ?? "")
-            }
-            let pids = (Files.read(at: dir, "cgroup.procs") ?? "").split(whereSeparator: \.isWhitespace).compactMap {
-                Int32($0)
-            }
-            return ObservedCgroup(path: path, classid: TCHandle(raw: id ?? 0), pids: pids)
+        func directory(_ fd: Int32, _ path: String) -> ObservedCgroup {
+            Self.cgroup(at: fd, "", path, members: !withoutMembers.contains(path))
+                ?? ObservedCgroup(path: path, classid: .unspecified)
         }
-        out[CgroupPaths.top] = cgroup(top, CgroupPaths.top)
+        out[CgroupPaths.top] = directory(top, CgroupPaths.top)
         for ns in namespaces {
             let nsfd = openat(top, ns, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
             guard nsfd >= 0 else { continue }
             defer { close(nsfd) }
             let nsPath = CgroupPaths.namespace(ns)
             let classes = Syscall.entries(of: nsfd, directoriesOnly: true)
-            out[nsPath] = cgroup(nsfd, nsPath)
+            out[nsPath] = directory(nsfd, nsPath)
             out[nsPath]?.children = classes
             for cls in classes {
-                let cfd = openat(nsfd, cls, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-                guard cfd >= 0 else { continue }
                 let path = CgroupPaths.class(cls, in: ns)
-                out[path] = cgroup(cfd, path)
-                // netshape never makes cgroups below a class: any there are someone else's.
-                out[path]?.children = Syscall.entries(of: cfd, directoriesOnly: true)
-                close(cfd)
+                // nil: removed since the listing.
+                out[path] = Self.cgroup(in: nsfd, cls, path, members: !withoutMembers.contains(path))
             }
         }
         return out
+    }
+
+    /// The cgroups at `paths` that are there, each parent directory opened once.
+    func cgroups(_ paths: Set<String>, withoutMembers: Set<String>) -> [String: ObservedCgroup] {
+        var out: [String: ObservedCgroup] = [:]
+        for (parent, names) in Dictionary(grouping: paths.map(Self.split), by: \.0) {
+            guard let dir = try? openDirectory(parent) else { continue }
+            defer { close(dir) }
+            for (_, name) in names {
+                let path = parent.isEmpty ? name : parent + "/" + name
+                out[path] = Self.cgroup(in: dir, name, path, members: !withoutMembers.contains(path))
+            }
+        }
+        return out
+    }
+
+    /// The cgroup directory `name` in `dir`, with the directories below it (netshape never makes
+    /// cgroups below a class: any there are someone else's); nil when it is not there.
+    static func cgroup(in dir: Int32, _ name: String, _ path: String, members: Bool) -> ObservedCgroup? {
+        var st = stat()
+        guard fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) == 0, st.st_mode & S_IFMT == S_IFDIR else { return nil }
+        var cg =
+            cgroup(at: dir, name + "/", path, members: members) ?? ObservedCgroup(path: path, classid: .unspecified)
+        // kernfs counts subdirectories in a directory's link count: list only when there are some.
+        if st.st_nlink > 2 {
+            let fd = openat(dir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            if fd >= 0 {
+                cg.children = Syscall.entries(of: fd, directoriesOnly: true)
+                close(fd)
+            }
+        }
+        return cg
+    }
+
+    /// The classid (and members) of the cgroup at `dir`/`prefix`; nil when it has no classid file
+    /// (not a net_cls cgroup, or gone).
+    static func cgroup(at dir: Int32, _ prefix: String, _ path: String, members: Bool) -> ObservedCgroup? {
+        guard let text = readShort(dir, prefix + "net_cls.classid") else { return nil }
+        let id = UInt32(text.split(whereSeparator: \.isWhitespace).first ?? "") ?? 0
+        var pids: [Int32] = []
+        if members {
+            pids = (Files.read(at: dir, prefix + "cgroup.procs") ?? "").split(whereSeparator: \.isWhitespace)
+                .compactMap { Int32($0) }
+        }
+        return ObservedCgroup(path: path, classid: TCHandle(raw: id), pids: pids)
+    }
+
+    /// A small cgroupfs file in one read(2): seq_file hands the whole text to a buffer that holds it.
+    static func readShort(_ dir: Int32, _ name: String) -> String? {
+        let fd = openat(dir, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var buf = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
+        return withUnsafeMutableBytes(of: &buf) { b -> String? in
+            let n = sysResult { read(fd, b.baseAddress, b.count) }.value
+            guard n >= 0 else { return nil }
+            // Longer than a classid ever is: read the rest the ordinary way.
+            if n == b.count {
+                return String(decoding: b, as: UTF8.self)
+                    + String(decoding: (try? Syscall.readToEnd(fd, what: name)) ?? [], as: UTF8.self)
+            }
+            return String(decoding: b.prefix(n), as: UTF8.self)
+        }
     }
 }
 

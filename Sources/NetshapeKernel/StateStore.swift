@@ -7,6 +7,10 @@ import NetshapeCore
 public final class StateStore {
     public let directory: String
     var lockFD: Int32 = -1
+    /// The record as last read or written, with its bytes: one run reads it several times, and
+    /// decoding a 1000-class record costs milliseconds. The file is still read each time; only
+    /// unchanged bytes skip the decoding.
+    var lastOwnership: (bytes: [UInt8], record: OwnershipRecord)?
 
     /// `directory` defaults to $NETSHAPE_STATE_DIR, else /run/netshape. A separate state directory is
     /// a separate set of records (and lock): for tests that must not see the host's records.
@@ -43,8 +47,11 @@ public final class StateStore {
     /// The ownership record (empty when none was written yet).
     public func loadOwnership() throws -> OwnershipRecord {
         guard let bytes = Files.read(ownershipPath) else { return OwnershipRecord() }
+        if let last = lastOwnership, last.bytes == bytes { return last.record }
         do {
-            return try JSONDecoder().decode(OwnershipRecord.self, from: Data(bytes))
+            let record = try JSONDecoder().decode(OwnershipRecord.self, from: Data(bytes))
+            lastOwnership = (bytes, record)
+            return record
         } catch {
             throw KernelError(.state, "read \(ownershipPath)", reason: "unreadable ownership record: \(error)")
         }
@@ -101,6 +108,7 @@ public final class StateStore {
         let tmp = ownershipPath + ".tmp"
         try Files.write(tmp, String(decoding: data, as: UTF8.self), flags: O_WRONLY | O_CREAT | O_TRUNC)
         try sys("rename(\(tmp), \(ownershipPath))") { rename(tmp, ownershipPath) }
+        lastOwnership = (Array(data), record)
     }
 }
 

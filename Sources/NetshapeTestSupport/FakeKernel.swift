@@ -59,6 +59,10 @@ public final class FakeKernel: KernelPort {
     public private(set) var log: [Operation] = []
     /// Fails the operation for which this returns an error (checked before it takes effect).
     public var failWhen: ((Operation) -> FakeKernelError?)?
+    /// Runs after each operation took effect and was acknowledged (to undo it behind the engine's back).
+    public var afterEach: ((Operation) -> Void)?
+    /// Every observation asked for, in order.
+    public private(set) var requests: [ObservationRequest] = []
     private var nextAutoHandle: UInt16 = 0x8001
 
     public init(capabilities: KernelCapabilities = .minimal) { self.caps = capabilities }
@@ -95,11 +99,15 @@ public final class FakeKernel: KernelPort {
     }
 
     public func observe(_ request: ObservationRequest) throws -> ObservedState {
+        requests.append(request)
         var seenCgroups = cgroups
         for path in cgroups.keys {
             guard let slash = path.lastIndex(of: "/") else { continue }
             seenCgroups[String(path[..<slash])]?.children.append(String(path[path.index(after: slash)...]))
         }
+        // As the real kernel reads them: only the paths asked for, without the members not asked for.
+        if let only = request.cgroupPaths { seenCgroups = seenCgroups.filter { only.contains($0.key) } }
+        for path in request.cgroupsWithoutMembers { seenCgroups[path]?.pids = [] }
         var state = ObservedState(cgroups: request.cgroups ? seenCgroups : [:], ownership: ownership)
         if caps.sockCreate {
             state.sockCreate = ObservedSockCreate(attached: sockCreateAttached, entries: sockCreateMap)
@@ -141,6 +149,11 @@ public final class FakeKernel: KernelPort {
                     )
                 }
             }
+            if r.classesOnly {
+                state.namespaces[r.name] = ObservedNamespace(
+                    name: r.name, netnsID: ns.netnsID, device: ns.device, ifindex: ns.ifindex, classes: ns.classes)
+                continue
+            }
             state.namespaces[r.name] = ObservedNamespace(
                 name: r.name, netnsID: ns.netnsID, device: ns.device, ifindex: ns.ifindex, qdiscs: ns.qdiscs,
                 classes: ns.classes, filters: ns.filters, processes: request.processes ? procs : [], ingress: ingress)
@@ -158,6 +171,7 @@ public final class FakeKernel: KernelPort {
         if let e = failWhen?(op) { throw e }
         try apply(op)
         log.append(op)
+        afterEach?(op)
     }
 
     /// When set, `execute(_: [Operation])` behaves as the real kernel port's netlink batches: up
@@ -434,5 +448,8 @@ public final class FakeKernel: KernelPort {
     }
 
     /// Forgets the operation log.
-    public func clearLog() { log = [] }
+    public func clearLog() {
+        log = []
+        requests = []
+    }
 }

@@ -187,6 +187,11 @@ func quietEngine(_ k: FakeKernel) -> Engine {
     return Engine(kernel: k, logger: logger)
 }
 
+/// Every optional kernel feature on for one seed in `every`, none for the others.
+func walkCapabilities(seed: UInt64, every: UInt64) -> KernelCapabilities {
+    seed % every == 0 ? KernelCapabilities(clsCgroup: true, clsBpf: true, fqCodel: true, sfq: true) : .minimal
+}
+
 /// The fake machine of the walk: namespace "a" whose device has a veth peer in the host (ingress
 /// there), "b" with none (ingress through an IFB), processes that the rules' comms pick.
 func walkMachine(_ caps: KernelCapabilities) -> FakeKernel {
@@ -244,8 +249,7 @@ struct ConfigSnapshot: Equatable, CustomStringConvertible {
         for seed in UInt64(1)...UInt64(sequences) {
             var r = SeededRandom(seed: seed)
             // A third each: a stock kernel with the sock_create hook, this project's with it, without it.
-            var caps: KernelCapabilities =
-                seed % 3 == 0 ? KernelCapabilities(clsCgroup: true, clsBpf: true, fqCodel: true, sfq: true) : .minimal
+            var caps = walkCapabilities(seed: seed, every: 3)
             caps.sockCreate = seed % 3 != 2
             let k = walkMachine(caps)
             let engine = quietEngine(k)
@@ -361,8 +365,7 @@ struct ConfigSnapshot: Equatable, CustomStringConvertible {
         var sockFaults = 0
         for seed in UInt64(1)...60 {
             var r = SeededRandom(seed: seed &* 7919)
-            var caps: KernelCapabilities =
-                seed % 2 == 0 ? KernelCapabilities(clsCgroup: true, clsBpf: true, fqCodel: true, sfq: true) : .minimal
+            var caps = walkCapabilities(seed: seed, every: 2)
             caps.sockCreate = seed % 4 != 1
             var a = ModelPolicy(
                 leaf: nil, classifier: nil, namespaces: [ModelPolicy.randomNamespace(&r, caps, name: "a")])

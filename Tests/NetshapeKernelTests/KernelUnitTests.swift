@@ -132,6 +132,42 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: dir.appendingPathComponent("netshape/web/frontend").path))
     }
 
+    /// What a listing reads: classids, members only where asked, foreign subdirectories, and with
+    /// `only` just those paths (a missing one is absent); symlinks are never taken for cgroups.
+    @Test func listingReadsClassidsMembersAndChildren() throws {
+        let (dir, h) = try fixture()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        func make(_ path: String, classid: UInt32, pids: [Int32]) throws {
+            let d = dir.appendingPathComponent(path)
+            try FileManager.default.createDirectory(at: d, withIntermediateDirectories: true)
+            try "\(classid)\n".write(
+                to: d.appendingPathComponent("net_cls.classid"), atomically: false, encoding: .utf8)
+            try pids.map { "\($0)\n" }.joined().write(
+                to: d.appendingPathComponent("cgroup.procs"), atomically: false, encoding: .utf8)
+        }
+        try make("netshape", classid: 0, pids: [])
+        try make("netshape/web", classid: 0, pids: [])
+        try make("netshape/web/a", classid: 0x10_0010, pids: [7, 8])
+        try make("netshape/web/b", classid: 0x10_0011, pids: [9])
+        try make("netshape/web/b/foreign", classid: 0, pids: [])
+        try FileManager.default.createSymbolicLink(
+            at: dir.appendingPathComponent("netshape/web/link"),
+            withDestinationURL: dir.appendingPathComponent("netshape/web/a"))
+        let all = h.listNetshape(namespaces: ["web"], withoutMembers: ["netshape/web/a"])
+        #expect(all.keys.sorted() == ["netshape", "netshape/web", "netshape/web/a", "netshape/web/b"])
+        #expect(all["netshape/web/a"]?.classid == TCHandle(raw: 0x10_0010))
+        #expect(all["netshape/web/a"]?.pids == [], "members not asked for")
+        #expect(all["netshape/web/b"]?.pids == [9])
+        #expect(all["netshape/web/b"]?.children == ["foreign"])
+        #expect(all["netshape/web/a"]?.children == [])
+        let some = h.listNetshape(
+            namespaces: ["web"], only: ["netshape/web/b", "netshape/web/gone", "netshape/web/link"], withoutMembers: [])
+        #expect(some.keys.sorted() == ["netshape/web/b"])
+        #expect(some["netshape/web/b"]?.classid == TCHandle(raw: 0x10_0011))
+        #expect(some["netshape/web/b"]?.pids == [9])
+        #expect(some["netshape/web/b"]?.children == ["foreign"])
+    }
+
     @Test func symlinksInsideTheTreeAreNeverFollowed() throws {
         let (dir, h) = try fixture()
         defer { try? FileManager.default.removeItem(at: dir) }
