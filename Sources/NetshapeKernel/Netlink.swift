@@ -1,4 +1,5 @@
 import Glibc
+import NetshapeCore
 
 /// netshape's own netlink layer: a typed message and attribute encoder/decoder, pure and pinned by
 /// golden bytes, over a `NetlinkTransport` (the real AF_NETLINK socket, or a replay mock in tests).
@@ -343,7 +344,7 @@ final class NetlinkSession {
             }
             let outcomes = chunk.map { $0! }
             results += outcomes
-            if outcomes.contains(where: { if case .failure = $0 { true } else { false } }) { break }
+            if outcomes.contains(where: \.isFailure) { break }
             start = end
         }
         return results
