@@ -337,9 +337,12 @@ final class NetlinkSession {
                 let e =
                     error as? KernelError
                     ?? KernelError(.netlinkSocket, "netlink batch", reason: String(describing: error))
+                // The socket's error, under each request's own command (its errno once, as a field).
                 for k in chunk.indices where chunk[k] == nil {
                     chunk[k] = .failure(
-                        KernelError(e.code, requests[start + k].operation, errno: e.errno, reason: e.description))
+                        KernelError(
+                            e.code, requests[start + k].operation, errno: e.errno, reason: "\(e.operation): \(e.reason)"
+                        ))
                 }
             }
             let outcomes = chunk.map { $0! }

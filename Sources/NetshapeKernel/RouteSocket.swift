@@ -103,7 +103,8 @@ final class RouteSocket {
         return cache
     }
 
-    /// A dump request with a fixed header of `header` bytes (zeroes but for `fill`) and `attributes`.
+    /// A dump request with a fixed header of `header` bytes (zeroes but for what `fill` writes; it
+    /// must leave `header` bytes) and `attributes`.
     static func dumpRequest(
         type: Int, header: Int, fill: (inout [UInt8]) -> Void = { _ in },
         attributes: (inout NetlinkWriter) -> Void = { _ in }
@@ -231,9 +232,11 @@ final class RouteSocket {
 
     /// RTM_GETTCLASS dump of the classes on `ifindex` (`tcm_ifindex` names the device).
     static func classDumpRequest(ifindex: Int32) -> NetlinkMessage {
-        var w = NetlinkWriter()
-        TCMessage(ifindex: ifindex, parent: .unspecified).write(into: &w)
-        return NetlinkMessage(type: UInt16(RTM_GETTCLASS), flags: [.request, .ack, .dump], payload: w.bytes)
+        dumpRequest(type: RTM_GETTCLASS, header: TCMessage.size) { header in
+            var w = NetlinkWriter()
+            TCMessage(ifindex: ifindex, parent: .unspecified).write(into: &w)
+            header = w.bytes
+        }
     }
 
     /// RTM_GETROUTE dump of one family (`struct rtmsg`, 12 bytes, `rtm_family` set).
