@@ -86,7 +86,7 @@ public protocol KernelPort: AnyObject {
     /// Performs one operation.
     func execute(_ operation: Operation) throws
     /// Performs `operations` in order, as many at once as the port can (netlink requests share a
-    /// `sendmsg`): one result per operation attempted, stopping after the first failure. The
+    /// datagram): one result per operation attempted, stopping after the first failure. The
     /// results can cover fewer than all of them: the rest were not attempted. A port that batches
     /// may report successes after the first failure (the kernel carried on with them); each is done.
     func execute(_ operations: [Operation]) -> [Result<Void, any Error>]

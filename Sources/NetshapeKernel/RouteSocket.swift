@@ -29,7 +29,7 @@ struct NetlinkRequest: Equatable {
 /// libnl-route builds the messages (`rtnl_*_build_*_request`) and parses dump replies into its
 /// objects (`nl_cache_parse_and_add`), but never touches a socket: every byte goes through
 /// netshape's `NetlinkSession`, so the kernel's errno and extended-ACK text survive, tests replay
-/// captured replies, and many requests can share one `sendmsg` (`NetlinkSession.transact(batch:)`).
+/// captured replies, and many requests can share one datagram (`NetlinkSession.transact(batch:)`).
 final class RouteSocket {
     let session: NetlinkSession
     let namespace: String
