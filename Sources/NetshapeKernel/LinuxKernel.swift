@@ -434,7 +434,9 @@ public final class LinuxKernel: KernelPort {
             throw KernelError(
                 .state, op.command, reason: "namespace \(op.namespace) was not observed before this change")
         }
-        // A namespace being provisioned in this run was planned with its host-side peer.
+        // No target: an operation built by hand, not by a planner (`Engine.apply` plans again after
+        // provisioning, so even a namespace created in this run is resolved). Found from what the
+        // last `observe` was asked; an ingress not observed is taken to be on the host-side peer.
         if op.link == .ingress, (ingressPlacement[op.namespace] ?? .peer) == .peer { return try host() }
         return try context(r).sockets
     }
@@ -466,9 +468,12 @@ public final class LinuxKernel: KernelPort {
     /// Creates or removes what `provision` describes. Namespace files are made the way `ip netns add`
     /// makes them: an empty file under /run/netns with a fresh namespace bind-mounted onto it.
     func provision(_ op: Operation) throws {
-        let r = requests[op.namespace]
+        // `Differ.provisioning` plans each operation with its namespace (`Operation.target`, kept by
+        // rollback's inverses); reset's are all on the host. Only an operation built without one
+        // falls back to what the last `observe` was asked for its namespace.
         func inside() throws -> Sockets {
-            guard let r else {
+            if let t = op.target { return try sockets(t.netns, label: op.namespace) }
+            guard let r = requests[op.namespace] else {
                 throw KernelError(.state, op.command, reason: "namespace \(op.namespace) was not observed")
             }
             return try sockets(r.target, label: op.namespace)
