@@ -112,7 +112,7 @@ public final class LinuxKernel: KernelPort {
             let cgroup =
                 (try? route.transact(
                     RouteSocket.cgroupFilter(
-                        add: true, ifindex: lo, device: "lo", FilterSpec(parent: qdisc, kind: .cgroup, priority: 1))))
+                        ifindex: lo, device: "lo", FilterSpec(parent: qdisc, kind: .cgroup, priority: 1))))
                 != nil
             var bpf = false
             if let fd = try? BPFClassifier.load() {
@@ -458,7 +458,7 @@ public final class LinuxKernel: KernelPort {
         case .replaceLeaf(let l, _): request = try RouteSocket.leaf(.replace, ifindex: i, device: d, l)
         case .deleteLeaf(let l):
             request = try RouteSocket.deleteQdisc(ifindex: i, device: d, parent: l.parent, handle: nil)
-        case .addFilter(let f): request = try RouteSocket.cgroupFilter(add: true, ifindex: i, device: d, f)
+        case .addFilter(let f): request = try RouteSocket.cgroupFilter(ifindex: i, device: d, f)
         case .deleteFilter(let f): request = FilterSocket.deleteFilter(ifindex: i, device: d, f)
         default: throw KernelError(.state, op.command, reason: "not a tc operation")
         }

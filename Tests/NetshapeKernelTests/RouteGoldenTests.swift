@@ -106,7 +106,7 @@ func optionTypes(_ m: NetlinkMessage) -> [UInt16] {
 
     @Test func clsCgroupFilter() throws {
         let f = FilterSpec(parent: TCHandle(major: 1, minor: 0), kind: .cgroup, priority: 1)
-        let r = try RouteSocket.cgroupFilter(add: true, ifindex: 1, device: "lo", f)
+        let r = try RouteSocket.cgroupFilter(ifindex: 1, device: "lo", f)
         #expect(wire(r) == captured(RouteCaptures.cgroupAdd))
         #expect(r.operation == "tc filter add dev lo parent 1: protocol all prio 1 handle 1 cgroup")
     }
