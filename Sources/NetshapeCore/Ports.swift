@@ -86,7 +86,7 @@ public protocol KernelPort: AnyObject {
     /// Performs one operation.
     func execute(_ operation: Operation) throws
     /// Performs `operations` in order, as many at once as the port can (netlink requests share a
-    /// `sendmsg`): one result per operation attempted, stopping after the first failure. The
+    /// datagram): one result per operation attempted, stopping after the first failure. The
     /// results can cover fewer than all of them: the rest were not attempted. A port that batches
     /// may report successes after the first failure (the kernel carried on with them); each is done.
     func execute(_ operations: [Operation]) -> [Result<Void, any Error>]
@@ -101,21 +101,29 @@ public protocol KernelPort: AnyObject {
 extension KernelPort {
     /// One at a time, stopping at the first failure.
     public func execute(_ operations: [Operation]) -> [Result<Void, any Error>] {
-        var results: [Result<Void, any Error>] = []
-        for op in operations {
-            do {
-                try execute(op)
-                results.append(.success(()))
-            } catch {
-                results.append(.failure(error))
-                break
-            }
-        }
-        return results
+        oneAtATime(operations, execute)
     }
 
     /// No container runtime: nothing matches (the in-memory fake and other ports without one).
     public func containers(matching selector: ContainerSelector) throws -> [ContainerInfo] { [] }
+}
+
+/// Runs `items` in order through `run`, stopping after the first that throws: one result per item
+/// attempted. The one-at-a-time path of every `KernelPort.execute(_: [Operation])`.
+public func oneAtATime<C: Collection>(_ items: C, _ run: (C.Element) throws -> Void) -> [Result<Void, any Error>] {
+    var results: [Result<Void, any Error>] = []
+    for item in items {
+        results.append(Result { try run(item) })
+        if results[results.count - 1].isFailure { break }
+    }
+    return results
+}
+
+extension Result {
+    /// Whether this is a failure (batch results are checked for one).
+    public var isFailure: Bool {
+        if case .failure = self { true } else { false }
+    }
 }
 
 /// errno values the engine branches on. Core and the engine import no libc, and these numbers

@@ -22,11 +22,17 @@ extension Differ {
                 continue
             }
             if seen.netnsExists && seen.hostDeviceExists { continue }
+            // Each operation names the namespace it acts in (ifindex 0: devices are found by name,
+            // most of them do not exist yet), so the kernel port needs nothing from `observe`.
             func host(_ device: String, _ a: Operation.Action) -> Operation {
-                Operation(namespace: ns.name, device: device, link: .host, action: a)
+                var op = Operation(namespace: ns.name, device: device, link: .host, action: a)
+                op.target = ResolvedTarget(netns: .host, ifindex: 0)
+                return op
             }
             func inside(_ device: String, _ a: Operation.Action) -> Operation {
-                Operation(namespace: ns.name, device: device, link: .namespace, action: a)
+                var op = Operation(namespace: ns.name, device: device, link: .namespace, action: a)
+                op.target = ResolvedTarget(netns: ns.target, ifindex: 0)
+                return op
             }
             if !seen.netnsExists { ops.append(host("", .createNetns(netns))) }
             ops.append(host(prov.hostDevice, .createVeth(host: prov.hostDevice, peer: dev, netns: netns)))

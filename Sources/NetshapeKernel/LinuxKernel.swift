@@ -112,7 +112,7 @@ public final class LinuxKernel: KernelPort {
             let cgroup =
                 (try? route.transact(
                     RouteSocket.cgroupFilter(
-                        add: true, ifindex: lo, device: "lo", FilterSpec(parent: qdisc, kind: .cgroup, priority: 1))))
+                        ifindex: lo, device: "lo", FilterSpec(parent: qdisc, kind: .cgroup, priority: 1))))
                 != nil
             var bpf = false
             if let fd = try? BPFClassifier.load() {
@@ -356,52 +356,48 @@ public final class LinuxKernel: KernelPort {
             defer { close(fd) }  // the filter holds its own reference to the program
             return try s.filterSocket.addBpfFilter(ifindex: i, device: op.device, f, programFD: fd)
         }
-        guard let (route, request) = try tcRequest(op) else {
-            throw KernelError(.state, op.command, reason: "not a tc operation")
-        }
+        let (route, request) = try tcRequest(op)
         try route.transact(request)
     }
 
-    /// Several operations, the tc ones among them sent many to a `sendmsg` (`NetlinkSession.transact(batch:)`).
-    /// A run of consecutive tc operations on one socket goes as one batch; anything else, and the
-    /// operation `NETSHAPE_FAIL_OPERATION` names, runs alone. Stops after the first failure (the
-    /// rest of its batch still has its own results: the kernel went on with them).
+    /// Several operations, the tc ones among them sent many to a datagram (one `sendto` each,
+    /// `NetlinkSession.transact(batch:)`). A run of consecutive tc operations on one socket goes as
+    /// one batch; anything else, and the operation `NETSHAPE_FAIL_OPERATION` names, runs alone.
+    /// Stops after the first failure (the rest of its batch still has its own results: the kernel
+    /// went on with them). Each request is built once; a request that cannot be built is that
+    /// operation's failure, and nothing after it is sent.
     public func execute(_ ops: [Operation]) -> [Result<Void, any Error>] {
         var results: [Result<Void, any Error>] = []
-        var next = 0
-        while next < ops.count {
-            var batch: [NetlinkRequest] = []
-            var socket: RouteSocket?
-            while next + batch.count < ops.count, executed + 1 != failAt {
-                let op = ops[next + batch.count]
-                guard Self.isBatchable(op), let (route, request) = try? tcRequest(op),
-                    socket == nil || socket === route
-                else { break }
-                socket = route
-                batch.append(request)
-                executed += 1
-            }
-            if let socket {
-                let outcomes = socket.session.transact(batch: batch)
-                results += outcomes.map { $0.mapError { $0 as any Error } }
-                if outcomes.count < batch.count
-                    || results.contains(where: { if case .failure = $0 { true } else { false } })
-                {
-                    return results
-                }
-                next += batch.count
-                continue
-            }
-            // Not batchable (or its request could not be built: executing it alone says why).
-            do {
-                try execute(ops[next])
-                results.append(.success(()))
-            } catch {
-                results.append(.failure(error))
-                return results
-            }
-            next += 1
+        var batch: [NetlinkRequest] = []
+        var socket: RouteSocket?
+        // Sends what was gathered; false when any of it failed or was not attempted.
+        func send() -> Bool {
+            guard let s = socket else { return true }
+            let outcomes = s.session.transact(batch: batch)
+            results += outcomes.map { $0.mapError { $0 as any Error } }
+            defer { (batch, socket) = ([], nil) }
+            return outcomes.count == batch.count && !outcomes.contains(where: \.isFailure)
         }
+        for op in ops {
+            var unbuilt: (any Error)?
+            if Self.isBatchable(op), executed + 1 != failAt {
+                executed += 1
+                do {
+                    let (route, request) = try tcRequest(op)
+                    if let s = socket, s !== route, !send() { return results }
+                    socket = route
+                    batch.append(request)
+                    continue
+                } catch {
+                    unbuilt = error
+                }
+            }
+            guard send() else { return results }
+            let result = unbuilt.map { .failure($0) } ?? Result { try execute(op) }
+            results.append(result)
+            if result.isFailure { return results }
+        }
+        _ = send()
         return results
     }
 
@@ -438,14 +434,15 @@ public final class LinuxKernel: KernelPort {
             throw KernelError(
                 .state, op.command, reason: "namespace \(op.namespace) was not observed before this change")
         }
-        // A namespace being provisioned in this run was planned with its host-side peer.
+        // No target: an operation built by hand, not by a planner (`Engine.apply` plans again after
+        // provisioning, so even a namespace created in this run is resolved). Found from what the
+        // last `observe` was asked; an ingress not observed is taken to be on the host-side peer.
         if op.link == .ingress, (ingressPlacement[op.namespace] ?? .peer) == .peer { return try host() }
         return try context(r).sockets
     }
 
-    /// The request of a batchable tc operation and the socket it goes over; nil for any other.
-    func tcRequest(_ op: Operation) throws -> (RouteSocket, NetlinkRequest)? {
-        guard Self.isBatchable(op) else { return nil }
+    /// The request of a batchable tc operation (see `isBatchable`) and the socket it goes over.
+    func tcRequest(_ op: Operation) throws -> (RouteSocket, NetlinkRequest) {
         let (s, i) = try tcTarget(op)
         let d = op.device
         let request: NetlinkRequest
@@ -461,9 +458,9 @@ public final class LinuxKernel: KernelPort {
         case .replaceLeaf(let l, _): request = try RouteSocket.leaf(.replace, ifindex: i, device: d, l)
         case .deleteLeaf(let l):
             request = try RouteSocket.deleteQdisc(ifindex: i, device: d, parent: l.parent, handle: nil)
-        case .addFilter(let f): request = try RouteSocket.cgroupFilter(add: true, ifindex: i, device: d, f)
+        case .addFilter(let f): request = try RouteSocket.cgroupFilter(ifindex: i, device: d, f)
         case .deleteFilter(let f): request = FilterSocket.deleteFilter(ifindex: i, device: d, f)
-        default: return nil
+        default: throw KernelError(.state, op.command, reason: "not a tc operation")
         }
         return (s.route, request)
     }
@@ -471,9 +468,12 @@ public final class LinuxKernel: KernelPort {
     /// Creates or removes what `provision` describes. Namespace files are made the way `ip netns add`
     /// makes them: an empty file under /run/netns with a fresh namespace bind-mounted onto it.
     func provision(_ op: Operation) throws {
-        let r = requests[op.namespace]
+        // `Differ.provisioning` plans each operation with its namespace (`Operation.target`, kept by
+        // rollback's inverses); reset's are all on the host. Only an operation built without one
+        // falls back to what the last `observe` was asked for its namespace.
         func inside() throws -> Sockets {
-            guard let r else {
+            if let t = op.target { return try sockets(t.netns, label: op.namespace) }
+            guard let r = requests[op.namespace] else {
                 throw KernelError(.state, op.command, reason: "namespace \(op.namespace) was not observed")
             }
             return try sockets(r.target, label: op.namespace)

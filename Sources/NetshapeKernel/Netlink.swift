@@ -1,4 +1,5 @@
 import Glibc
+import NetshapeCore
 
 /// netshape's own netlink layer: a typed message and attribute encoder/decoder, pure and pinned by
 /// golden bytes, over a `NetlinkTransport` (the real AF_NETLINK socket, or a replay mock in tests).
@@ -336,14 +337,17 @@ final class NetlinkSession {
                 let e =
                     error as? KernelError
                     ?? KernelError(.netlinkSocket, "netlink batch", reason: String(describing: error))
+                // The socket's error, under each request's own command (its errno once, as a field).
                 for k in chunk.indices where chunk[k] == nil {
                     chunk[k] = .failure(
-                        KernelError(e.code, requests[start + k].operation, errno: e.errno, reason: e.description))
+                        KernelError(
+                            e.code, requests[start + k].operation, errno: e.errno, reason: "\(e.operation): \(e.reason)"
+                        ))
                 }
             }
             let outcomes = chunk.map { $0! }
             results += outcomes
-            if outcomes.contains(where: { if case .failure = $0 { true } else { false } }) { break }
+            if outcomes.contains(where: \.isFailure) { break }
             start = end
         }
         return results

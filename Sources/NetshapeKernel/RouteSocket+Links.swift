@@ -50,12 +50,12 @@ extension RouteSocket {
         try transact(Self.request(op, make))
     }
 
-    private func withLink(_ body: (OpaquePointer) throws -> Void) throws {
+    private static func withLink<T>(_ body: (OpaquePointer) throws -> T) throws -> T {
         guard let link = rtnl_link_alloc() else {
             throw KernelError(.netlink, "rtnl_link_alloc", errno: ENOMEM, reason: "out of memory")
         }
         defer { rtnl_link_put(link) }
-        try body(link)
+        return try body(link)
     }
 
     /// `ip link add name HOST type veth peer name PEER netns <fd>`.
@@ -78,7 +78,7 @@ extension RouteSocket {
     /// `ip link add name NAME [txqueuelen N] up type TYPE` (ifb, bridge). An IFB left at txqueuelen 0
     /// behind an HTB leaf drops everything, so netshape always sets it.
     func createLink(_ name: String, type: String, txqueuelen: UInt32?) throws {
-        try withLink { link in
+        try Self.withLink { link in
             rtnl_link_set_name(link, name)
             if rtnl_link_set_type(link, type) < 0 {
                 throw KernelError(
@@ -94,7 +94,7 @@ extension RouteSocket {
 
     /// `ip link del NAME`.
     func deleteLink(_ name: String) throws {
-        try withLink { link in
+        try Self.withLink { link in
             rtnl_link_set_name(link, name)
             try build("ip link del \(name)") { rtnl_link_build_delete_request(link, &$0) }
         }
@@ -119,16 +119,14 @@ extension RouteSocket {
 
     /// The request of `setLink` once the names are resolved (`masterIfindex` 0: nomaster).
     static func setLink(_ name: String, ifindex: Int32, up: Bool?, masterIfindex: Int32?) throws -> NetlinkRequest {
-        guard let link = rtnl_link_alloc() else {
-            throw KernelError(.netlink, "rtnl_link_alloc", errno: ENOMEM, reason: "out of memory")
+        try withLink { link in
+            rtnl_link_set_ifindex(link, ifindex)
+            if let up { up ? rtnl_link_set_flags(link, 0x1) : rtnl_link_unset_flags(link, 0x1) }
+            if let m = masterIfindex { rtnl_link_set_master(link, m) }
+            let op =
+                "ip link set \(name)\(up.map { $0 ? " up" : " down" } ?? "")\(masterIfindex.map { $0 == 0 ? " nomaster" : " master" } ?? "")"
+            return try request(op) { rtnl_link_build_add_request(link, 0, &$0) }
         }
-        defer { rtnl_link_put(link) }
-        rtnl_link_set_ifindex(link, ifindex)
-        if let up { up ? rtnl_link_set_flags(link, 0x1) : rtnl_link_unset_flags(link, 0x1) }
-        if let m = masterIfindex { rtnl_link_set_master(link, m) }
-        let op =
-            "ip link set \(name)\(up.map { $0 ? " up" : " down" } ?? "")\(masterIfindex.map { $0 == 0 ? " nomaster" : " master" } ?? "")"
-        return try request(op) { rtnl_link_build_add_request(link, 0, &$0) }
     }
 
     /// `ip addr add|del CIDR dev NAME`.

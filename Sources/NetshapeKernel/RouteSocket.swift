@@ -29,7 +29,7 @@ struct NetlinkRequest: Equatable {
 /// libnl-route builds the messages (`rtnl_*_build_*_request`) and parses dump replies into its
 /// objects (`nl_cache_parse_and_add`), but never touches a socket: every byte goes through
 /// netshape's `NetlinkSession`, so the kernel's errno and extended-ACK text survive, tests replay
-/// captured replies, and many requests can share one `sendmsg` (`NetlinkSession.transact(batch:)`).
+/// captured replies, and many requests can share one datagram (`NetlinkSession.transact(batch:)`).
 final class RouteSocket {
     let session: NetlinkSession
     let namespace: String
@@ -94,7 +94,10 @@ final class RouteSocket {
                     defer { nlmsg_free(msg) }
                     return nl_cache_parse_and_add(cache, msg)
                 }
-                if parsed < 0 { throw Self.nlError("\(op): parse reply", parsed) }
+                // libnl keys IPv6 routes without their device (it merges them into multipath routes
+                // when it reads a dump itself), so the fe80::/64 route of a second device is
+                // refused as existing: the first one is kept, as for any duplicate.
+                if parsed < 0 && parsed != -Int32(NLE_EXIST) { throw Self.nlError("\(op): parse reply", parsed) }
             }
         } catch {
             nl_cache_free(cache)
@@ -103,7 +106,8 @@ final class RouteSocket {
         return cache
     }
 
-    /// A dump request with a fixed header of `header` bytes (zeroes but for `fill`) and `attributes`.
+    /// A dump request with a fixed header of `header` bytes (zeroes but for what `fill` writes; it
+    /// must leave `header` bytes) and `attributes`.
     static func dumpRequest(
         type: Int, header: Int, fill: (inout [UInt8]) -> Void = { _ in },
         attributes: (inout NetlinkWriter) -> Void = { _ in }
@@ -231,9 +235,11 @@ final class RouteSocket {
 
     /// RTM_GETTCLASS dump of the classes on `ifindex` (`tcm_ifindex` names the device).
     static func classDumpRequest(ifindex: Int32) -> NetlinkMessage {
-        var w = NetlinkWriter()
-        TCMessage(ifindex: ifindex, parent: .unspecified).write(into: &w)
-        return NetlinkMessage(type: UInt16(RTM_GETTCLASS), flags: [.request, .ack, .dump], payload: w.bytes)
+        dumpRequest(type: RTM_GETTCLASS, header: TCMessage.size) { header in
+            var w = NetlinkWriter()
+            TCMessage(ifindex: ifindex, parent: .unspecified).write(into: &w)
+            header = w.bytes
+        }
     }
 
     /// RTM_GETROUTE dump of one family (`struct rtmsg`, 12 bytes, `rtm_family` set).
@@ -313,8 +319,9 @@ final class RouteSocket {
     }
 
     /// `tc filter add dev D parent M: protocol all prio P handle H cgroup` (cls_cgroup; the handle is
-    /// required, or the kernel answers EINVAL).
-    static func cgroupFilter(add: Bool, ifindex: Int32, device: String, _ f: FilterSpec) throws -> NetlinkRequest {
+    /// required, or the kernel answers EINVAL). Filters are deleted by `FilterSocket.deleteFilter`,
+    /// whatever their kind.
+    static func cgroupFilter(ifindex: Int32, device: String, _ f: FilterSpec) throws -> NetlinkRequest {
         guard let cls = rtnl_cls_alloc() else {
             throw KernelError(.netlink, "rtnl_cls_alloc", errno: ENOMEM, reason: "out of memory")
         }
@@ -325,13 +332,9 @@ final class RouteSocket {
         rtnl_cls_set_prio(cls, f.priority)
         rtnl_cls_set_protocol(cls, 0x0003)  // ETH_P_ALL, host order: libnl applies htons
         let op =
-            "tc filter \(add ? "add" : "del") dev \(device) parent \(f.parent) protocol all prio \(f.priority) handle \(f.handle) cgroup"
+            "tc filter add dev \(device) parent \(f.parent) protocol all prio \(f.priority) handle \(f.handle) cgroup"
         try check(op, rtnl_tc_set_kind(cls, "cgroup"))
-        if add {
-            return try request(op) { msg in rtnl_cls_build_add_request(cls, NLM_F_CREATE | NLM_F_EXCL, &msg) }
-        } else {
-            return try request(op) { msg in rtnl_cls_build_delete_request(cls, 0, &msg) }
-        }
+        return try request(op) { msg in rtnl_cls_build_add_request(cls, NLM_F_CREATE | NLM_F_EXCL, &msg) }
     }
 
     private static func withQdisc<T>(

@@ -181,13 +181,13 @@ public final class FakeKernel: KernelPort {
 
     public func execute(_ ops: [Operation]) -> [Result<Void, any Error>] {
         // Unset: one at a time, stopping at the first failure (the port's default).
-        let size = batchSize ?? 1
+        guard let size = batchSize else { return oneAtATime(ops, execute) }
         var results: [Result<Void, any Error>] = []
         for start in stride(from: 0, to: ops.count, by: size) {
             for op in ops[start..<min(start + size, ops.count)] {
                 results.append(Result { try execute(op) })
             }
-            if results.contains(where: { if case .failure = $0 { true } else { false } }) { break }
+            if results.contains(where: \.isFailure) { break }
         }
         return results
     }

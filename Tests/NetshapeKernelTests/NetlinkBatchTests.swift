@@ -30,9 +30,16 @@ final class AckingTransport: NetlinkTransport {
             pending.append(
                 NetlinkMessage(type: Netlink.error, flags: [.capped], seq: m.seq, pid: portID, payload: w.bytes))
         }
-        // A stray reply to a request of an earlier process: it must be skipped, not counted.
+        // A stray reply, to the request sent just before this datagram (by an earlier run on a
+        // reused port, or one that timed out): its seq is no request's of this datagram, and it
+        // is a refusal, so counting it would show up as a failure.
+        var stray = NetlinkWriter()
+        stray.i32(-EBUSY)
+        stray.raw(Array(messages[0].bytes.prefix(16)))
         pending.insert(
-            NetlinkMessage(type: Netlink.error, flags: [], seq: 1, pid: portID, payload: [0, 0, 0, 0]), at: 0)
+            NetlinkMessage(
+                type: Netlink.error, flags: [.capped], seq: messages[0].seq &- 1, pid: portID, payload: stray.bytes),
+            at: 0)
     }
 
     func receive(timeoutMilliseconds: Int32?) throws -> [NetlinkMessage]? {
@@ -102,12 +109,61 @@ final class AckingTransport: NetlinkTransport {
 
     @Test func aSocketErrorFailsTheRequestsStillWaitingForTheirAnswer() {
         let t = AckingTransport()
-        t.failReceiveAfter = 3  // the stray reply and the answers to requests 0 and 1
+        // Three datagrams are read: the stray reply (skipped), then the answers to requests 0 and 1.
+        t.failReceiveAfter = 3
         let results = NetlinkSession(transport: t, firstSeq: 0).transact(batch: requests(10, payload: 20))
         #expect(results.count == 10)
         let failed = failures(results)
         #expect(failed.keys.sorted() == Array(2..<10))
         #expect(failed.values.allSatisfy { $0.errno == ENOBUFS })
         #expect(failed[7]?.operation == "op 7")
+        #expect(failed[7]?.description == "op 7: recv(test): No buffer space available (errno \(ENOBUFS))")
+    }
+
+    @Test func aStrayReplyIsNeitherAnAnswerNorAFailure() {
+        let t = AckingTransport()
+        let results = NetlinkSession(transport: t, firstSeq: 0).transact(batch: requests(3, payload: 20))
+        #expect(t.datagrams[0].map(\.seq) == [1, 2, 3], "the stray (seq 0, EBUSY) answers none of them")
+        #expect(results.count == 3 && failures(results).isEmpty)
+    }
+
+    /// A kernel port whose host sockets go over `transport`, for operations resolved to the host.
+    func kernel(over transport: any NetlinkTransport) throws -> LinuxKernel {
+        let k = LinuxKernel(settings: Settings())
+        let route = RouteSocket(session: NetlinkSession(transport: transport, firstSeq: 0), namespace: "host")
+        k.sockets["host"] = LinuxKernel.Sockets(
+            netns: try NetworkNamespace(.host), route: route,
+            filterSocket: FilterSocket(session: route.session, namespace: "host"))
+        return k
+    }
+
+    @Test func aFailureMidDatagramReportsTheLaterSuccessesAndSendsNothingAfter() throws {
+        let t = AckingTransport()
+        t.errnoFor = { $0 == 1 ? EEXIST : 0 }
+        let k = try kernel(over: t)
+        let qdisc = TCHandle(major: 0xB7E, minor: 0)
+        func op(_ a: Operation.Action) -> Operation {
+            var o = Operation(namespace: "n", device: "eth0", link: .namespace, action: a)
+            o.target = ResolvedTarget(netns: .host, ifindex: 2)
+            return o
+        }
+        func cls(_ minor: UInt16) -> Operation.Action {
+            let rate = Rate.mbit(10)
+            return .addClass(
+                HTBClassSpec(
+                    classid: TCHandle(major: 0xB7E, minor: minor), parent: qdisc, rate: rate, ceil: rate,
+                    burst: Size(bytes: 65536), cburst: Size(bytes: 65536), priority: 0, quantum: 1514))
+        }
+        // Three tc operations in one datagram, the second refused; then an IFB (alone, a link
+        // request) and another class: neither may be sent.
+        let ops = [
+            op(.addRootQdisc(HTBQdiscSpec(handle: qdisc, defaultMinor: 2))), op(cls(2)), op(cls(3)),
+            op(.deleteIFB("nsifbx")), op(cls(4)),
+        ]
+        let results = k.execute(ops)
+        #expect(results.count == 3)
+        #expect(results.map(\.isFailure) == [false, true, false], "the kernel went on after the refusal")
+        if case .failure(let e) = results[1] { #expect((e as? KernelError)?.errno == EEXIST) }
+        #expect(t.datagrams.count == 1 && t.datagrams[0].count == 3, "nothing sent after the failed datagram")
     }
 }

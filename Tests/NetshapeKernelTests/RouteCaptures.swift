@@ -1,18 +1,32 @@
 // Captured rtnetlink exchanges: every request kind netshape sends through libnl-route's builders
 // and the kernel's replies, including the dumps netshape parses.
 //
-// How they were captured (Linux 6.18 on this project's build machine, as root, Debian's libnl
-// 3.7): `scripts/capture-netlink` with netshape built before the transport seam (libnl's own
-// socket, nl_send_auto + nl_recvmsgs), under strace's hex dumps of sendmsg/recvmsg. The run:
-// namespace caf7bb39 provisioned (veth ns-caf7bb39 <-> eth0, bridge crf7bb39, 198.18.30.2/24,
-// default route via 198.18.30.1), egress 100gbit with classes bulk 40gbit (pfifo) and other
-// 10mbit (bfifo), ingress 40mbit on the veth peer; namespace cbf7bb39 with a veth pair d0/d1
-// inside, egress 100mbit, ingress 50mbit on an IFB (u32 + mirred); classifier cls_bpf; then
-// bulk changed to 50gbit and other's leaf to pfifo; then reset. This kernel has neither
-// cls_cgroup nor fq_codel: those requests come from the capability probe (on lo of a throwaway
-// namespace), with the kernel's refusal. Each request's nlmsg_seq and nlmsg_pid vary per run and
-// are masked in the comparisons; libnl's peeking recvmsg printed every reply twice, and the
-// copies were dropped.
+// Three runs of `scripts/capture-netlink` (Linux 6.18 on this project's build machine, as root,
+// Debian's libnl 3.7), each printing every netlink sendto/sendmsg/recvfrom/recvmsg as strace's hex
+// dumps.
+//
+// First run, the entries above "Second run": netshape built before the transport seam (libnl's own
+// socket, nl_send_auto + nl_recvmsgs). Namespace caf7bb39 provisioned (veth ns-caf7bb39 <-> eth0,
+// bridge crf7bb39, 198.18.30.2/24, default route via 198.18.30.1), egress 100gbit with classes bulk
+// 40gbit (pfifo) and other 10mbit (bfifo), ingress 40mbit on the veth peer; namespace cbf7bb39
+// with a veth pair d0/d1 inside, egress 100mbit, ingress 50mbit on an IFB (u32 + mirred);
+// classifier cls_bpf; then bulk changed to 50gbit and other's leaf to pfifo; then reset. This
+// kernel has neither cls_cgroup nor fq_codel: those requests come from the capability probe (on lo
+// of a throwaway namespace), with the kernel's refusal. libnl's peeking recvmsg printed every reply
+// twice, and the copies were dropped by hand; the hex was wrapped at 96 digits.
+//
+// Second run, the entries below it: netshape with the transport seam (one sendto per datagram,
+// batches included), the script extended with an apply failing right after provisioning
+// (NETSHAPE_FAIL_OPERATION=12, whose rollback deletes the route and the address), a status in a
+// namespace with no default route (the IPv4 and then the IPv6 dump), an apply removing class bulk
+// (leaf and class deleted in one batch) and an `apply --force` over a foreign pfifo root qdisc
+// (`tc qdisc replace … htb`). Names: namespaces ca662809/cb662809, trees a00: and 2eb1:. Each entry
+// is `scripts/capture-exchange`'s output verbatim: a batch's datagram split into its requests, each
+// with the replies of its own sequence number. The two route dumps come from a third run of the
+// same script: in the second, libnl refused the IPv6 dump's second fe80::/64 route as existing
+// (`RouteSocket.dump` now keeps the first), so the reply was not read to its NLMSG_DONE.
+//
+// Each request's nlmsg_seq and nlmsg_pid vary per run and are masked in the comparisons.
 
 /// One request and the datagrams the kernel answered it with (hex as strace printed it).
 struct Exchange {
@@ -947,4 +961,132 @@ enum RouteCaptures {
             """,
         ])
 
+    // MARK: - Second run (the transport seam's own sendto/recvfrom, `scripts/capture-netlink` as it is
+    // now; entries printed by `scripts/capture-exchange` from its output, capture line noted)
+
+    /// tc qdisc replace dev d0 root handle 2eb1: htb (apply --force over a foreign pfifo) (capture line 1231)
+    static let htbRootReplace = Exchange(
+        request: """
+            4800000024000505432b0f6b0000000000000000030000000000b12effffffff0000000008000100687462001c000280
+            18000200030000000a000000020000000000000000000000
+            """,
+        replies: [
+            """
+            2400000002000001432b0f6be17b0000000000004800000024000505432b0f6b00000000
+            """
+        ])
+    /// tc qdisc del dev eth0 parent a00:db3d (class bulk removed) (capture line 904)
+    static let leafDel = Exchange(
+        request: """
+            24000000250005003b2b0f6b000000000000000002000000000000003ddb000a00000000
+            """,
+        replies: [
+            """
+            24000000020000013b2b0f6b6b7b00000000000024000000250005003b2b0f6b00000000
+            """
+        ])
+    /// tc class del dev eth0 classid a00:db3d (class bulk removed) (capture line 904)
+    static let classDel = Exchange(
+        request: """
+            24000000290005003c2b0f6b0000000000000000020000003ddb000a0100000a00000000
+            """,
+        replies: [
+            """
+            24000000020000013c2b0f6b6b7b00000000000024000000290005003c2b0f6b00000000
+            """
+        ])
+    /// ip addr del 198.18.30.2/24 dev eth0 (rollback of a failed apply) (capture line 182)
+    static let addrDel = Exchange(
+        request: """
+            2800000015000500452b0f6b00000000021800000200000008000200c6121e0208000100c6121e02
+            """,
+        replies: [
+            """
+            2400000002000001452b0f6bc5790000000000002800000015000500452b0f6b00000000
+            """
+        ])
+    /// ip route del default via 198.18.30.1 (rollback of a failed apply) (capture line 160)
+    static let routeDel = Exchange(
+        request: """
+            3400000019000500412b0f6b0000000002000000fe0400010000000008000f00fe000000080001000000000008000500
+            c6121e01
+            """,
+        replies: [
+            """
+            2400000002000001412b0f6bc5790000000000003400000019000500412b0f6b00000000
+            """
+        ])
+    /// tc qdisc replace dev lo parent 1:1 fq_codel, refused with extended-ACK text (capability probe) (capture line 6)
+    static let leafReplaceFqCodelRefused = Exchange(
+        request: """
+            3400000024000505342b0f6b0000000000000000010000000000000001000100000000000d00010066715f636f64656c
+            00000000
+            """,
+        replies: [
+            """
+            6c00000002000002342b0f6bc5790000feffffff3400000024000505342b0f6b00000000000000000100000000000000
+            01000100000000000d00010066715f636f64656c0000000024000100537065636966696564207164697363206b696e64
+            20697320756e6b6e6f776e00
+            """
+        ])
+    /// tc filter add dev lo parent 1: … cgroup, refused with extended-ACK text (capability probe) (capture line 10)
+    static let cgroupAddRefused = Exchange(
+        request: """
+            340000002c000506362b0f6b0000000000000000010000000100000000000100000301000b0001006367726f75700000
+            04000280
+            """,
+        replies: [
+            """
+            6400000002000002362b0f6bc5790000feffffff340000002c000506362b0f6b00000000000000000100000001000000
+            00000100000301000b0001006367726f75700000040002801c000100544320636c6173736966696572206e6f7420666f
+            756e6400
+            """
+        ])
+
+    // MARK: - Third run (the same script, after the IPv6 route dump fix)
+
+    /// ip route show, IPv4, in a namespace with no route (status; third run) (capture line 821)
+    static let routeDumpNoDefault = Exchange(
+        request: """
+            1c0000001a000503e62b0f6b00000000020000000000000000000000
+            """,
+        replies: [
+            """
+            1400000003000200e62b0f6b9320000000000000
+            """
+        ])
+    /// ip route show, IPv6, in the same namespace (status; third run) (capture line 823)
+    static let routeDumpV6 = Exchange(
+        request: """
+            1c0000001a000503e72b0f6b000000000a0000000000000000000000
+            """,
+        replies: [
+            """
+            7400000018000200e72b0f6b932000000a400000fe0200010000000008000f00fe00000014000100fe80000000000000
+            00000000000000000800060000010000080004000200000024000c000000000000000000000000000000000000000000
+            00000000000000000000000005001400000000007400000018000200e72b0f6b932000000a400000fe02000100000000
+            08000f00fe00000014000100fe8000000000000000000000000000000800060000010000080004000300000024000c00
+            000000000000000000000000000000000000000000000000000000000000000005001400000000007400000018000200
+            e72b0f6b932000000a400000fe0200010000000008000f00fe00000014000100fe800000000000000000000000000000
+            0800060000010000080004000400000024000c0000000000000000000000000000000000000000000000000000000000
+            0000000005001400000000007400000018000200e72b0f6b932000000a800000ff0200020000000008000f00ff000000
+            14000100fe80000000000000341ee9fffe91032d0800060000000000080004000300000024000c000000000000000000
+            00000000000000000000000000000000000000000000000005001400000000007400000018000200e72b0f6b93200000
+            0a800000ff0200020000000008000f00ff00000014000100fe800000000000007c6cfbfffeaa467c0800060000000000
+            080004000400000024000c00000000000000000000000000000000000000000000000000000000000000000005001400
+            000000007400000018000200e72b0f6b932000000a800000ff0200020000000008000f00ff00000014000100fe800000
+            00000000bceeaafffe19f56a0800060000000000080004000200000024000c0000000000000000000000000000000000
+            0000000000000000000000000000000005001400000000007400000018000200e72b0f6b932000000a080000ff020005
+            0000000008000f00ff00000014000100ff00000000000000000000000000000008000600000100000800040002000000
+            24000c000000000000000000000000000000000000000000000000000000000000000000050014000000000074000000
+            18000200e72b0f6b932000000a080000ff0200050000000008000f00ff00000014000100ff0000000000000000000000
+            000000000800060000010000080004000300000024000c00000000000000000000000000000000000000000000000000
+            000000000000000005001400000000007400000018000200e72b0f6b932000000a080000ff0200050000000008000f00
+            ff00000014000100ff0000000000000000000000000000000800060000010000080004000400000024000c0000000000
+            000000000000000000000000000000000000000000000000000000000500140000000000
+            """,
+            """
+            1400000003000200e72b0f6b9320000000000000
+            """,
+        ])
 }

@@ -15,6 +15,31 @@ func replaySocket(_ exchanges: Exchange...) -> (RouteSocket, ReplayTransport) {
     return (RouteSocket(session: NetlinkSession(transport: t, firstSeq: 0), namespace: "test"), t)
 }
 
+/// Replays datagrams with each message's seq set to the request it answers, in order (a batch's
+/// replies answer several requests of one datagram).
+final class SeqReplayTransport: NetlinkTransport {
+    let portID: UInt32 = 4242
+    var sent: [[UInt8]] = []
+    var replies: [[UInt8]]
+    private var seqs: [UInt32] = []
+    init(replies: [[UInt8]]) { self.replies = replies }
+    func send(_ bytes: [UInt8]) throws {
+        sent.append(bytes)
+        seqs += try NetlinkMessage.parse(bytes).map(\.seq)
+    }
+    func receive(timeoutMilliseconds: Int32?) throws -> [NetlinkMessage]? {
+        guard !replies.isEmpty, !seqs.isEmpty else {
+            throw KernelError(.state, "replay", reason: "the code under test waits for a reply nobody scripted")
+        }
+        let seq = seqs.removeFirst()
+        return try NetlinkMessage.parse(replies.removeFirst()).map { m in
+            var m = m
+            m.seq = seq
+            return m
+        }
+    }
+}
+
 /// The captured request, seq and pid masked.
 func captured(_ e: Exchange) -> [UInt8] { masked(hex(e.request)) }
 
@@ -106,7 +131,7 @@ func optionTypes(_ m: NetlinkMessage) -> [UInt16] {
 
     @Test func clsCgroupFilter() throws {
         let f = FilterSpec(parent: TCHandle(major: 1, minor: 0), kind: .cgroup, priority: 1)
-        let r = try RouteSocket.cgroupFilter(add: true, ifindex: 1, device: "lo", f)
+        let r = try RouteSocket.cgroupFilter(ifindex: 1, device: "lo", f)
         #expect(wire(r) == captured(RouteCaptures.cgroupAdd))
         #expect(r.operation == "tc filter add dev lo parent 1: protocol all prio 1 handle 1 cgroup")
     }
@@ -234,6 +259,133 @@ func optionTypes(_ m: NetlinkMessage) -> [UInt16] {
         let (socket, t) = replaySocket(RouteCaptures.routeDump)
         #expect(try socket.defaultRouteIfindex() == 2)
         #expect(t.sent.map(masked) == [captured(RouteCaptures.routeDump)])
+    }
+
+    // MARK: - Second run: replace, deletes, the IPv6 route dump, refusals with extended-ACK text
+
+    /// `request` pinned against `e`, then sent through a replay of `e`'s replies: the captured
+    /// answer decodes as an ACK.
+    func pinnedAndAcked(_ request: NetlinkRequest, _ e: Exchange) throws {
+        #expect(wire(request) == captured(e), "\(request.operation)")
+        let (socket, t) = replaySocket(e)
+        try socket.transact(request)
+        #expect(t.sent.map(masked) == [captured(e)])
+    }
+
+    @Test func theFirstRunsRequestsDecodeTheirCapturedACKs() throws {
+        let root = HTBClassSpec(
+            classid: TCHandle(major: 0xB7E, minor: 1), parent: tree, rate: gbit100, ceil: gbit100,
+            burst: Size(bytes: 50_000_000), cburst: Size(bytes: 50_000_000), priority: 0, quantum: 200_000)
+        let leafParent = TCHandle(major: 0xB7E, minor: 0xDB3D)
+        let acked: [(NetlinkRequest, Exchange)] = [
+            (
+                try RouteSocket.htbRoot(.add, ifindex: 2, device: "eth0", HTBQdiscSpec(handle: tree, defaultMinor: 2)),
+                RouteCaptures.htbRootAdd
+            ),
+            (try RouteSocket.htbClass(.add, ifindex: 2, device: "eth0", root), RouteCaptures.classAddRoot),
+            (try RouteSocket.htbClass(.add, ifindex: 2, device: "eth0", other), RouteCaptures.classAddOther),
+            (
+                try RouteSocket.htbClass(.change, ifindex: 2, device: "eth0", bulk(6_250_000_000, burst: 25_000_000)),
+                RouteCaptures.classChange
+            ),
+            (
+                try RouteSocket.leaf(
+                    .add, ifindex: 2, device: "eth0", LeafQdiscSpec(parent: leafParent, queue: .pfifo(limit: 82562))),
+                RouteCaptures.leafAddPfifo
+            ),
+            (
+                try RouteSocket.deleteQdisc(ifindex: 2, device: "eth0", parent: .root, handle: tree),
+                RouteCaptures.qdiscDelRoot
+            ),
+            (try RouteSocket.address("198.18.30.2/24", device: "eth0", ifindex: 2, add: true), RouteCaptures.addrAdd),
+            (try RouteSocket.setLink("lo", ifindex: 1, up: true, masterIfindex: nil), RouteCaptures.linkSetLoUp),
+        ]
+        for (request, e) in acked { try pinnedAndAcked(request, e) }
+        // cls_cgroup on a kernel without it: ENOENT (this kernel's reply of the first run had no text).
+        let cgroup = try RouteSocket.cgroupFilter(
+            ifindex: 1, device: "lo", FilterSpec(parent: TCHandle(major: 1, minor: 0), kind: .cgroup, priority: 1))
+        #expect {
+            try replaySocket(RouteCaptures.cgroupAdd).0.transact(cgroup)
+        } throws: { ($0 as? KernelError)?.errno == ENOENT }
+    }
+
+    @Test func htbRootReplaceAndDeletesAreAcked() throws {
+        let bulkID = TCHandle(major: 0xA00, minor: 0xDB3D)
+        let replace = try RouteSocket.htbRoot(
+            .replace, ifindex: 3, device: "d0", HTBQdiscSpec(handle: TCHandle(major: 0x2EB1, minor: 0), defaultMinor: 2)
+        )
+        // NLM_F_REPLACE (0x100, the bit `root` has in a GET) with CREATE: neither EXCL nor a plain add.
+        #expect(replace.message.flags == [.request, .ack, .create, .root])
+        try pinnedAndAcked(replace, RouteCaptures.htbRootReplace)
+        // The leaf goes by its parent alone (the kernel chose its handle): handle 0 on the wire.
+        try pinnedAndAcked(
+            RouteSocket.deleteQdisc(ifindex: 2, device: "eth0", parent: bulkID, handle: nil), RouteCaptures.leafDel)
+        let spec = bulk(5_000_000_000, burst: 20_000_000)
+        let cls = HTBClassSpec(
+            classid: bulkID, parent: TCHandle(major: 0xA00, minor: 1), rate: spec.rate, ceil: spec.ceil,
+            burst: spec.burst,
+            cburst: spec.cburst, priority: spec.priority, quantum: spec.quantum)
+        try pinnedAndAcked(RouteSocket.deleteClass(ifindex: 2, device: "eth0", cls), RouteCaptures.classDel)
+    }
+
+    @Test func addressAndDefaultRouteDeletesAreAcked() throws {
+        try pinnedAndAcked(
+            RouteSocket.address("198.18.30.2/24", device: "eth0", ifindex: 2, add: false), RouteCaptures.addrDel)
+        let (socket, t) = replaySocket(RouteCaptures.routeDel)
+        try socket.defaultRoute(via: "198.18.30.1", add: false)
+        #expect(t.sent.map(masked) == [captured(RouteCaptures.routeDel)])
+    }
+
+    @Test func theLeafAndClassDeletesOfABatchHaveTheirOwnACKs() {
+        let bulkID = TCHandle(major: 0xA00, minor: 0xDB3D)
+        let requests = [
+            try! RouteSocket.deleteQdisc(ifindex: 2, device: "eth0", parent: bulkID, handle: nil),
+            try! RouteSocket.deleteClass(
+                ifindex: 2, device: "eth0",
+                HTBClassSpec(
+                    classid: bulkID, parent: TCHandle(major: 0xA00, minor: 1), rate: gbit100, ceil: gbit100,
+                    burst: Size(bytes: 1), cburst: Size(bytes: 1), priority: 0, quantum: 1514)),
+        ]
+        let t = SeqReplayTransport(
+            replies: [RouteCaptures.leafDel, RouteCaptures.classDel].flatMap(\.replies).map(hex))
+        let results = NetlinkSession(transport: t, firstSeq: 0).transact(batch: requests)
+        #expect(results.count == 2 && results.allSatisfy { !$0.isFailure })
+        #expect(t.sent.count == 1, "one datagram")
+        #expect(
+            (try? NetlinkMessage.parse(t.sent[0]).map { masked($0.bytes) })
+                == [captured(RouteCaptures.leafDel), captured(RouteCaptures.classDel)])
+    }
+
+    @Test func routeDumpWithoutADefaultRouteTriesIPv6Too() throws {
+        let (socket, t) = replaySocket(RouteCaptures.routeDumpNoDefault, RouteCaptures.routeDumpV6)
+        // B has only the fe80::/64 routes of d0, d1 and the IFB: no default route in either family.
+        #expect(try socket.defaultRouteIfindex() == nil)
+        #expect(
+            t.sent.map(masked) == [captured(RouteCaptures.routeDumpNoDefault), captured(RouteCaptures.routeDumpV6)])
+        #expect(
+            RouteSocket.routeDumpRequest(family: AF_INET6).bytes.count == hex(RouteCaptures.routeDumpV6.request).count)
+        #expect(masked(RouteSocket.routeDumpRequest(family: AF_INET6).bytes) == captured(RouteCaptures.routeDumpV6))
+    }
+
+    @Test func refusalsKeepTheKernelsExtendedACKText() throws {
+        let parent = TCHandle(major: 1, minor: 1)
+        let fq = try RouteSocket.leaf(
+            .replace, ifindex: 1, device: "lo", LeafQdiscSpec(parent: parent, queue: .fqCodel))
+        let cgroup = try RouteSocket.cgroupFilter(
+            ifindex: 1, device: "lo", FilterSpec(parent: TCHandle(major: 1, minor: 0), kind: .cgroup, priority: 1))
+        for (request, e, text) in [
+            (fq, RouteCaptures.leafReplaceFqCodelRefused, "Specified qdisc kind is unknown"),
+            (cgroup, RouteCaptures.cgroupAddRefused, "TC classifier not found"),
+        ] {
+            #expect(wire(request) == captured(e))
+            let (socket, _) = replaySocket(e)
+            #expect {
+                try socket.transact(request)
+            } throws: { error in
+                let k = error as? KernelError
+                return k?.errno == ENOENT && k?.operation == request.operation && k?.reason.contains(text) == true
+            }
+        }
     }
 
     // MARK: - A batch on the wire
