@@ -39,15 +39,21 @@ public struct ApplyError: Error, CustomStringConvertible {
     public var rollbackFailures: [(Operation, any Error)]
 
     public var description: String {
-        var s = "\(failed.command): \(underlying)"
+        var s = Self.naming(failed, underlying)
         if rollbackFailures.isEmpty {
             s +=
                 rolledBack.isEmpty
                 ? " (nothing had changed)" : "; rolled back the \(rolledBack.count) change(s) this run made"
         } else {
-            s += "; rollback failed for: " + rollbackFailures.map { "\($0.0.command): \($0.1)" }.joined(separator: "; ")
+            s += "; rollback failed for: " + rollbackFailures.map { Self.naming($0.0, $0.1) }.joined(separator: "; ")
         }
         return s
+    }
+
+    /// "COMMAND: ERROR", once: kernel errors already name the command they ran.
+    static func naming(_ op: Operation, _ error: any Error) -> String {
+        let text = "\(error)"
+        return text.hasPrefix(op.command + ":") ? text : "\(op.command): \(text)"
     }
 }
 

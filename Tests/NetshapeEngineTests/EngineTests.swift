@@ -1,8 +1,9 @@
 import NetshapeCore
-import NetshapeEngine
 import NetshapePolicy
 import NetshapeTestSupport
 import Testing
+
+@testable import NetshapeEngine
 
 let webPolicy = SamplePolicy.web
 
@@ -152,6 +153,19 @@ struct Snapshot: Equatable {
             #expect(e.description.contains("injected EINVAL"))
         }
         #expect(Snapshot(k) == before, "the machine is as it was")
+    }
+
+    @Test func anApplyErrorNamesTheFailedCommandOnce() {
+        let op = Operation(
+            namespace: "web", device: "eth0",
+            action: .removeCgroup(path: "netshape/web/bulk", classid: TCHandle(major: 1, minor: 3)))
+        let named = FakeKernelError(errno: 5, "\(op.command): injected failure")
+        let bare = FakeKernelError(errno: 5, "injected failure")
+        let once = ApplyError(failed: op, underlying: named, rolledBack: [], rollbackFailures: [(op, named)])
+        #expect(
+            once.description == "\(op.command): injected failure; rollback failed for: \(op.command): injected failure")
+        let prefixed = ApplyError(failed: op, underlying: bare, rolledBack: [], rollbackFailures: [])
+        #expect(prefixed.description == "\(op.command): injected failure (nothing had changed)")
     }
 
     @Test func operationsABatchCarriedOutAfterItsFailureAreRolledBackToo() throws {
