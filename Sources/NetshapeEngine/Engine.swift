@@ -207,6 +207,7 @@ public final class Engine {
             for name in plan.retired where plan.observed.namespaces[name]?.problem != nil {
                 record.namespaces[name]?.egress = nil
                 record.namespaces[name]?.ingress = nil
+                record.namespaces[name]?.cgroup2Classifier = nil
             }
             for name in plan.retired where record.namespaces[name]?.isEmpty ?? true { record.namespaces[name] = nil }
             try kernel.saveOwnership(record)
@@ -320,6 +321,13 @@ public final class Engine {
             if let t = e.egress, t.ifindex == 0 || t.netnsID.isEmpty, t.device == seen.device {
                 e.egress?.ifindex = seen.ifindex
                 e.egress?.netnsID = seen.netnsID
+            }
+            if ns.filter.kind == .cgroup2, seen.cgroup2Map != nil {
+                e.cgroup2Classifier = Cgroup2Entry.objectName(namespace: ns.name)
+            } else if ns.filter.kind != .cgroup2, e.cgroup2Classifier != nil,
+                !seen.filters.contains(where: { $0.bpfName == FilterSpec.cgroup2ProgramName })
+            {
+                e.cgroup2Classifier = nil
             }
             if e.egress == nil, let root = seen.configuredRoot, Differ.adoptable(root, ns, seen) {
                 e.egress = OwnershipRecord.Tree(
