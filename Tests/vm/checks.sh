@@ -145,6 +145,8 @@ else
 fi
 # The socket-creation path: probed the way netshape probes it (plan's capabilities); where the
 # kernel has it, an iperf3 started after apply with no daemon, by comm, lands in its class.
+# p.toml at its 2mbit slow class again (the v1 checks edited it to 4mbit), for the 2.3 Mbit/s cap below.
+policy /etc/netshape/p.toml ""
 caps=$($NS plan /etc/netshape/p.toml --json 2>&1)
 if echo "$caps" | grep -q '"sockCreate" : true'; then
     awk '{ print } /^name = "slow"/ { print "match.comm = [\"iperf3\"]" }' /etc/netshape/p.toml >/etc/netshape/sc.toml
