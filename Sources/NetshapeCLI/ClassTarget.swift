@@ -54,6 +54,12 @@ func resolveClass(_ spec: String, in policy: Policy) throws -> (NamespacePolicy,
 
 /// The class's cgroup, which `apply` must have created.
 func appliedCgroup(_ s: Session, _ ns: NamespacePolicy, _ cls: ClassPolicy) throws -> (NetClsHierarchy, String) {
+    // A class classified by cgroup v2 path has no net_cls cgroup to join (and none is mounted for it).
+    if let planned = try? Planner.plan(s.policy, capabilities: s.kernel.capabilities()).namespace(ns.name)?
+        .classes.first(where: { $0.name == cls.name }), let why = Render.noNetClsCgroup(planned, ns.name)
+    {
+        throw CLIError(why)
+    }
     let h = try s.kernel.netCls()
     let path = CgroupPaths.class(cls.name, in: ns.name)
     guard h.classid(path) != nil else {

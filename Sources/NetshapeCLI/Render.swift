@@ -22,6 +22,10 @@ struct PlanJSON: Encodable {
         var leaf: String
         var cgroup: String?
         var isDefault: Bool
+        /// "net_cls" or "cgroup2 path".
+        var classifiedBy: String
+        /// The cgroup v2 paths of a class classified by path.
+        var cgroup2Paths: [String]?
     }
     struct Namespace: Encodable {
         var name: String
@@ -56,7 +60,10 @@ struct PlanJSON: Encodable {
                         name: c.displayName, classid: "\(c.spec.classid)", rate: c.spec.rate.bitsPerSecond,
                         ceil: c.spec.ceil.bitsPerSecond, burst: c.spec.burst.bytes, cburst: c.spec.cburst.bytes,
                         priority: c.spec.priority, quantum: c.spec.quantum, leaf: c.leaf.queue.description,
-                        cgroup: c.name.map { CgroupPaths.class($0, in: ns.name) }, isDefault: c.isDefault)
+                        cgroup: c.classification == .netCls ? c.name.map { CgroupPaths.class($0, in: ns.name) } : nil,
+                        isDefault: c.isDefault, classifiedBy: c.classification.rawValue,
+                        cgroup2Paths: c.classification == .cgroup2
+                            ? c.match.cgroup.map { "/" + Cgroup2Rule.normalize($0) } : nil)
                 })
         }
     }
@@ -92,12 +99,20 @@ enum Render {
             let dev = plan.observed.namespaces[ns.name]?.device ?? ns.device ?? "?"
             out.append(
                 "namespace \(ns.name): netns \(ns.target), dev \(dev), egress \(ns.egress), htb \(ns.qdisc.handle), "
-                    + "classifier \(ns.classifier == .cgroup ? "cls_cgroup" : "cls_bpf")")
-            var rows = [["  class", "classid", "rate", "ceil", "prio", "leaf"]]
+                    + "classifier \(ns.classifier == .cgroup ? "cls_cgroup" : ns.classifier == .cgroup2 ? "cls_bpf (cgroup2 path, then net_cls)" : "cls_bpf")"
+            )
+            var rows = [["  class", "classid", "rate", "ceil", "prio", "leaf", "classified by"]]
             for c in ns.classes {
+                let by =
+                    c.name == nil
+                    ? "(unmatched traffic)"
+                    : c.classification == .cgroup2
+                        ? "cgroup2 path "
+                            + c.match.cgroup.map { "/" + Cgroup2Rule.normalize($0) }.joined(separator: ",")
+                        : c.classification.rawValue
                 rows.append([
                     "  " + c.displayName + (c.isDefault ? " *" : ""), "\(c.spec.classid)", "\(c.spec.rate)",
-                    "\(c.spec.ceil)", "\(c.spec.priority)", c.leaf.queue.description,
+                    "\(c.spec.ceil)", "\(c.spec.priority)", c.leaf.queue.description, by,
                 ])
             }
             out.append(table(rows))
@@ -175,6 +190,20 @@ enum Render {
         return "\(b)bit"
     }
 
+    /// One line per class classified by cgroup v2 path: its paths, their ids and whether the
+    /// map holds them (net_cls classes are the rest, and say nothing).
+    static func classifiedBy(_ classes: [ClassStatus]) -> [String] {
+        classes.compactMap { c in
+            guard let paths = c.cgroup2Paths else { return nil }
+            let each = paths.map { p in
+                if let by = p.shadowedBy { return "\(p.path) (taken by \(by))" }
+                guard let id = p.id else { return "\(p.path) (does not exist yet)" }
+                return "\(p.path) (id \(id)\(p.mapped ? "" : ", NOT MAPPED"))"
+            }
+            return "  \(c.name): classified by cgroup2 path: " + each.joined(separator: ", ")
+        }
+    }
+
     static func status(_ r: StatusReport) -> String {
         var out: [String] = []
         for ns in r.namespaces {
@@ -187,6 +216,11 @@ enum Render {
                 "namespace \(ns.name): netns \(ns.netns), dev \(ns.device), egress \(bits(ns.egress)), htb \(ns.handle), "
                     + "classifier \(ns.classifier == "cgroup" ? "cls_cgroup" : ns.classifier == "bpf" ? "cls_bpf" : "none")"
                     + (ns.applied ? "" : " (NOT APPLIED)"))
+            if let c = ns.cgroup2Classifier {
+                out.append(
+                    "  cgroup2 classifier \(c.name): program id \(c.programID), map id \(c.mapID) with \(c.entries) "
+                        + "cgroup(s) (bpftool map dump id \(c.mapID))")
+            }
             if let r = ns.resolved { out.append("  \(r)" + (ns.hostDevice.map { ", host veth \($0)" } ?? "")) }
             var rows = [["  class", "classid", "rate", "ceil", "now", "bytes", "packets", "drops", "path", "pids"]]
             for c in ns.classes {
@@ -197,6 +231,7 @@ enum Render {
                 ])
             }
             out.append(table(rows))
+            out += classifiedBy(ns.classes)
             if let i = ns.ingressShaping {
                 let where_ =
                     i.placement == "peer"
@@ -209,5 +244,59 @@ enum Render {
             }
         }
         return out.joined(separator: "\n")
+    }
+}
+
+extension Render {
+    /// `check`'s account of what this kernel does with the policy: how each class is classified
+    /// (by cgroup v2 path or through net_cls) and every fallback the planner takes, with the
+    /// kernel's reason (no cls_cgroup, no fq_codel, no cgroup2 classifier…). `capabilities` nil:
+    /// not probed (the probe needs root), so only what the policy asks for is said.
+    static func kernelSupport(_ policy: Policy, _ capabilities: KernelCapabilities?) -> [String] {
+        guard let caps = capabilities else {
+            let byPath = policy.namespaces.flatMap { ns in
+                ns.classes.filter(\.match.isCgroupPathsOnly).map { "\(ns.name)/\($0.name)" }
+            }
+            return byPath.isEmpty
+                ? []
+                : [
+                    "note: kernel support not probed (needs root): \(byPath.joined(separator: ", ")) would be "
+                        + "classified by cgroup v2 path where the kernel can (cls_bpf, Linux 4.19, cgroup2 mounted)"
+                ]
+        }
+        do {
+            let desired = try Planner.plan(policy, capabilities: caps)
+            var out = desired.notes.map { "note: \($0)" }
+            for ns in desired.namespaces {
+                let byPath = ns.classes.filter { $0.classification == .cgroup2 }.compactMap(\.name)
+                if !byPath.isEmpty {
+                    out.append(
+                        "namespace \(ns.name): classified in the kernel by cgroup v2 path, nothing moved: "
+                            + byPath.joined(separator: ", "))
+                }
+            }
+            return out
+        } catch {
+            return ["error: this kernel cannot shape the policy: \(error)"]
+        }
+    }
+}
+
+extension Render {
+    /// Why `run`/`classify` cannot put a process into `c` through net_cls, with what to do instead;
+    /// nil for a net_cls class.
+    static func noNetClsCgroup(_ c: PlannedClass, _ namespace: String) -> String? {
+        switch c.classification {
+        case .netCls: return nil
+        case .cgroup2:
+            let paths = c.match.cgroup.map { "/" + Cgroup2Rule.normalize($0) }.joined(separator: ", ")
+            return "class \(namespace)/\(c.displayName) is classified by cgroup v2 path (\(paths)), not through "
+                + "net_cls: start the command inside that cgroup (systemd-run --slice/--scope, or echo $$ > "
+                + "<cgroup2 mount>\(c.match.cgroup.first.map { "/" + Cgroup2Rule.normalize($0) } ?? "")/cgroup.procs "
+                + "before exec); its sockets are then in the class from the first packet"
+        case .unmatched:
+            return "class \(namespace)/\(c.displayName) takes the traffic no other class does and has no cgroup: run "
+                + "the command in the namespace outside the other classes' cgroups (ip netns exec …)"
+        }
     }
 }

@@ -33,9 +33,52 @@ public enum ClassifierKind: String, Sendable, Hashable, Codable {
     case cgroup
     /// `cls_bpf` running `r0 = bpf_get_cgroup_classid(skb); exit`, not in direct-action mode.
     case bpf
+    /// `cls_bpf` running netshape's cgroup v2 classifier: the net_cls classid when the socket has
+    /// one, else the class its cgroup v2 path (or the nearest mapped ancestor) is mapped to in a
+    /// hash map of cgroup id → classid, else 0 (the default class). Chosen when a class has cgroup
+    /// v2 path rules only.
+    case cgroup2
 
     /// `TCA_KIND`.
-    public var kind: String { rawValue }
+    public var kind: String { self == .cgroup ? "cgroup" : "bpf" }
+
+    /// `TCA_BPF_NAME` of netshape's cls_bpf filters: how a dump tells the two programs apart.
+    public var filterName: String? {
+        switch self {
+        case .cgroup: return nil
+        case .bpf: return FilterSpec.bpfProgramName
+        case .cgroup2: return FilterSpec.cgroup2ProgramName
+        }
+    }
+}
+
+/// How a class's processes reach it.
+public enum Classification: String, Sendable, Hashable, Codable {
+    /// Moved into the class's net_cls cgroup (by `apply` and the daemon); the classifier reads its classid.
+    case netCls = "net_cls"
+    /// Classified in the kernel from each socket's cgroup v2 membership: nothing is moved.
+    case cgroup2 = "cgroup2 path"
+    /// The default class of a namespace whose other classes all go by cgroup v2 path: it takes
+    /// what nothing else does (HTB's default), so it needs no net_cls cgroup either.
+    case unmatched = "unmatched traffic"
+}
+
+/// One cgroup v2 path a class's rule names, with the classid its id is mapped to.
+public struct Cgroup2Rule: Sendable, Hashable {
+    /// Relative to the cgroup2 mount, no leading or trailing slash ("" = the root cgroup).
+    public var path: String
+    public var classid: TCHandle
+    public var className: String
+    public init(path: String, classid: TCHandle, className: String) {
+        self.path = path
+        self.classid = classid
+        self.className = className
+    }
+
+    /// `path` as a rule writes it, normalised: `/system.slice//a/` → `system.slice/a`.
+    public static func normalize(_ path: String) -> String {
+        path.split(separator: "/").joined(separator: "/")
+    }
 }
 
 /// An HTB root qdisc: `tc qdisc add dev D root handle M: htb default N`.
@@ -121,6 +164,8 @@ public struct FilterSpec: Sendable, Hashable, Codable {
     public static let netshapePriority: UInt16 = 0xC0DE & 0x7FFF
     /// Name given to the cls_bpf program (`TCA_BPF_NAME`), how a dump recognises it.
     public static let bpfProgramName = "netshape_classid"
+    /// `TCA_BPF_NAME` of the cgroup v2 classifier's filter (its program and map are `netshape_cg2`).
+    public static let cgroup2ProgramName = "netshape_cgroup2"
 
     public init(
         parent: TCHandle, kind: ClassifierKind, priority: UInt16 = FilterSpec.netshapePriority,
@@ -167,6 +212,8 @@ public struct PlannedClass: Sendable, Equatable {
     public var leaf: LeafQdiscSpec
     public var match: MatchRules
     public var isDefault: Bool
+    /// How its processes reach it.
+    public var classification: Classification = .netCls
 
     /// The class name as shown to users.
     public var displayName: String { name ?? "(default)" }
@@ -195,9 +242,40 @@ public struct DesiredNamespace: Sendable, Equatable {
     /// the hook and some class can be decided there).
     public var sockCreate = false
 
-    /// The net_cls cgroups of the policy's classes (the implicit default class has none).
+    /// The net_cls cgroups of the policy's classes (the implicit default class and classes
+    /// classified by cgroup v2 path have none).
     public var cgroups: [CgroupSpec] {
-        classes.compactMap { c in c.name.map { CgroupSpec(namespace: name, className: $0, classid: c.spec.classid) } }
+        classes.compactMap { c in
+            guard c.classification == .netCls else { return nil }
+            return c.name.map { CgroupSpec(namespace: name, className: $0, classid: c.spec.classid) }
+        }
+    }
+
+    /// The cgroup v2 paths of the classes classified by path, in policy order, without the paths
+    /// an earlier rule already covers (a process there belongs to the earlier class, policy.md's
+    /// first-match order, and the program's deepest-first walk would otherwise pick the later one).
+    public var cgroup2Rules: [Cgroup2Rule] { cgroup2Layout.rules }
+
+    /// The paths an earlier rule shadows, with the class that takes them (for notes).
+    public var shadowedCgroup2Paths: [(path: String, className: String, takenBy: String)] {
+        cgroup2Layout.shadowed
+    }
+
+    var cgroup2Layout: (rules: [Cgroup2Rule], shadowed: [(path: String, className: String, takenBy: String)]) {
+        var rules: [Cgroup2Rule] = []
+        var shadowed: [(path: String, className: String, takenBy: String)] = []
+        for c in classes where c.classification == .cgroup2 {
+            guard let n = c.name else { continue }
+            for raw in c.match.cgroup {
+                let p = Cgroup2Rule.normalize(raw)
+                if let by = rules.first(where: { cgroupPrefix($0.path, matches: p) }) {
+                    if by.className != n { shadowed.append((p, n, by.className)) }
+                    continue
+                }
+                rules.append(Cgroup2Rule(path: p, classid: c.spec.classid, className: n))
+            }
+        }
+        return (rules, shadowed)
     }
 
     /// All HTB classes, root first (the order they must be created in).

@@ -88,13 +88,23 @@ public enum Differ {
                 : seen.filters.filter {
                     $0.parent == ns.filter.parent && $0.priority == ns.filter.priority
                 }
+            // The cgroup v2 classifier is only good with a map netshape can read and update.
             let good = ourFilters.contains { f in
                 f.kind == ns.filter.kind.kind && f.handle == ns.filter.handle
-                    && (ns.filter.kind != .bpf || f.bpfName == FilterSpec.bpfProgramName)
+                    && (ns.filter.kind == .cgroup || f.bpfName == ns.filter.kind.filterName)
+                    && (ns.filter.kind != .cgroup2 || seen.cgroup2Map != nil)
             }
             if !good {
                 for f in ourFilters {
-                    let kind: ClassifierKind = f.kind == "cgroup" ? .cgroup : .bpf
+                    let kind: ClassifierKind =
+                        f.kind == "cgroup" ? .cgroup : f.bpfName == FilterSpec.cgroup2ProgramName ? .cgroup2 : .bpf
+                    // The map goes with the filter: emptied first, so that undoing this run (the
+                    // filter re-added with a fresh map) puts every entry back.
+                    if kind == .cgroup2, let map = seen.cgroup2Map {
+                        for (id, classid) in map.entries.sorted(by: { $0.key < $1.key }) {
+                            ops.append(op(.unmapCgroup(Cgroup2Entry(path: "(id \(id))", id: id, classid: classid))))
+                        }
+                    }
                     ops.append(
                         op(
                             .deleteFilter(
@@ -103,6 +113,10 @@ public enum Differ {
                                     handle: f.handle))))
                 }
                 ops.append(op(.addFilter(ns.filter)))
+            }
+            if ns.filter.kind == .cgroup2 {
+                diffCgroup2Map(
+                    ns, have: good ? seen.cgroup2Map?.entries ?? [:] : [:], observed, op, &ops, &removals, &notes)
             }
             if !fresh {
                 let foreign = seen.filters.filter {
@@ -147,6 +161,43 @@ public enum Differ {
         return ops + sock.ops + sock.removals + removals
     }
 
+    /// The cgroup v2 classifier's map: one entry per existing directory a path rule names (its id →
+    /// the class's classid), changed in place; ids no rule names any more (a directory renamed,
+    /// removed or re-created gets a new id) are deleted. The filter is never rebuilt for this.
+    static func diffCgroup2Map(
+        _ ns: DesiredNamespace, have: [UInt64: TCHandle], _ observed: ObservedState,
+        _ op: (Operation.Action) -> Operation, _ ops: inout [Operation], _ removals: inout [Operation],
+        _ notes: inout [String]
+    ) {
+        for s in ns.shadowedCgroup2Paths {
+            notes.append(
+                "namespace \(ns.name): class \(s.className)'s cgroup /\(s.path) is inside a path of class "
+                    + "\(s.takenBy), which comes first in the policy and takes it")
+        }
+        var wanted: [UInt64: Cgroup2Entry] = [:]
+        for rule in ns.cgroup2Rules {
+            guard let id = observed.cgroup2[rule.path] else {
+                notes.append(
+                    "namespace \(ns.name): class \(rule.className): cgroup /\(rule.path) does not exist (yet) "
+                        + (observed.cgroup2Mount.map { "under \($0)" } ?? "(cgroup2 is not mounted)")
+                        + ": mapped when it appears (the daemon watches for it; otherwise the next apply)")
+                continue
+            }
+            guard wanted[id.id] == nil else { continue }
+            let e = Cgroup2Entry(path: rule.path, id: id.id, classid: rule.classid)
+            wanted[id.id] = e
+            if let old = have[id.id] {
+                if old != rule.classid { ops.append(op(.mapCgroup(e, old: old))) }
+            } else {
+                ops.append(op(.mapCgroup(e, old: nil)))
+            }
+        }
+        for (id, classid) in have.sorted(by: { $0.key < $1.key }) where wanted[id] == nil {
+            removals.append(
+                op(.unmapCgroup(Cgroup2Entry(path: "(id \(id), no rule names it now)", id: id, classid: classid))))
+        }
+    }
+
     /// cgroups (netshape/, netshape/<ns>/, one per class with its classid), the removal of the class
     /// cgroups netshape made that the policy no longer has, and process moves.
     static func diffCgroups(
@@ -155,12 +206,14 @@ public enum Differ {
         needRootDir: inout Bool, ops: inout [Operation], removals: inout [Operation], notes: inout [String]
     ) {
         let nsDir = CgroupPaths.namespace(ns.name)
-        if needRootDir {
+        // No class needs net_cls (all are classified by cgroup v2 path): no directory, no mount.
+        let needsNetCls = !ns.cgroups.isEmpty || observed.cgroups[nsDir] != nil
+        if needRootDir && needsNetCls {
             ops.append(
                 Operation(namespace: ns.name, action: .createCgroup(path: CgroupPaths.top, classid: .unspecified)))
             needRootDir = false
         }
-        if observed.cgroups[nsDir] == nil {
+        if observed.cgroups[nsDir] == nil && needsNetCls {
             ops.append(Operation(namespace: ns.name, action: .createCgroup(path: nsDir, classid: .unspecified)))
         }
         for cg in ns.cgroups {

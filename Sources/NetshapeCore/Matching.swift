@@ -35,9 +35,15 @@ public struct ProcessMatcher: Sendable {
         return true
     }
 
-    /// The first class (in policy order) whose rules match, as policy.md says.
+    /// The net_cls class `p` must be moved into: the first class (in policy order) whose rules
+    /// match, as policy.md says. nil when that class is classified by cgroup v2 path: the kernel
+    /// places its sockets, and moving the process would only put a net_cls classid in the way.
     public func classify(_ p: ProcessInfo, in ns: DesiredNamespace) -> PlannedClass? {
-        ns.classes.first { $0.name != nil && matches($0.match, p) }
+        guard let c = ns.classes.first(where: { $0.name != nil && matches($0.match, p) }), c.classification == .netCls
+        else {
+            return nil
+        }
+        return c
     }
 
     func resolve(_ principal: Principal, _ table: [String: UInt32]) -> UInt32? {

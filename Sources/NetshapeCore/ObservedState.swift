@@ -60,13 +60,19 @@ public struct ObservedFilter: Sendable, Equatable {
     public var handle: UInt32
     /// `TCA_BPF_NAME` for kind "bpf".
     public var bpfName: String?
+    /// `TCA_BPF_ID`: the id of the program a cls_bpf filter runs.
+    public var bpfProgramID: UInt32?
 
-    public init(parent: TCHandle, kind: String, priority: UInt16, handle: UInt32, bpfName: String? = nil) {
+    public init(
+        parent: TCHandle, kind: String, priority: UInt16, handle: UInt32, bpfName: String? = nil,
+        bpfProgramID: UInt32? = nil
+    ) {
         self.parent = parent
         self.kind = kind
         self.priority = priority
         self.handle = handle
         self.bpfName = bpfName
+        self.bpfProgramID = bpfProgramID
     }
 }
 
@@ -189,6 +195,9 @@ public struct ObservedNamespace: Sendable, Equatable {
     public var target: NetnsTarget?
     /// The namespace's netns cookie (`SO_NETNS_COOKIE`), 0 when the kernel has none.
     public var netnsCookie: UInt64 = 0
+    /// The map of netshape's cgroup v2 classifier, when that filter is attached (nil: none, or
+    /// it could not be read, which makes the filter one to rebuild).
+    public var cgroup2Map: ObservedCgroup2Map?
 
     public init(
         name: String, problem: String? = nil, netnsID: String = "", device: String = "", ifindex: Int32 = 0,
@@ -233,6 +242,10 @@ public struct ObservedState: Sendable, Equatable {
     public var notes: [String] = []
     /// The socket-creation program and its map (nil: the kernel has no such hook).
     public var sockCreate: ObservedSockCreate?
+    /// Where cgroup2 is mounted (nil: it is not).
+    public var cgroup2Mount: String?
+    /// The cgroup v2 directories the policy's path rules name that exist, by normalised path.
+    public var cgroup2: [String: Cgroup2ID] = [:]
 
     public init(
         namespaces: [String: ObservedNamespace] = [:], cgroups: [String: ObservedCgroup] = [:],
@@ -256,6 +269,18 @@ public struct ObservedState: Sendable, Equatable {
                 if let m = result.majors[ns.name], m != cg.classid.major { continue }
                 result.majors[ns.name] = cg.classid.major
                 minors[c.name] = cg.classid.minor
+            }
+            // Classes classified by cgroup v2 path have no cgroup: their classid is in the map.
+            let entries = namespaces[ns.name]?.cgroup2Map?.entries ?? [:]
+            for c in ns.classes where minors[c.name] == nil && c.match.isCgroupPathsOnly {
+                let ids = c.match.cgroup.compactMap { cgroup2[Cgroup2Rule.normalize($0)]?.id }
+                // A stale entry (the path's class changed) may hold a minor another class keeps.
+                guard let id = ids.first(where: { entries[$0] != nil }), let cid = entries[id],
+                    !minors.values.contains(cid.minor)
+                else { continue }
+                if let m = result.majors[ns.name], m != cid.major { continue }
+                result.majors[ns.name] = cid.major
+                minors[c.name] = cid.minor
             }
             if result.majors[ns.name] == nil, let owned = ownership.namespaces[ns.name],
                 let handle = owned.egress?.handle ?? owned.ingress?.tree?.handle

@@ -63,6 +63,11 @@ public struct Operation: Sendable, Equatable {
         case removeCgroup(path: String, classid: TCHandle)
         /// `echo PID > <net_cls>/TO/cgroup.procs`
         case moveProcess(pid: Int32, comm: String, from: String, to: String)
+        /// `bpftool map update name ns_cg2_… key ID value CLASSID`: the cgroup v2 classifier's map
+        /// sends the cgroup (and everything below it) to a class. `old`: the classid it replaces.
+        case mapCgroup(Cgroup2Entry, old: TCHandle?)
+        /// `bpftool map delete name ns_cg2_… key ID`
+        case unmapCgroup(Cgroup2Entry)
 
         // Ingress through an IFB (no reachable veth peer).
         /// `ip link add name IFB type ifb txqueuelen 1000 && ip link set IFB up` (inside the namespace)
@@ -140,6 +145,13 @@ public struct Operation: Sendable, Equatable {
         case .removeCgroup(let p, let id): a = .createCgroup(path: p, classid: id)
         case .moveProcess(let pid, let comm, let from, let to):
             a = .moveProcess(pid: pid, comm: comm, from: to, to: from)
+        case .mapCgroup(let e, let old):
+            if let old {
+                a = .mapCgroup(Cgroup2Entry(path: e.path, id: e.id, classid: old), old: e.classid)
+            } else {
+                a = .unmapCgroup(e)
+            }
+        case .unmapCgroup(let e): a = .mapCgroup(e, old: nil)
         case .createIFB(let n): a = .deleteIFB(n)
         case .deleteIFB(let n): a = .createIFB(n)
         case .addIngressRedirect(let i): a = .deleteIngressRedirect(ifb: i)
@@ -180,6 +192,8 @@ public struct Operation: Sendable, Equatable {
         case .setClassID: return "set"
         case .removeCgroup: return "remove"
         case .moveProcess: return "move"
+        case .mapCgroup(_, let old): return old == nil ? "add" : "change"
+        case .unmapCgroup: return "delete"
         case .createIFB, .createNetns, .createVeth, .createBridge: return "create"
         case .deleteIFB, .deleteNetns, .deleteVeth, .deleteBridge: return "delete"
         case .addIngressRedirect, .addAddress, .addDefaultRoute: return "add"
@@ -202,6 +216,7 @@ public struct Operation: Sendable, Equatable {
         case .addFilter, .deleteFilter: return "filter"
         case .createCgroup, .setClassID, .removeCgroup: return "cgroup"
         case .moveProcess: return "process"
+        case .mapCgroup, .unmapCgroup: return "bpf map"
         case .createIFB, .deleteIFB, .createVeth, .deleteVeth, .createBridge, .deleteBridge, .attachToBridge,
             .detachFromBridge, .linkUp, .linkDown:
             return "link"
@@ -268,8 +283,16 @@ public struct Operation: Sendable, Equatable {
         case .deleteLeaf(let l):
             return "tc qdisc del \(dev) parent \(l.parent)"
         case .addFilter(let f):
-            return "tc filter add \(dev) parent \(f.parent) protocol all prio \(f.priority) handle \(f.handle) "
-                + (f.kind == .cgroup ? "cgroup" : "bpf obj <bpf_get_cgroup_classid> name \(FilterSpec.bpfProgramName)")
+            let what: String
+            switch f.kind {
+            case .cgroup: what = "cgroup"
+            case .bpf: what = "bpf obj <bpf_get_cgroup_classid> name \(FilterSpec.bpfProgramName)"
+            case .cgroup2:
+                what =
+                    "bpf obj <cgroup2 classifier, map \(Cgroup2Entry.objectName(namespace: namespace))> "
+                    + "name \(FilterSpec.cgroup2ProgramName)"
+            }
+            return "tc filter add \(dev) parent \(f.parent) protocol all prio \(f.priority) handle \(f.handle) \(what)"
         case .deleteFilter(let f):
             return
                 "tc filter del \(dev) parent \(f.parent) protocol all prio \(f.priority) handle \(f.handle) \(f.kind.kind)"
@@ -283,6 +306,8 @@ public struct Operation: Sendable, Equatable {
             return "rmdir <net_cls>/\(p)"
         case .moveProcess(let pid, let comm, _, let to):
             return "echo \(pid) > <net_cls>/\(to.isEmpty ? "" : to + "/")cgroup.procs  # \(comm)"
+        case .mapCgroup(let e, _): return e.updateCommand(namespace: namespace)
+        case .unmapCgroup(let e): return e.deleteCommand(namespace: namespace)
         case .createIFB(let n): return "\(ipPrefix) link add name \(n) txqueuelen 1000 up type ifb"
         case .deleteIFB(let n): return "\(ipPrefix) link del \(n)"
         case .addIngressRedirect(let i):

@@ -84,6 +84,9 @@ public struct OwnershipRecord: Sendable, Equatable, Codable {
         public var egress: Tree?
         public var ingress: Ingress?
         public var provisioned: Provisioned?
+        /// The cgroup v2 classifier netshape attached to the egress tree: program and map of this
+        /// name, held by the cls_bpf filter (nothing pinned, so they go with the filter or the tree).
+        public var cgroup2Classifier: String?
         /// net_cls cgroups netshape created for this entry, relative to the hierarchy (nil: an
         /// older record; the class cgroups under `netshape/<name>` are then taken as netshape's).
         public var cgroups: [String]?
@@ -107,6 +110,7 @@ public struct OwnershipRecord: Sendable, Equatable, Codable {
         public var isEmpty: Bool {
             egress == nil && (ingress?.isEmpty ?? true) && (provisioned?.isEmpty ?? true) && (cgroups ?? []).isEmpty
                 && sockCookie == nil
+                && cgroup2Classifier == nil
         }
 
         /// True when netshape created the cgroup at `path` for this entry.
@@ -223,6 +227,10 @@ extension OwnershipRecord {
                 }
             case (.deleteClass(let c), .ingress):
                 entry.ingress?.tree?.classes?.removeAll { $0 == c.classid }
+            case (.addFilter(let f), .namespace) where f.kind == .cgroup2:
+                entry.cgroup2Classifier = Cgroup2Entry.objectName(namespace: op.namespace)
+            case (.deleteFilter(let f), .namespace) where f.kind == .cgroup2:
+                entry.cgroup2Classifier = nil
             case (.createCgroup(let path, _), _) where path != CgroupPaths.top:
                 let fresh = recordedCgroups[op.namespace, default: Set(entry.cgroups ?? [])].insert(path).inserted
                 if fresh { entry.cgroups?.append(path) }
@@ -275,7 +283,11 @@ extension OwnershipRecord {
         guard var e = namespaces[op.namespace] else { return }
         switch (op.action, op.link) {
         case (.removeCgroup(let path, _), _): e.cgroups?.removeAll { $0 == path }
-        case (.deleteRootQdisc, .namespace): e.egress = nil
+        case (.deleteRootQdisc, .namespace):
+            // The filter went with the tree, and the classifier's program and map with the filter.
+            e.egress = nil
+            e.cgroup2Classifier = nil
+        case (.deleteFilter(let f), .namespace) where f.kind == .cgroup2: e.cgroup2Classifier = nil
         case (.deleteRootQdisc, .ingress): e.ingress?.tree = nil
         case (.deleteIngressRedirect, _): e.ingress?.redirectFrom = nil
         case (.deleteIFB, _): e.ingress?.ifb = nil

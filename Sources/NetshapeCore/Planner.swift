@@ -40,6 +40,8 @@ public enum Planner {
     public static let rootMinor: UInt16 = 1
     /// Minor of the default class (named by `default`, or implicit).
     public static let defaultMinor: UInt16 = 2
+    /// The deepest cgroup v2 level the classifier program walks (the root cgroup is level 0).
+    public static let cgroup2MaxLevel = 16
     /// The most classes one namespace can hold.
     public static var maxClassesPerNamespace: Int { classMinorRange.count }
 
@@ -127,6 +129,7 @@ public enum Planner {
         }
 
         var planned: [PlannedClass] = []
+        var byPath = false
         for c in ns.classes {
             let id = TCHandle(major: major, minor: minors[c.name] ?? 0)
             let ceil = c.ceil ?? ns.egress
@@ -136,10 +139,18 @@ public enum Planner {
                 priority: UInt32(c.priority), quantum: defaultQuantum(for: c.rate))
             let leafChoice = c.leaf ?? ns.leaf ?? settings.leaf
             let queue = try leafQueue(leafChoice, ceil: ceil, capabilities, &notes, &fallbackNoted)
+            let path = classPath(c, ns: ns.name, settings: settings, capabilities, &notes)
+            byPath = byPath || path == .cgroup2
             planned.append(
                 PlannedClass(
                     name: c.name, spec: spec, leaf: LeafQdiscSpec(parent: id, queue: queue),
-                    match: c.match, isDefault: c.name == ns.defaultClass))
+                    match: c.match, isDefault: c.name == ns.defaultClass, classification: path))
+        }
+        if byPath, !planned.contains(where: { $0.classification == .netCls && !($0.isDefault && $0.match.isEmpty) }),
+            let d = planned.firstIndex(where: { $0.isDefault && $0.match.isEmpty })
+        {
+            // Nothing else needs net_cls: the default class does not either (no cgroup, no mount).
+            planned[d].classification = .unmatched
         }
         if ns.defaultClass == nil {
             // No `default`: unmatched traffic still must meet a class, or HTB lets it bypass shaping
@@ -174,13 +185,38 @@ public enum Planner {
             name: ns.name, target: ns.netns, device: ns.device ?? (ns.provision != nil ? "eth0" : nil),
             qdisc: HTBQdiscSpec(handle: TCHandle(major: major, minor: 0), defaultMinor: defaultMinor),
             rootClass: root, classes: planned,
-            filter: FilterSpec(parent: TCHandle(major: major, minor: 0), kind: classifier),
-            classifier: classifier, egress: ns.egress, ingress: ns.ingress, ingressPlan: ingressPlan,
+            filter: FilterSpec(parent: TCHandle(major: major, minor: 0), kind: byPath ? .cgroup2 : classifier),
+            classifier: byPath ? .cgroup2 : classifier, egress: ns.egress, ingress: ns.ingress,
+            ingressPlan: ingressPlan,
             provision: ns.provision)
         desired.sockCreate =
             capabilities.sockCreate && settings.sockCreate
             && ns.classes.contains { SockCreate.kernelEvaluable($0.match) }
         return desired
+    }
+
+    /// How a class is classified: by cgroup v2 path in the kernel when its rules are cgroup paths
+    /// only and the kernel can, else through net_cls (the process moves), with a note saying why.
+    static func classPath(
+        _ c: ClassPolicy, ns: String, settings: Settings, _ caps: KernelCapabilities, _ notes: inout [String]
+    ) -> Classification {
+        let m = c.match
+        guard m.isCgroupPathsOnly else { return .netCls }
+        let via = "namespace \(ns): class \(c.name) is classified through net_cls (its processes are moved)"
+        if settings.classifier == .cgroup {
+            notes.append("\(via): settings.classifier = \"cgroup\" asks for cls_cgroup, which reads net_cls only")
+            return .netCls
+        }
+        guard caps.cgroup2 else {
+            notes.append(
+                "\(via): this kernel cannot classify by cgroup v2 path (\(caps.cgroup2Problem ?? "not supported"))")
+            return .netCls
+        }
+        if let deep = m.cgroup.first(where: { $0.split(separator: "/").count > cgroup2MaxLevel }) {
+            notes.append("\(via): \(deep) is deeper than the \(cgroup2MaxLevel) levels the classifier walks")
+            return .netCls
+        }
+        return .cgroup2
     }
 
     /// The leaf queue for `choice` on this kernel.

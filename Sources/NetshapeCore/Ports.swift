@@ -42,12 +42,19 @@ public struct ObservationRequest: Sendable, Equatable {
     /// Cgroups whose `cgroup.procs` the caller does not need. A plan takes memberships from /proc;
     /// it needs the members only of cgroups it may remove (they must be emptied first).
     public var cgroupsWithoutMembers: Set<String> = []
+    /// cgroup v2 paths (normalised, relative to the cgroup2 mount) to resolve to ids: those of
+    /// classes whose rules are cgroup paths only.
+    public var cgroup2Paths: [String] = []
 
-    public init(namespaces: [NamespaceRequest], users: [String] = [], groups: [String] = [], processes: Bool = true) {
+    public init(
+        namespaces: [NamespaceRequest], users: [String] = [], groups: [String] = [], processes: Bool = true,
+        cgroup2Paths: [String] = []
+    ) {
         self.namespaces = namespaces
         self.users = users
         self.groups = groups
         self.processes = processes
+        self.cgroup2Paths = cgroup2Paths
     }
 
     /// Everything `policy` needs observed.
@@ -69,7 +76,20 @@ public struct ObservationRequest: Sendable, Equatable {
                     name: $0.name, target: $0.netns, device: $0.device ?? ($0.provision != nil ? "eth0" : nil),
                     ingress: true, provision: $0.provision)
             },
-            users: users.sorted(), groups: groups.sorted(), processes: processes && anyRules)
+            users: users.sorted(), groups: groups.sorted(), processes: processes && anyRules,
+            cgroup2Paths: Self.cgroup2Paths(policy))
+    }
+
+    /// The paths of every class whose rules are cgroup paths only (a class the planner may classify
+    /// by cgroup v2 path), normalised and de-duplicated.
+    public static func cgroup2Paths(_ policy: Policy) -> [String] {
+        var out = Set<String>()
+        for ns in policy.namespaces {
+            for c in ns.classes where c.match.isCgroupPathsOnly {
+                for p in c.match.cgroup { out.insert(Cgroup2Rule.normalize(p)) }
+            }
+        }
+        return out.sorted()
     }
 }
 

@@ -85,6 +85,7 @@ public struct Daemon {
             ReconcileService(context: context, interval: interval),
             ReloadService(context: context),
             ContainerEventService(context: context, runtimes: runtimes),
+            Cgroup2WatchService(context: context),
         ]
         if let e = endpoint { services.append(e) }
         if let usec = SystemdNotify.watchdogMicroseconds {

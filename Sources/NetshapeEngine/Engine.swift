@@ -119,6 +119,7 @@ public final class Engine {
             policy.namespaces.removeAll { skipped[$0.name] != nil }
         }
         var desired = try Planner.plan(policy, capabilities: caps, previous: observed.previousAssignments(for: policy))
+        try Self.readMembers(of: request.cgroupsWithoutMembers, desired, into: &observed, kernel)
         try Differ.checkClaims(desired, observed, policyPath: path)
         let (provisioning, notes) = Differ.provisioning(desired, observed)
         desired.notes += notes + observed.notes
@@ -143,6 +144,25 @@ public final class Engine {
         return PlanResult(
             capabilities: caps, observed: observed, desired: desired,
             operations: provisioning + ops + retirement.operations, skipped: skipped, retired: retired)
+    }
+
+    /// Reads the members of the cgroups the policy names but the plan removes after all: a class
+    /// that now goes by cgroup v2 path keeps no net_cls cgroup, and the one it had must be emptied
+    /// before it can go. Which classes those are is the planner's decision (capabilities, the other
+    /// classes), known only after the first observation.
+    static func readMembers(
+        of skipped: Set<String>, _ desired: DesiredState, into observed: inout ObservedState, _ kernel: KernelPort
+    ) throws {
+        var kept = Set<String>()
+        for ns in desired.namespaces where !ns.cgroups.isEmpty {
+            kept.formUnion([CgroupPaths.top, CgroupPaths.namespace(ns.name)] + ns.cgroups.map(\.relativePath))
+        }
+        let unread = skipped.filter { !kept.contains($0) && observed.cgroups[$0] != nil }
+        guard !unread.isEmpty else { return }
+        var request = ObservationRequest(namespaces: [], processes: false)
+        request.cgroupPaths = unread
+        let fresh = try kernel.observe(request)
+        for path in unread { observed.cgroups[path] = fresh.cgroups[path] }
     }
 
     /// `observed` with the namespaces `provisioning` creates stood in by empty ones.
@@ -220,6 +240,7 @@ public final class Engine {
             for name in plan.retired where plan.observed.namespaces[name]?.problem != nil {
                 record.namespaces[name]?.egress = nil
                 record.namespaces[name]?.ingress = nil
+                record.namespaces[name]?.cgroup2Classifier = nil
             }
             for name in plan.retired where record.namespaces[name]?.isEmpty ?? true { record.namespaces[name] = nil }
             try kernel.saveOwnership(record)
@@ -394,6 +415,13 @@ public final class Engine {
             if let t = e.egress, t.ifindex == 0 || t.netnsID.isEmpty, t.device == seen.device {
                 e.egress?.ifindex = seen.ifindex
                 e.egress?.netnsID = seen.netnsID
+            }
+            if ns.filter.kind == .cgroup2, seen.cgroup2Map != nil {
+                e.cgroup2Classifier = Cgroup2Entry.objectName(namespace: ns.name)
+            } else if ns.filter.kind != .cgroup2, e.cgroup2Classifier != nil,
+                !seen.filters.contains(where: { $0.bpfName == FilterSpec.cgroup2ProgramName })
+            {
+                e.cgroup2Classifier = nil
             }
             if e.egress == nil, let root = seen.configuredRoot, Differ.adoptable(root, ns, seen) {
                 e.egress = OwnershipRecord.Tree(

@@ -95,6 +95,7 @@ extension Engine {
             if observed.namespaces[n]?.problem != nil {
                 e.egress = nil
                 e.ingress = nil
+                e.cgroup2Classifier = nil
             }
             e.cgroups = e.cgroups?.filter { observed.cgroups[$0] != nil }
             if failures.contains(where: { $0.0.namespace == n && $0.0.object == "sockcreate" }) {

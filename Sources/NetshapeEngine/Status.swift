@@ -22,8 +22,40 @@ public struct ClassStatus: Sendable, Codable, Equatable {
     /// False when the class is in the policy but missing from the kernel.
     public var present: Bool
     /// How its processes' packets get into it: "sock_create" (the kernel sets a new socket's
-    /// priority), "daemon+net_cls" (moved into its net_cls cgroup), "net_cls" (no rules: by hand).
+    /// priority), "daemon+net_cls" (moved into its net_cls cgroup), "net_cls" (no rules: by hand),
+    /// "cgroup2 path" (the kernel reads the socket's cgroup v2 membership), "unmatched traffic" (the
+    /// default class beside only cgroup2 path classes: no cgroup at all).
     public var path: String = ClassPath.manual.rawValue
+    /// For "cgroup2 path": each path rule with the cgroup id mapped for it (nil: the directory
+    /// does not exist, or the map does not hold it).
+    public var cgroup2Paths: [Cgroup2PathStatus]? = nil
+}
+
+/// One path rule of a class classified by cgroup v2 path, in `netshape status`.
+public struct Cgroup2PathStatus: Sendable, Codable, Equatable {
+    public var path: String
+    /// The directory's cgroup id, when it exists.
+    public var id: UInt64?
+    /// True when the classifier map sends that id to this class.
+    public var mapped: Bool
+    /// The class that takes the path instead (an earlier class's path covers it).
+    public var shadowedBy: String?
+
+    public init(path: String, id: UInt64?, mapped: Bool, shadowedBy: String? = nil) {
+        self.path = path
+        self.id = id
+        self.mapped = mapped
+        self.shadowedBy = shadowedBy
+    }
+}
+
+/// The cgroup v2 classifier of a namespace, in `netshape status`: the program behind the cls_bpf
+/// filter and its map, as the kernel reports them (`bpftool prog show id P`, `bpftool map dump id M`).
+public struct Cgroup2ClassifierStatus: Sendable, Codable, Equatable {
+    public var name: String
+    public var programID: UInt32
+    public var mapID: UInt32
+    public var entries: Int
 }
 
 /// The ingress side of a namespace in `netshape status`.
@@ -64,6 +96,8 @@ public struct NamespaceStatus: Sendable, Codable, Equatable {
     public var resolved: String? = nil
     /// The veth peer of the namespace's device in the host namespace, when it has one.
     public var hostDevice: String? = nil
+    /// The cgroup v2 classifier's program and map, when that filter is attached.
+    public var cgroup2Classifier: Cgroup2ClassifierStatus? = nil
 }
 
 /// The whole status report.
@@ -130,7 +164,9 @@ extension Engine {
                         overlimits: now?.stats.overlimits ?? 0,
                         backlog: now?.stats.backlogBytes ?? leaf?.stats.backlogBytes ?? 0,
                         throughput: tput, pids: pids.sorted(), isDefault: c.isDefault, present: now != nil,
-                        path: (c.name.flatMap { paths[$0] } ?? .manual).rawValue))
+                        path: c.classification == .netCls
+                            ? (c.name.flatMap { paths[$0] } ?? .manual).rawValue : c.classification.rawValue,
+                        cgroup2Paths: Self.cgroup2Paths(c, ns, seen, second)))
             }
             var ingress: IngressStatus?
             if let plan = ns.ingressPlan, let ing = seen.ingress {
@@ -154,9 +190,29 @@ extension Engine {
                     ingress: ns.ingress?.bitsPerSecond,
                     applied: applied, problem: nil, classes: classes, ingressShaping: ingress,
                     resolved: second.resolved[ns.name],
-                    hostDevice: seen.ingress?.placement == .peer ? seen.ingress?.device : nil))
+                    hostDevice: seen.ingress?.placement == .peer ? seen.ingress?.device : nil,
+                    cgroup2Classifier: seen.cgroup2Map.map {
+                        Cgroup2ClassifierStatus(
+                            name: $0.name, programID: $0.programID, mapID: $0.mapID, entries: $0.entries.count)
+                    }))
         }
         return StatusReport(namespaces: out, interval: interval)
+    }
+
+    /// The path rules of a class classified by cgroup v2 path, each with its id and whether the
+    /// map holds it for this class; nil for a net_cls class.
+    static func cgroup2Paths(
+        _ c: PlannedClass, _ ns: DesiredNamespace, _ seen: ObservedNamespace, _ observed: ObservedState
+    ) -> [Cgroup2PathStatus]? {
+        guard c.classification == .cgroup2 else { return nil }
+        let shadowed = ns.shadowedCgroup2Paths
+        return c.match.cgroup.map { raw in
+            let p = Cgroup2Rule.normalize(raw)
+            let id = observed.cgroup2[p]?.id
+            return Cgroup2PathStatus(
+                path: "/" + p, id: id, mapped: id.map { seen.cgroup2Map?.entries[$0] == c.spec.classid } ?? false,
+                shadowedBy: shadowed.first { $0.path == p && $0.className == c.name }?.takenBy)
+        }
     }
 
     /// Status of recorded entries from the ownership record alone (their policy file is gone, or they

@@ -55,6 +55,8 @@ enum TCFilterAttribute: Equatable, Sendable {
         case fd(Int32)
         /// The program's name (`tc filter show` prints it; the dump carries it back).
         case name(String)
+        /// The id of the program the filter runs (dumps only).
+        case id(UInt32)
         case other(NetlinkAttribute)
     }
 
@@ -73,6 +75,7 @@ enum TCFilterAttribute: Equatable, Sendable {
                         switch Int32(o.type) {
                         case Int32(TCA_BPF_FD): return o.u32.map { .fd(Int32(bitPattern: $0)) } ?? .other(o)
                         case Int32(TCA_BPF_NAME): return .name(o.string)
+                        case Int32(TCA_BPF_ID): return o.u32.map { .id($0) } ?? .other(o)
                         default: return .other(o)
                         }
                     })
@@ -109,7 +112,7 @@ final class FilterSocket {
     /// direct-action: the program's return value is then the full 32-bit classid (0 = no match).
     func addBpfFilter(ifindex: Int32, device: String, _ f: FilterSpec, programFD: Int32) throws {
         let op =
-            "tc filter add dev \(device) parent \(f.parent) protocol all prio \(f.priority) handle \(f.handle) bpf name \(FilterSpec.bpfProgramName)"
+            "tc filter add dev \(device) parent \(f.parent) protocol all prio \(f.priority) handle \(f.handle) bpf name \(f.kind.filterName ?? FilterSpec.bpfProgramName)"
         try session.transact(Self.addBpfFilterRequest(ifindex: ifindex, f, programFD: programFD), op)
     }
 
@@ -134,7 +137,7 @@ final class FilterSocket {
             w in
             w.nest(UInt16(TCA_OPTIONS)) { o in
                 o.attribute(UInt16(TCA_BPF_FD), u32: UInt32(bitPattern: programFD))
-                o.attribute(UInt16(TCA_BPF_NAME), string: FilterSpec.bpfProgramName)
+                o.attribute(UInt16(TCA_BPF_NAME), string: f.kind.filterName ?? FilterSpec.bpfProgramName)
             }
         }
     }
@@ -170,16 +173,21 @@ final class FilterSocket {
         }
         var kind = "?"
         var name: String?
+        var id: UInt32?
         for a in TCFilterAttribute.decode(NetlinkAttribute.parse(m.payload[TCMessage.size...])) {
             switch a {
             case .kind(let k): kind = k
             case .bpfOptions(let options):
-                for case .name(let n) in options { name = n }
+                for o in options {
+                    if case .name(let n) = o { name = n }
+                    if case .id(let i) = o { id = i }
+                }
             case .other: break
             }
         }
         return ObservedFilter(
-            parent: tcm.parent, kind: kind, priority: UInt16(tcm.info >> 16), handle: tcm.handle, bpfName: name)
+            parent: tcm.parent, kind: kind, priority: UInt16(tcm.info >> 16), handle: tcm.handle, bpfName: name,
+            bpfProgramID: id)
     }
 
     /// Every filter under `parent` on `ifindex` (`tc filter show dev D parent P`), chain heads skipped.

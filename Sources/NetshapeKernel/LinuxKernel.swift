@@ -48,6 +48,8 @@ public final class LinuxKernel: KernelPort {
     /// Where each namespace's ingress is shaped, from the last observation.
     var ingressPlacement: [String: ObservedIngress.Placement] = [:]
     var hierarchy: NetClsHierarchy?
+    /// The cgroup v2 classifier map of each policy namespace, from its last creation or observation.
+    var cgroup2Maps: [String: BPF.Map] = [:]
     var cachedCapabilities: KernelCapabilities?
     let procs = ProcScanner()
     /// Docker and Podman, for `docker:`/`podman:` targets and `containers` selectors.
@@ -122,8 +124,10 @@ public final class LinuxKernel: KernelPort {
                         ifindex: lo, device: "lo", FilterSpec(parent: qdisc, kind: .bpf, priority: 2),
                         programFD: fd)) != nil
             }
+            let cgroup2Problem = bpf ? Cgroup2Classifier.probe() : "this kernel has no cls_bpf (CONFIG_NET_CLS_BPF)"
             return KernelCapabilities(
-                clsCgroup: cgroup, clsBpf: bpf, fqCodel: fq, sfq: sfq, sockCreate: SockCreateHook.probe())
+                clsCgroup: cgroup, clsBpf: bpf, fqCodel: fq, sfq: sfq, sockCreate: SockCreateHook.probe(),
+                cgroup2: cgroup2Problem == nil, cgroup2Problem: cgroup2Problem)
         }
     }
 
@@ -210,6 +214,7 @@ public final class LinuxKernel: KernelPort {
                 namespaces: request.namespaces.map(\.name), only: request.cgroupPaths,
                 withoutMembers: request.cgroupsWithoutMembers)
         }
+        observeCgroup2(request, into: &state)
         let byNamespace = request.processes ? procs.scan() : [:]
         for r in request.namespaces {
             requests[r.name] = r
@@ -239,6 +244,7 @@ public final class LinuxKernel: KernelPort {
                     ingress: r.ingress ? try observeIngress(r, c, qdiscs) : nil,
                     target: resolvedContainers[r.name].map { .path($0.netnsPath) } ?? r.target)
                 state.namespaces[r.name]?.netnsCookie = try netnsCookie(c.sockets, label: r.name)
+                state.namespaces[r.name]?.cgroup2Map = observeCgroup2Map(r.name, filters)
             } catch let e as KernelError where e.code == .notFound {
                 forget(r.name)
                 state.namespaces[r.name] = ObservedNamespace(name: r.name, problem: e.reason)
@@ -257,6 +263,55 @@ public final class LinuxKernel: KernelPort {
             if let p = getgrnam(g) { state.groups[g] = p.pointee.gr_gid }
         }
         return state
+    }
+
+    /// Where cgroup2 is mounted and the ids of the directories the policy's path rules name.
+    func observeCgroup2(_ request: ObservationRequest, into state: inout ObservedState) {
+        guard let mount = Cgroup2Mount.find() else { return }
+        state.cgroup2Mount = mount
+        for p in request.cgroup2Paths {
+            if let id = Cgroup2Mount.id(mount: mount, path: p) { state.cgroup2[p] = id }
+        }
+    }
+
+    /// The map behind netshape's cgroup v2 filter, read through the program the filter runs. nil
+    /// when there is no such filter or its map cannot be read (the differ then rebuilds the filter).
+    func observeCgroup2Map(_ name: String, _ filters: [ObservedFilter]) -> ObservedCgroup2Map? {
+        cgroup2Maps[name] = nil
+        guard
+            let f = filters.first(where: {
+                $0.priority == FilterSpec.netshapePriority && $0.bpfName == FilterSpec.cgroup2ProgramName
+            }), let id = f.bpfProgramID,
+            let (map, info) = try? Cgroup2Classifier.map(programID: id),
+            let entries = try? Cgroup2Classifier.entries(map), let m = try? map.info()
+        else { return nil }
+        cgroup2Maps[name] = map
+        return ObservedCgroup2Map(programID: info.id, mapID: m.id, name: m.name, entries: entries)
+    }
+
+    /// The classifier map of an operation's namespace: the one this process created or observed,
+    /// else the one behind the filter on the device now.
+    func cgroup2Map(_ op: Operation) throws -> BPF.Map {
+        if let m = cgroup2Maps[op.namespace] { return m }
+        let (s, i) = try tcTarget(op)
+        let filters = try s.route.qdiscs(ifindex: i, device: op.device)
+            .filter { $0.parent == .root && $0.handle != .unspecified }
+            .flatMap { try s.filterSocket.filters(ifindex: i, device: op.device, parent: $0.handle) }
+        guard observeCgroup2Map(op.namespace, filters) != nil, let m = cgroup2Maps[op.namespace] else {
+            throw KernelError(
+                .state, op.command, errno: ENOENT,
+                reason: "no netshape cgroup2 classifier filter on \(op.device) of namespace \(op.namespace)")
+        }
+        return m
+    }
+
+    /// A map netshape holds goes with its filter: deleting the filter or the tree forgets it.
+    func forgetCgroup2Map(after op: Operation) {
+        switch op.action {
+        case .deleteRootQdisc where op.link == .namespace: cgroup2Maps[op.namespace] = nil
+        case .deleteFilter(let f) where f.kind == .cgroup2: cgroup2Maps[op.namespace] = nil
+        default: break
+        }
     }
 
     func observeProvision(_ r: NamespaceRequest, _ p: Provision) throws -> ObservedProvision {
@@ -331,7 +386,14 @@ public final class LinuxKernel: KernelPort {
         default: break
         }
         if op.isProvisioning { return try provision(op) }
+        forgetCgroup2Map(after: op)
         switch op.action {
+        case .mapCgroup(let e, _):
+            try cgroup2Map(op).update(e.id, e.classid.raw)
+            return
+        case .unmapCgroup(let e):
+            try cgroup2Map(op).delete(e.id)
+            return
         case .createIFB(let name):
             try targetSockets(op).route.createLink(name, type: "ifb", txqueuelen: 1000)
             return
@@ -355,6 +417,14 @@ public final class LinuxKernel: KernelPort {
             let fd = try BPFClassifier.load()
             defer { close(fd) }  // the filter holds its own reference to the program
             return try s.filterSocket.addBpfFilter(ifindex: i, device: op.device, f, programFD: fd)
+        }
+        if case .addFilter(let f) = op.action, f.kind == .cgroup2 {
+            // The filter holds the program and the program the map: netshape keeps only the map's fd.
+            let (s, i) = try tcTarget(op)
+            let (map, program) = try Cgroup2Classifier.load(name: Cgroup2Entry.objectName(namespace: op.namespace))
+            try s.filterSocket.addBpfFilter(ifindex: i, device: op.device, f, programFD: program.fd)
+            cgroup2Maps[op.namespace] = map
+            return
         }
         let (route, request) = try tcRequest(op)
         try route.transact(request)
@@ -387,6 +457,7 @@ public final class LinuxKernel: KernelPort {
                     if let s = socket, s !== route, !send() { return results }
                     socket = route
                     batch.append(request)
+                    forgetCgroup2Map(after: op)
                     continue
                 } catch {
                     unbuilt = error

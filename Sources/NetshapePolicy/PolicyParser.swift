@@ -772,6 +772,10 @@ struct Validator {
             }
         }
         m.cgroup = strings(t, path, "cgroup", label: label)
+        for c in m.cgroup where c.split(separator: "/").contains(where: { $0 == ".." || $0 == "." }) {
+            // The path is looked up under the cgroup2 mount: `..` would name a directory outside it.
+            error(path + ["cgroup"], "\(label): match.cgroup \"\(c)\" must not contain '.' or '..' components")
+        }
         m.user = principals(t, path, "user", label: label)
         m.group = principals(t, path, "group", label: label)
         if let p = t["pid"] {

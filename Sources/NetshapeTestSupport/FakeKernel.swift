@@ -35,6 +35,38 @@ public final class FakeKernel: KernelPort {
         public var netnsName: String?
         /// Its netns cookie (unique per boot, never reused; 0 where the kernel has none).
         public var cookie: UInt64 = 0
+        /// The cgroup v2 classifier's map (cgroup id → classid), alive while its filter is.
+        public var cgroup2Map: [UInt64: TCHandle]?
+        public var cgroup2ProgramID: UInt32 = 0
+    }
+
+    /// The cgroup v2 tree: directory path (normalised) → id. Each new directory gets a new id,
+    /// as a re-created cgroup gets a new inode. nil: cgroup2 is not mounted.
+    public var cgroup2Dirs: [String: UInt64]? = [:]
+    private var nextCgroup2ID: UInt64 = 1000
+    private var nextProgramID: UInt32 = 1
+
+    /// `mkdir` in the cgroup v2 tree (parents too); returns the directory's id.
+    @discardableResult
+    public func makeCgroup2(_ path: String) -> UInt64 {
+        let parts = path.split(separator: "/")
+        var id: UInt64 = 0
+        for n in 1...max(parts.count, 1) {
+            let p = parts.prefix(n).joined(separator: "/")
+            if let have = cgroup2Dirs?[p] {
+                id = have
+            } else {
+                nextCgroup2ID += 1
+                id = nextCgroup2ID
+                cgroup2Dirs?[p] = id
+            }
+        }
+        return id
+    }
+
+    /// `rmdir` in the cgroup v2 tree (and everything below).
+    public func removeCgroup2(_ path: String) {
+        cgroup2Dirs = cgroup2Dirs?.filter { $0.key != path && !$0.key.hasPrefix(path + "/") }
     }
 
     /// The sock_create program: attached on the cgroup2 root or not, and its map (which goes with
@@ -112,6 +144,14 @@ public final class FakeKernel: KernelPort {
         if caps.sockCreate {
             state.sockCreate = ObservedSockCreate(attached: sockCreateAttached, entries: sockCreateMap)
         }
+        if let dirs = cgroup2Dirs {
+            state.cgroup2Mount = "/sys/fs/cgroup"
+            for p in request.cgroup2Paths {
+                if let id = p.isEmpty ? 1 : dirs[p] {
+                    state.cgroup2[p] = Cgroup2ID(id: id, level: p.split(separator: "/").count)
+                }
+            }
+        }
         for r in request.namespaces {
             if let p = r.provision {
                 state.provision[r.name] = ObservedProvision(
@@ -158,6 +198,11 @@ public final class FakeKernel: KernelPort {
                 name: r.name, netnsID: ns.netnsID, device: ns.device, ifindex: ns.ifindex, qdiscs: ns.qdiscs,
                 classes: ns.classes, filters: ns.filters, processes: request.processes ? procs : [], ingress: ingress)
             state.namespaces[r.name]?.netnsCookie = ns.cookie
+            state.namespaces[r.name]?.cgroup2Map = ns.cgroup2Map.map {
+                ObservedCgroup2Map(
+                    programID: ns.cgroup2ProgramID, mapID: ns.cgroup2ProgramID + 1,
+                    name: Cgroup2Entry.objectName(namespace: r.name), entries: $0)
+            }
         }
         for u in request.users { if let id = users[u] { state.users[u] = id } }
         for g in request.groups { if let id = groups[g] { state.groups[g] = id } }
@@ -306,10 +351,12 @@ public final class FakeKernel: KernelPort {
             ns.qdiscs = [ObservedQdisc(handle: q.handle, parent: .root, kind: "htb", htbDefault: q.defaultMinor)]
             ns.classes = []
             ns.filters = []
+            ns.cgroup2Map = nil
         case .replaceRootQdisc(let q, _):
             ns.qdiscs = [ObservedQdisc(handle: q.handle, parent: .root, kind: "htb", htbDefault: q.defaultMinor)]
             ns.classes = []
             ns.filters = []
+            ns.cgroup2Map = nil
         case .deleteRootQdisc(let q):
             guard ns.qdiscs.contains(where: { $0.parent == .root && $0.handle == q.handle }) else {
                 throw fail(KernelErrno.ENOENT, "no root qdisc \(q.handle)")
@@ -317,6 +364,7 @@ public final class FakeKernel: KernelPort {
             ns.qdiscs = [ObservedQdisc(handle: .unspecified, parent: .root, kind: "noqueue")]
             ns.classes = []
             ns.filters = []
+            ns.cgroup2Map = nil
         case .addClass(let c):
             try Self.addClass(c, classes: &ns.classes, qdiscs: &ns.qdiscs)
         case .changeClass(let c, _):
@@ -355,12 +403,29 @@ public final class FakeKernel: KernelPort {
             else {
                 throw fail(KernelErrno.EEXIST, "filter exists")
             }
+            guard ns.qdiscs.contains(where: { $0.parent == .root && $0.handle == f.parent }) else {
+                throw fail(KernelErrno.EINVAL, "no qdisc \(f.parent) to attach a filter to")
+            }
             ns.filters.append(
                 ObservedFilter(
                     parent: f.parent, kind: f.kind.kind, priority: f.priority, handle: f.handle,
-                    bpfName: f.kind == .bpf ? FilterSpec.bpfProgramName : nil))
+                    bpfName: f.kind.filterName, bpfProgramID: f.kind == .cgroup ? nil : nextProgramID))
+            if f.kind == .cgroup2 {
+                // A fresh map with the program: what the real kernel layer loads with each filter.
+                ns.cgroup2Map = [:]
+                ns.cgroup2ProgramID = nextProgramID
+            }
+            nextProgramID += 2
         case .deleteFilter(let f):
+            let gone = ns.filters.filter { $0.parent == f.parent && $0.priority == f.priority && $0.handle == f.handle }
+            if gone.contains(where: { $0.bpfName == FilterSpec.cgroup2ProgramName }) { ns.cgroup2Map = nil }
             ns.filters.removeAll { $0.parent == f.parent && $0.priority == f.priority && $0.handle == f.handle }
+        case .mapCgroup(let e, _):
+            guard ns.cgroup2Map != nil else { throw fail(KernelErrno.ENOENT, "no cgroup2 classifier map") }
+            ns.cgroup2Map?[e.id] = e.classid
+        case .unmapCgroup(let e):
+            guard ns.cgroup2Map?[e.id] != nil else { throw fail(KernelErrno.ENOENT, "no map entry \(e.id)") }
+            ns.cgroup2Map?[e.id] = nil
         default: break
         }
     }

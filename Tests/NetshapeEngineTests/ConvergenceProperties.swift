@@ -16,6 +16,8 @@ struct ModelPolicy: CustomStringConvertible {
         var priority: Int?
         var leaf: String?
         var comm: String?
+        /// A cgroup v2 path rule (the class is then classified by path, when the kernel can).
+        var cgroup: String?
     }
     struct Namespace {
         var name: String
@@ -34,6 +36,11 @@ struct ModelPolicy: CustomStringConvertible {
         ["bfifo", "pfifo", "auto"] + (caps.fqCodel ? ["fq_codel"] : []) + (caps.sfq ? ["sfq"] : [])
     }
     static let comms = ["nginx", "rsync", "curl", "postgres"]
+    /// Paths of the walk machine's cgroup v2 tree; `late.scope` never exists, `system.slice` is the
+    /// parent of two others (a prefix rule and the shadowing of a later class's path).
+    static let cgroupPaths = [
+        "system.slice", "system.slice/web.service", "system.slice/db.service", "docker/c0ffee", "user.slice/late.scope",
+    ]
     static let classNames = ["web", "db", "bulk", "ssh", "backup", "video", "other"]
 
     /// Restores what policy.md requires of a valid policy after an edit.
@@ -49,7 +56,10 @@ struct ModelPolicy: CustomStringConvertible {
             }
             if let d = ns.defaultClass, !ns.classes.contains(where: { $0.name == d }) { ns.defaultClass = nil }
             if ns.defaultClass == nil {
-                for j in ns.classes.indices { ns.classes[j].comm = nil }
+                for j in ns.classes.indices {
+                    ns.classes[j].comm = nil
+                    ns.classes[j].cgroup = nil
+                }
             }
             namespaces[i] = ns
         }
@@ -77,20 +87,25 @@ struct ModelPolicy: CustomStringConvertible {
                 if let v = c.priority { out += "priority = \(v)\n" }
                 if let v = c.leaf { out += "leaf = \"\(v)\"\n" }
                 if let v = c.comm { out += "match.comm = [\"\(v)\"]\n" }
+                if let v = c.cgroup { out += "match.cgroup = [\"\(v)\"]\n" }
             }
         }
         return out
     }
 
     static func randomClass(_ r: inout SeededRandom, _ caps: KernelCapabilities, name: String) -> Class {
-        Class(
+        var c = Class(
             name: name, rate: UInt64.random(in: 1...200, using: &r),
             ceil: Bool.random(using: &r) ? UInt64.random(in: 1...1000, using: &r) : nil,
             burstKB: Bool.random(using: &r) ? UInt64.random(in: 2...60, using: &r) : nil,
             cburstKB: Bool.random(using: &r) ? UInt64.random(in: 2...60, using: &r) : nil,
             priority: Bool.random(using: &r) ? Int.random(in: 0...7, using: &r) : nil,
             leaf: Bool.random(using: &r) ? leaves(caps).randomElement(using: &r) : nil,
-            comm: Bool.random(using: &r) ? comms.randomElement(using: &r) : nil)
+            comm: Bool.random(using: &r) ? comms.randomElement(using: &r) : nil,
+            cgroup: Int.random(in: 0..<3, using: &r) == 0 ? cgroupPaths.randomElement(using: &r) : nil)
+        // A class is picked by comm (the sock_create path) or by cgroup path (the cgroup2 path).
+        if c.cgroup != nil { c.comm = nil }
+        return c
     }
 
     static func randomNamespace(_ r: inout SeededRandom, _ caps: KernelCapabilities, name: String) -> Namespace {
@@ -109,7 +124,7 @@ struct ModelPolicy: CustomStringConvertible {
     mutating func edit(_ r: inout SeededRandom, _ caps: KernelCapabilities) -> String {
         func pick() -> Int { Int.random(in: 0..<namespaces.count, using: &r) }
         let i = pick()
-        let kind = Int.random(in: 0..<16, using: &r)
+        let kind = Int.random(in: 0..<17, using: &r)
         var ns = namespaces[i]
         defer {
             if i < namespaces.count { namespaces[i] = ns }
@@ -156,6 +171,7 @@ struct ModelPolicy: CustomStringConvertible {
         case (11, let j?):
             if ns.defaultClass == nil { ns.defaultClass = ns.classes.randomElement(using: &r)?.name }
             ns.classes[j].comm = Bool.random(using: &r) ? Self.comms.randomElement(using: &r) : nil
+            if ns.classes[j].comm != nil { ns.classes[j].cgroup = nil }
             return "\(ns.name)/\(ns.classes[j].name): match.comm \(String(describing: ns.classes[j].comm))"
         case (12, _):
             leaf = Bool.random(using: &r) ? Self.leaves(caps).randomElement(using: &r) : nil
@@ -165,6 +181,12 @@ struct ModelPolicy: CustomStringConvertible {
             let kinds = ["auto", "bpf"] + (caps.clsCgroup ? ["cgroup"] : [])
             classifier = Bool.random(using: &r) ? kinds.randomElement(using: &r) : nil
             return "settings.classifier \(String(describing: classifier))"
+        case (15, let j?):
+            if ns.defaultClass == nil { ns.defaultClass = ns.classes.randomElement(using: &r)?.name }
+            ns.classes[j].cgroup = Bool.random(using: &r) ? Self.cgroupPaths.randomElement(using: &r) : nil
+            // A class is picked by comm (the sock_create path) or by cgroup path (the cgroup2 path).
+            if ns.classes[j].cgroup != nil { ns.classes[j].comm = nil }
+            return "\(ns.name)/\(ns.classes[j].name): match.cgroup \(String(describing: ns.classes[j].cgroup))"
         case (14, _) where namespaces.count == 1:
             let other = namespaces[0].name == "a" ? "b" : "a"
             namespaces.append(Self.randomNamespace(&r, caps, name: other))
@@ -200,7 +222,17 @@ func walkMachine(_ caps: KernelCapabilities) -> FakeKernel {
         "a", processes: [ProcessInfo(pid: 100, comm: "nginx"), ProcessInfo(pid: 101, comm: "rsync")],
         peer: "veth-a")
     k.addNamespace("b", processes: [ProcessInfo(pid: 200, comm: "curl"), ProcessInfo(pid: 201, comm: "postgres")])
+    for p in ModelPolicy.cgroupPaths where !p.hasSuffix("late.scope") { k.makeCgroup2(p) }
     return k
+}
+
+/// A cgroup of the walk's tree removed and made again (a service restarted, a directory renamed
+/// back): it comes back with a new id, which the next apply must map in place of the old one.
+func recreateCgroup(_ k: FakeKernel, _ r: inout SeededRandom) -> String {
+    let p = ModelPolicy.cgroupPaths.filter { !$0.hasSuffix("late.scope") }.randomElement(using: &r) ?? "docker/c0ffee"
+    k.removeCgroup2(p)
+    k.makeCgroup2(p)
+    return "re-create cgroup \(p)"
 }
 
 /// The machine's configuration, comparable across rollback: leaf qdisc handles are the kernel's
@@ -223,7 +255,8 @@ struct ConfigSnapshot: Equatable, CustomStringConvertible {
             d[name] =
                 (ns.qdiscs.map(qdisc) + ns.classes.map(cls)
                 + ns.filters.map { "filter \($0.parent) \($0.kind) \($0.priority) \($0.handle)" }
-                + ns.links.sorted().map { "link \($0)" } + (ns.ingressQdisc ? ["ingress qdisc"] : [])).sorted()
+                + ns.links.sorted().map { "link \($0)" } + (ns.ingressQdisc ? ["ingress qdisc"] : [])
+                + (ns.cgroup2Map ?? [:]).map { "cgroup2 map \($0.key) -> \($0.value)" }).sorted()
         }
         for (name, dev) in k.hostDevices { d["host:" + name] = (dev.qdiscs.map(qdisc) + dev.classes.map(cls)).sorted() }
         devices = d
@@ -337,15 +370,43 @@ struct ConfigSnapshot: Equatable, CustomStringConvertible {
                 }
                 for ns in policy.namespaces {
                     let recorded = Set(k.ownership.namespaces[ns.name]?.cgroups ?? [])
+                    // Classes classified by cgroup v2 path have no net_cls cgroup, nor does the default
+                    // class beside only such classes; with none left the entry has no directory either.
+                    guard let planned = report.state?.desired.namespace(ns.name) else { continue }
+                    let byPath = Set(
+                        ns.classes.filter {
+                            $0.match.isCgroupPathsOnly && caps.cgroup2 && policy.settings.classifier != .cgroup
+                        }.map(\.name))
+                    #expect(Set(planned.classes.filter { $0.classification == .cgroup2 }.compactMap(\.name)) == byPath)
+                    let netCls = planned.classes.filter { $0.classification == .netCls }.compactMap(\.name)
                     let expected = Set(
-                        ns.classes.map { CgroupPaths.class($0.name, in: ns.name) } + [CgroupPaths.namespace(ns.name)])
-                    guard recorded == expected else {
+                        netCls.map { CgroupPaths.class($0, in: ns.name) }
+                            + (netCls.isEmpty ? [] : [CgroupPaths.namespace(ns.name)]))
+                    guard recorded.isSuperset(of: expected), recorded.count <= expected.count + 1 else {
                         Issue.record(
                             "record names cgroups \(recorded.sorted()), expected \(expected.sorted())\n\(context())")
                         return
                     }
+                    // The map sends exactly the existing directories the first class naming (or
+                    // covering) them claims to that class; a later class's path inside it is dropped.
+                    var want: [UInt64: TCHandle] = [:]
+                    var claimed: [String] = []
+                    for c in ns.classes where byPath.contains(c.name) {
+                        for raw in c.match.cgroup {
+                            let p = Cgroup2Rule.normalize(raw)
+                            if claimed.contains(where: { cgroupPrefix($0, matches: p) }) { continue }
+                            claimed.append(p)
+                            let cid = planned.classes.first { $0.name == c.name }?.spec.classid
+                            if let id = k.cgroup2Dirs?[p], let cid { want[id] = cid }
+                        }
+                    }
+                    let have = k.namespaces[ns.name]?.cgroup2Map
+                    guard byPath.isEmpty ? have == nil : have == want else {
+                        Issue.record("cgroup2 map \(String(describing: have)), expected \(want)\n\(context())")
+                        return
+                    }
                 }
-                edits.append(model.edit(&r, caps))
+                edits.append(Int.random(in: 0..<4, using: &r) == 0 ? recreateCgroup(k, &r) : model.edit(&r, caps))
             }
             let policy = try PolicyParser.parse(model.toml, file: "walk.toml")
             _ = try engine.reset(policyPath: Self.policyPath, policy: policy)

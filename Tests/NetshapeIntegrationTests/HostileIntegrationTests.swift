@@ -136,8 +136,9 @@ extension ApplyIntegrationTests {
         let full = s.dir.appendingPathComponent("full")
         try FileManager.default.createDirectory(at: full, withIntermediateDirectories: true)
         try "x".write(to: full.appendingPathComponent("keep"), atomically: true, encoding: .utf8)
-        let refused = try s.policy(
-            name: "refused", "egress = \"10mbit\"", settings: "[settings]\ncgroup_root = \"\(full.path)\"")
+        // A class with no rules needs its net_cls cgroup (for `run`/`classify`), so net_cls is used.
+        let body = "egress = \"10mbit\"\n[[namespace.class]]\nname = \"c\"\nrate = \"1mbit\""
+        let refused = try s.policy(name: "refused", body, settings: "[settings]\ncgroup_root = \"\(full.path)\"")
         let before = try s.snapshot() + mountInfo
         let r = try cli("apply", refused)
         #expect(r.status == 1 && r.err.contains("is a directory with 1 entries"), "\(r.err)")
@@ -148,7 +149,7 @@ extension ApplyIntegrationTests {
         // yet; where it is (as on these machines), mounting it again would show that tree, so it is
         // refused naming the mount to use.
         let cg = s.dir.appendingPathComponent("cg").path
-        let p = try s.policy(name: "cg", "egress = \"10mbit\"", settings: "[settings]\ncgroup_root = \"\(cg)\"")
+        let p = try s.policy(name: "cg", body, settings: "[settings]\ncgroup_root = \"\(cg)\"")
         let existing = mountInfo.split(separator: "\n").first { $0.contains(" - cgroup ") && $0.contains("net_cls") }
         let a = try cli("apply", p)
         if let existing {

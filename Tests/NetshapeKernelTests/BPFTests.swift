@@ -119,3 +119,57 @@ import Testing
         #expect(try BPF.query(target: fd, label: dir, .cgroupInetSockCreate).programIDs.isEmpty)
     }
 }
+
+/// The cgroup v2 classifier program and the watcher's pure parts.
+@Suite struct Cgroup2ClassifierTests {
+    @Test func programShapeAndJumps() {
+        let p = Cgroup2Classifier.instructions(mapFD: 7)
+        // 4 (net_cls first) + 17 levels × 13 + 2 (return 0).
+        #expect(p.count == 4 + 17 * 13 + 2)
+        #expect(p[1] == .call(.getCgroupClassid))
+        #expect(p.filter { $0 == .call(.skbAncestorCgroupID) }.count == 17)
+        // The deepest level is asked first, the root (0) last.
+        let levels = p.indices.filter { p[$0] == .call(.skbAncestorCgroupID) }.map { p[$0 - 1].imm }
+        #expect(levels == Array((0...16).reversed()).map(Int32.init))
+        // Every jump lands inside the program, on an instruction that is not the second half of a ld_imm64.
+        let halves = Set(p.indices.filter { $0 > 0 && p[$0 - 1].code == 0x18 })
+        for (i, insn) in p.enumerated() where insn.code & 0x07 == 0x05 && insn.code != 0x85 && insn.code != 0x95 {
+            let target = i + 1 + Int(insn.off)
+            #expect(target > i && target < p.count && !halves.contains(target), "jump at \(i) to \(target)")
+        }
+        #expect(p.last == .exit && p[p.count - 2] == .mov(.r0, 0))
+    }
+
+    @Test func theKernelAcceptsTheProgram() throws {
+        guard BPFKernelTests().canUseBPF() else { return }
+        let (map, program) = try Cgroup2Classifier.load(name: "ns_cg2_test")
+        let info = try program.info()
+        let mapID = try map.info().id
+        #expect(info.type == .schedCls && info.mapIDs == [mapID])
+        try map.update(UInt64(42), UInt32(0x10_0020))
+        let (again, _) = try Cgroup2Classifier.map(programID: info.id)
+        #expect(try Cgroup2Classifier.entries(again) == [42: TCHandle(raw: 0x10_0020)])
+    }
+
+    @Test func watchAnchorsAndRelevance() {
+        let exists: Set<String> = ["system.slice"]
+        #expect(Cgroup2Watcher.anchor(for: "system.slice/a.service", exists: exists.contains) == "system.slice")
+        #expect(Cgroup2Watcher.anchor(for: "x/y/z", exists: exists.contains) == "")
+        #expect(Cgroup2Watcher.anchor(for: "top", exists: exists.contains) == "")
+        let paths = ["system.slice/a.service", "docker/abc"]
+        #expect(Cgroup2Watcher.relevant(dir: "system.slice", name: "a.service", paths: paths))
+        #expect(!Cgroup2Watcher.relevant(dir: "system.slice", name: "b.service", paths: paths))
+        #expect(Cgroup2Watcher.relevant(dir: "", name: "docker", paths: paths))
+        #expect(!Cgroup2Watcher.relevant(dir: "", name: "dock", paths: paths))
+    }
+
+    @Test func mountinfoFindsCgroup2() {
+        let hybrid = """
+            30 22 0:25 / /sys/fs/cgroup rw - tmpfs tmpfs ro,mode=755
+            31 30 0:26 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw
+            """
+        #expect(Cgroup2Mount.find(mountinfo: hybrid) == "/sys/fs/cgroup/unified")
+        #expect(Cgroup2Mount.find(mountinfo: "31 30 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw") == "/sys/fs/cgroup")
+        #expect(Cgroup2Mount.find(mountinfo: "30 22 0:25 / /sys/fs/cgroup rw - tmpfs tmpfs ro") == nil)
+    }
+}

@@ -163,7 +163,7 @@ final class ReplayTransport: NetlinkTransport {
             filters == [
                 ObservedFilter(
                     parent: TCHandle(major: 0x245B, minor: 0), kind: "bpf", priority: 16606, handle: 1,
-                    bpfName: "netshape_classid")
+                    bpfName: "netshape_classid", bpfProgramID: 180)  // TCA_BPF_ID of the capture
             ])
         // The chain head (handle 0) is in the capture and skipped.
         #expect(messages.contains { $0.type == 44 && TCMessage(payload: $0.payload)?.handle == 0 })

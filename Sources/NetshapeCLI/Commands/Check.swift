@@ -20,5 +20,10 @@ struct Check: AsyncParsableCommand {
         }
         let classes = policy.namespaces.reduce(0) { $0 + $1.classes.count }
         print("\(options.policy): valid (\(policy.namespaces.count) namespace(s), \(classes) class(es))")
+        // What this kernel does with it: how each class is classified, and every fallback with its
+        // reason (not probed without root, which is said).
+        for line in Render.kernelSupport(policy, try? LinuxKernel(settings: policy.settings).capabilities()) {
+            print(line)
+        }
     }
 }
