@@ -75,7 +75,7 @@ let package = Package(
         ),
         .executableTarget(name: "netshape", dependencies: ["NetshapeCLI"]),
         .target(name: "NetshapeTestSupport", dependencies: ["NetshapeCore", "NetshapeEngine"]),
-        .testTarget(name: "NetshapeCoreTests", dependencies: ["NetshapeCore"]),
+        .testTarget(name: "NetshapeCoreTests", dependencies: ["NetshapeCore", "NetshapeTestSupport"]),
         .testTarget(name: "NetshapePolicyTests", dependencies: ["NetshapePolicy", "NetshapeCore"]),
         .testTarget(
             name: "NetshapeEngineTests",
