@@ -86,7 +86,10 @@ public struct Daemon {
             ReloadService(context: context),
             ContainerEventService(context: context, runtimes: runtimes),
         ]
-        if let e = endpoint { services.append(e) }
+        if var e = endpoint {
+            e.liveness = liveness
+            services.append(e)
+        }
         if let usec = SystemdNotify.watchdogMicroseconds {
             services.append(WatchdogService(context: context, microseconds: usec))
         }
