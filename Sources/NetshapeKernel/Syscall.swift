@@ -26,6 +26,9 @@ public enum Syscall {
         return Array(out.prefix(limit))
     }
 
+    /// write(2)'s shape.
+    typealias WriteCall = (Int32, UnsafeRawPointer?, Int) -> Int
+
     /// One read(2) into `buf`: how many bytes arrived (0 at end of file).
     static func readSome(_ fd: Int32, into buf: inout [UInt8], what: @autoclosure () -> String) throws -> Int {
         try buf.withUnsafeMutableBytes { raw in
@@ -34,11 +37,14 @@ public enum Syscall {
     }
 
     /// Writes all of `bytes`, continuing after a short write (pipes, sockets, terminals).
-    static func writeAll(_ fd: Int32, _ bytes: [UInt8], what: @autoclosure () -> String) throws {
+    /// `write` is write(2) but for tests, which make it short.
+    static func writeAll(
+        _ fd: Int32, _ bytes: [UInt8], what: @autoclosure () -> String, write: WriteCall = Glibc.write
+    ) throws {
         var off = 0
         while off < bytes.count {
             let n = try bytes.withUnsafeBytes { raw in
-                try sys("write(\(what()))") { Glibc.write(fd, raw.baseAddress! + off, raw.count - off) }
+                try sys("write(\(what()))") { write(fd, raw.baseAddress! + off, raw.count - off) }
             }
             off += n
         }
@@ -46,9 +52,11 @@ public enum Syscall {
 
     /// Writes `bytes` with exactly one write(2): cgroupfs and /proc control files act on each
     /// write, so a continued write would be a second command. A short write is an error.
-    static func writeOnce(_ fd: Int32, _ bytes: [UInt8], what: @autoclosure () -> String) throws {
+    static func writeOnce(
+        _ fd: Int32, _ bytes: [UInt8], what: @autoclosure () -> String, write: WriteCall = Glibc.write
+    ) throws {
         let n = try bytes.withUnsafeBytes { raw in
-            try sys("write(\(what()))") { Glibc.write(fd, raw.baseAddress, raw.count) }
+            try sys("write(\(what()))") { write(fd, raw.baseAddress, raw.count) }
         }
         if n != bytes.count { throw KernelError.syscall("write(\(what())): short write (\(n) of \(bytes.count))", EIO) }
     }
