@@ -7,7 +7,8 @@ import PackageDescription
 //   NetshapeEngine          observe -> plan -> apply -> verify, through Core's ports only
 //   NetshapeKernel          the ports for real: own netlink transport (libnl-route-3 builds/parses), bpf(), cgroupfs, /proc
 //   NetshapeMetrics         Prometheus exposition and its small HTTP/1.1 server (swift-prometheus)
-//   NetshapeDaemon          long-running services (exec events, reconcile, reload, sd_notify)
+//   NetshapeDaemon          long-running services (exec events, reconcile, reload, docker events, metrics endpoint,
+//                           systemd watchdog, sd_notify)
 //   NetshapeFailure         errors -> exit statuses and CNI codes, shared by CLI and CNI
 //   NetshapeCNI             the CNI plugin (config -> one-namespace policy -> engine)
 //   NetshapeCLI             argument parsing and rendering, one file per command
