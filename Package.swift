@@ -7,8 +7,10 @@ import PackageDescription
 //   NetshapeEngine          observe -> plan -> apply -> verify, through Core's ports only
 //   NetshapeKernel          the ports for real: own netlink transport (libnl-route-3 builds/parses), bpf(), cgroupfs, /proc
 //   NetshapeMetrics         Prometheus exposition and its small HTTP/1.1 server (swift-prometheus)
-//   NetshapeDaemon          long-running services (exec events, reconcile, reload, sd_notify)
-//   NetshapeCNI             the CNI plugin (config -> one-namespace policy -> engine) and the failure mapping
+//   NetshapeDaemon          long-running services (exec events, reconcile, reload, docker events, metrics endpoint,
+//                           systemd watchdog, sd_notify)
+//   NetshapeFailure         errors -> exit statuses and CNI codes, shared by CLI and CNI
+//   NetshapeCNI             the CNI plugin (config -> one-namespace policy -> engine)
 //   NetshapeCLI             argument parsing and rendering, one file per command
 //   netshape                the executable: one line calling NetshapeCLI
 let package = Package(
@@ -62,13 +64,18 @@ let package = Package(
             ]
         ),
         .target(
-            name: "NetshapeCNI",
+            name: "NetshapeFailure",
             dependencies: ["NetshapeCore", "NetshapePolicy", "NetshapeEngine", "NetshapeKernel"]
+        ),
+        .target(
+            name: "NetshapeCNI",
+            dependencies: ["NetshapeCore", "NetshapePolicy", "NetshapeEngine", "NetshapeKernel", "NetshapeFailure"]
         ),
         .target(
             name: "NetshapeCLI",
             dependencies: [
                 "NetshapeCore", "NetshapePolicy", "NetshapeEngine", "NetshapeKernel", "NetshapeDaemon", "NetshapeCNI",
+                "NetshapeFailure",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -86,7 +93,7 @@ let package = Package(
         ),
         .testTarget(
             name: "NetshapeCLITests",
-            dependencies: ["NetshapeCLI", "NetshapeCNI", "NetshapeEngine", "NetshapeTestSupport"]
+            dependencies: ["NetshapeCLI", "NetshapeCNI", "NetshapeFailure", "NetshapeEngine", "NetshapeTestSupport"]
         ),
         .testTarget(
             name: "NetshapeMetricsTests",

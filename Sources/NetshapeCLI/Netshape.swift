@@ -1,5 +1,6 @@
 import ArgumentParser
 import NetshapeCNI
+import NetshapeFailure
 import NetshapeKernel
 
 /// `netshape`: the root command. Subcommands are thin: parse, call the engine, render.

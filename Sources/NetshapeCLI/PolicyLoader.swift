@@ -1,6 +1,6 @@
-import NetshapeCNI
 import NetshapeCore
 import NetshapeDaemon
+import NetshapeFailure
 import NetshapeKernel
 import NetshapePolicy
 

@@ -33,9 +33,15 @@ struct Session {
         }
         let state = StateStore()
         if lock { try state.lock() }
-        kernel = LinuxKernel(settings: policy.settings, state: state)
+        (kernel, engine) = Self.engine(policy.settings, state: state, verbose: verbose)
+    }
+
+    /// The kernel and engine every command uses, over `state` (locked by the caller when it changes
+    /// the machine); `reset` builds them without a policy.
+    static func engine(_ settings: Settings, state: StateStore, verbose: Bool) -> (LinuxKernel, Engine) {
+        let kernel = LinuxKernel(settings: settings, state: state)
         var logger = Logger(label: "netshape")
         logger.logLevel = verbose ? .info : .warning
-        engine = Engine(kernel: kernel, logger: logger)
+        return (kernel, Engine(kernel: kernel, logger: logger))
     }
 }

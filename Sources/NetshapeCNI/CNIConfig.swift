@@ -1,4 +1,5 @@
 import NetshapeCore
+import NetshapeFailure
 import NetshapePolicy
 
 /// JSON text → `JSONValue`, remembering where every value starts, so that an error in a network

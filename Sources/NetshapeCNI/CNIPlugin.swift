@@ -1,6 +1,7 @@
 import FoundationEssentials
 import NetshapeCore
 import NetshapeEngine
+import NetshapeFailure
 import NetshapeKernel
 import NetshapePolicy
 

@@ -207,30 +207,26 @@ extension OwnershipRecord {
             case (.addRootQdisc(let q), .namespace), (.replaceRootQdisc(let q, _), .namespace):
                 entry.egress = OwnershipRecord.Tree(
                     netnsID: seen.netnsID, device: seen.device, ifindex: seen.ifindex, handle: q.handle)
-            case (.deleteRootQdisc, .namespace):
-                entry.egress = nil
+            case (.deleteRootQdisc, _), (.deleteClass, _), (.deleteFilter, _), (.deleteIFB, _),
+                (.deleteIngressRedirect, _):
+                // What a delete drops is written once, in `forget` (reset's bookkeeping too).
+                namespaces[op.namespace] = entry
+                forget(op)
+                continue
             case (.addRootQdisc(let q), .ingress), (.replaceRootQdisc(let q, _), .ingress):
                 let ing = seen.ingress
                 var i = entry.ingress ?? OwnershipRecord.Ingress()
                 i.tree = OwnershipRecord.Tree(
                     netnsID: ing?.netnsID ?? "", device: op.device, ifindex: ing?.ifindex ?? 0, handle: q.handle)
                 entry.ingress = i
-            case (.deleteRootQdisc, .ingress):
-                entry.ingress?.tree = nil
             case (.addClass(let c), .namespace):
                 if entry.egress?.classes?.contains(c.classid) == false { entry.egress?.classes?.append(c.classid) }
-            case (.deleteClass(let c), .namespace):
-                entry.egress?.classes?.removeAll { $0 == c.classid }
             case (.addClass(let c), .ingress):
                 if entry.ingress?.tree?.classes?.contains(c.classid) == false {
                     entry.ingress?.tree?.classes?.append(c.classid)
                 }
-            case (.deleteClass(let c), .ingress):
-                entry.ingress?.tree?.classes?.removeAll { $0 == c.classid }
             case (.addFilter(let f), .namespace) where f.kind == .cgroup2:
                 entry.cgroup2Classifier = Cgroup2Entry.objectName(namespace: op.namespace)
-            case (.deleteFilter(let f), .namespace) where f.kind == .cgroup2:
-                entry.cgroup2Classifier = nil
             case (.createCgroup(let path, _), _) where path != CgroupPaths.top:
                 let fresh = recordedCgroups[op.namespace, default: Set(entry.cgroups ?? [])].insert(path).inserted
                 if fresh { entry.cgroups?.append(path) }
@@ -245,10 +241,6 @@ extension OwnershipRecord {
                 var i = entry.ingress ?? OwnershipRecord.Ingress()
                 i.redirectFrom = op.device
                 entry.ingress = i
-            case (.deleteIFB, _):
-                entry.ingress?.ifb = nil
-            case (.deleteIngressRedirect, _):
-                entry.ingress?.redirectFrom = nil
             case (.putSockRule(let k, _, _), _):
                 entry.sockCookie = k.cookie
             default: continue
@@ -277,7 +269,7 @@ extension OwnershipRecord {
         for (name, paths) in removed { namespaces[name]?.cgroups?.removeAll { paths.contains($0) } }
     }
 
-    /// Drops from the record what a performed reset operation removed.
+    /// Drops from the record what a performed delete removed (reset's, and shaping's via `recordShaping`).
     public mutating func forget(_ op: Operation) {
         if case .detachSockCreate = op.action { sockCreate = nil }
         guard var e = namespaces[op.namespace] else { return }
@@ -289,6 +281,8 @@ extension OwnershipRecord {
             e.cgroup2Classifier = nil
         case (.deleteFilter(let f), .namespace) where f.kind == .cgroup2: e.cgroup2Classifier = nil
         case (.deleteRootQdisc, .ingress): e.ingress?.tree = nil
+        case (.deleteClass(let c), .namespace): e.egress?.classes?.removeAll { $0 == c.classid }
+        case (.deleteClass(let c), .ingress): e.ingress?.tree?.classes?.removeAll { $0 == c.classid }
         case (.deleteIngressRedirect, _): e.ingress?.redirectFrom = nil
         case (.deleteIFB, _): e.ingress?.ifb = nil
         case (.deleteNetns, _), (.deleteVeth, _):

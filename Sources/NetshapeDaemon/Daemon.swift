@@ -21,7 +21,8 @@ public struct Daemon {
     /// Keep cgroup migrations fast (see `FastMigrations`).
     public let favorDynmods: Bool
     public let logger: Logger
-    /// Rebuilds a recorded CNI attachment's policy (the CLI owns CNI decoding); nil: pods not followed.
+    /// Rebuilds a recorded CNI attachment's policy (NetshapeCNI decodes the network config; the CLI
+    /// passes its function in, so the daemon does not depend on CNI); nil: pods not followed.
     public let cniPolicy: (@Sendable (CNIAttachment) throws -> Policy)?
     /// `HOST:PORT` to serve Prometheus metrics on; nil = no endpoint.
     public let metrics: String?
@@ -87,7 +88,10 @@ public struct Daemon {
             ContainerEventService(context: context, runtimes: runtimes),
             Cgroup2WatchService(context: context),
         ]
-        if let e = endpoint { services.append(e) }
+        if var e = endpoint {
+            e.liveness = liveness
+            services.append(e)
+        }
         if let usec = SystemdNotify.watchdogMicroseconds {
             services.append(WatchdogService(context: context, microseconds: usec))
         }

@@ -68,6 +68,8 @@ public final class DaemonHealth: Sendable {
 struct MetricsService: Service {
     let server: MetricsHTTPServer
     let logger: Logger
+    /// Where the endpoint thread reports in, so the watchdog stops pinging when it wedges.
+    var liveness: Liveness?
 
     /// Binds now (a taken port fails the daemon's start) and wires the scrape: a fresh kernel
     /// handle per scrape, so namespaces that were recreated are never read through stale handles,
@@ -98,7 +100,10 @@ struct MetricsService: Service {
     }
 
     func run() async throws {
-        try server.start()
+        let heartbeat = liveness?.register("metrics endpoint")
+        try server.start { problem in
+            if let problem { heartbeat?.failing(problem) } else { heartbeat?.alive() }
+        }
         logger.notice("serving Prometheus metrics on http://\(server.address)/metrics")
         // Wait for shutdown; the endpoint thread needs nothing from this task meanwhile.
         try? await gracefulShutdown()

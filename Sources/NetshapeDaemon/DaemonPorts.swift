@@ -96,7 +96,7 @@ struct NetClsMover: CgroupMover {
 
 struct SystemClock: DaemonClock {
     func monotonicNanoseconds() -> UInt64 { ProcConnector.monotonicNanoseconds() }
-    func sleep(milliseconds: Int) { usleepMilliseconds(milliseconds) }
+    func sleep(milliseconds: Int) { Syscall.sleep(milliseconds: milliseconds) }
 }
 
 struct Systemd: ServiceNotifier {

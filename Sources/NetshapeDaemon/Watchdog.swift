@@ -71,8 +71,10 @@ struct WatchdogService: DaemonService {
     let context: DaemonContext
     let microseconds: UInt64
 
-    /// A thread may be silent this long: the watchdog period, but at least 2 s (the Docker
-    /// follower's retry pause is 1 s).
+    /// A thread may be silent this long: half the watchdog period (the ping cadence), but at least
+    /// 2 s (the Docker follower's retry pause is 1 s). systemd kills WatchdogSec after the last
+    /// ping, so a wedged thread is restarted within 1.5 × WatchdogSec; a full-period window would
+    /// let a wedged daemon run for twice what the unit asks. Every thread reports every ≤ 250 ms.
     var windowNanoseconds: UInt64 { max(microseconds / 2, 2_000_000) * 1000 }
 
     func run() async throws {

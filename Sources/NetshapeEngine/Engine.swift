@@ -359,10 +359,17 @@ public final class Engine {
                 }
             }
             if let failure { return failure }
-            guard !results.isEmpty else { break }
+            // A port that answers nothing must not end the loop as if every operation were done.
+            if results.isEmpty, let next = rest.first { return (next, PortAnsweredNothing(pending: rest.count)) }
             rest = rest.dropFirst(results.count)
         }
         return nil
+    }
+
+    /// The kernel port returned no result for a non-empty batch (a port bug, not the kernel's).
+    struct PortAnsweredNothing: Error, CustomStringConvertible {
+        let pending: Int
+        var description: String { "the kernel port returned no result for \(pending) operation(s)" }
     }
 
     /// What became of one operation.
@@ -374,17 +381,17 @@ public final class Engine {
         case failed(any Error)
     }
 
-    /// The one place an operation meets the kernel, for apply, rollback and reset alike. `undoing`
-    /// is the operation `op` undoes (a rollback), whose kind decides what a vanished process means.
-    func execute(_ op: Operation, undoing: Operation? = nil) -> Outcome {
-        Self.outcome(Result { try kernel.execute(op) }, of: op, undoing: undoing)
+    /// The one place an operation meets the kernel, for apply, rollback and reset alike.
+    func execute(_ op: Operation) -> Outcome {
+        Self.outcome(Result { try kernel.execute(op) }, of: op)
     }
 
     /// What the kernel's answer to `op` means (`execute`, and each result of a batch).
-    static func outcome(_ result: Result<Void, any Error>, of op: Operation, undoing: Operation? = nil) -> Outcome {
+    /// (The inverse of a membership move is a membership move, so a rollback needs no other rule.)
+    static func outcome(_ result: Result<Void, any Error>, of op: Operation) -> Outcome {
         switch result {
         case .success: return .done
-        case .failure(let e as KernelFailure) where (undoing ?? op).isMembership && e.errno == KernelErrno.ESRCH:
+        case .failure(let e as KernelFailure) where op.isMembership && e.errno == KernelErrno.ESRCH:
             if case .moveProcess(let pid, _, _, _) = op.action { return .vanished(pid) }
             return .vanished(nil)
         case .failure(let error): return .failed(error)
@@ -453,7 +460,7 @@ public final class Engine {
         var failures: [(Operation, any Error)] = []
         for op in done.reversed() {
             let inverse = op.inverse
-            switch execute(inverse, undoing: op) {
+            switch execute(inverse) {
             case .done:
                 undone.append(op)
                 logger.notice("rolled back: \(inverse.command)")

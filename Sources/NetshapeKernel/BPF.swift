@@ -84,20 +84,17 @@ enum BPF {
     static let mapUpdateElem: UInt32 = 2
     static let mapDeleteElem: UInt32 = 3
 
-    /// Runs one bpf() shim, retrying EINTR, and turns -1 into a `.bpf` error naming `operation`.
+    /// Runs one bpf() shim (EINTR retried by `sysResult`) and turns -1 into a `.bpf` error naming
+    /// `operation`.
     @discardableResult
     static func call(_ operation: @autoclosure () -> String, detail: () -> String = { "" }, _ body: () -> Int32)
         throws -> Int32
     {
-        while true {
-            let r = body()
-            if r != -1 { return r }
-            let e = errno
-            if e == EINTR { continue }
-            let extra = detail()
-            throw KernelError(
-                .bpf, operation(), errno: e, reason: String(cString: strerror(e)) + (extra.isEmpty ? "" : "; \(extra)"))
-        }
+        let (r, e) = sysResult(body)
+        if r != -1 { return r }
+        let extra = detail()
+        throw KernelError(
+            .bpf, operation(), errno: e, reason: String(cString: strerror(e)) + (extra.isEmpty ? "" : "; \(extra)"))
     }
 
     /// `BPF_PROG_QUERY`: the attach flags and the ids of the programs attached to `target` (a cgroup
@@ -110,10 +107,8 @@ enum BPF {
             var ids = [UInt32](repeating: 0, count: Int(room))
             var count = room
             var flags: UInt32 = 0
-            let rc = netshape_bpf_prog_query(target, type.rawValue, 0, &flags, &ids, &count)
+            let (rc, e) = sysResult { netshape_bpf_prog_query(target, type.rawValue, 0, &flags, &ids, &count) }
             if rc == 0 { return (AttachFlags(rawValue: flags), Array(ids.prefix(Int(count)))) }
-            let e = errno
-            if e == EINTR { continue }
             if e == ENOSPC, count > room {
                 room = count
                 continue

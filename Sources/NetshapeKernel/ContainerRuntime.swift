@@ -188,12 +188,10 @@ struct UnixHTTPClient {
         var text: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: 16384)
         while !shouldStop() {
-            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            let ready = try sys("poll(\(socketPath))") { poll(&p, 1, pollMilliseconds) }
-            if ready == 0 { continue }
-            let n = try buf.withUnsafeMutableBytes { raw in
-                try sys("read(\(socketPath)) \(what)") { read(fd, raw.baseAddress, raw.count) }
-            }
+            var ready = [PollEntry(fd: fd, wantRead: true, wantWrite: false)]
+            try Poller.wait(&ready, timeoutMilliseconds: pollMilliseconds)
+            if !ready[0].readable && !ready[0].failed { continue }
+            let n = try Syscall.readSome(fd, into: &buf, what: what)
             if n == 0 { return }
             var data = Array(buf[..<n])
             if !inBody {
@@ -457,6 +455,3 @@ func runProgram(_ argv: [String]) throws -> (status: Int32, stdout: String, stde
     let exited = status & 0x7F == 0
     return (exited ? (status >> 8) & 0xFF : 128 + (status & 0x7F), out, err)
 }
-
-/// Sleeps the calling thread (a blocking reader's retry pause; never on a concurrency pool thread).
-public func usleepMilliseconds(_ ms: Int) { _ = usleep(useconds_t(ms * 1000)) }

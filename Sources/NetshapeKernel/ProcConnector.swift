@@ -143,10 +143,9 @@ public final class DirectoryWatcher {
         var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
         guard poll(&pfd, 1, timeoutMilliseconds) > 0 else { return false }
         var buf = [UInt8](repeating: 0, count: 4096)
-        // Drained to EAGAIN (the descriptor is non-blocking): what changed is not needed, only that it did.
-        while ((try? sys("read(inotify)") { buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) } }) ?? 0)
-            > 0
-        {}
+        // Drained to EAGAIN (the descriptor is non-blocking; any error ends the drain): what changed is
+        // not needed, only that it did.
+        while sysResult({ buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) } }).value > 0 {}
         return true
     }
 }

@@ -2,8 +2,11 @@ import Glibc
 
 /// The one place NetshapeKernel's descriptor loops live: every read-to-end, write-all, directory
 /// listing, sleep and exec goes through here, so errno is read right after the call that set it,
-/// EINTR is retried in `sys()` alone, and a short write is continued instead of silently dropped.
-/// Callers above NetshapeKernel use the public entry points and never see Glibc.
+/// EINTR is retried in `sysResult()` alone (which `sys()`, `BPF.call` and this file's sleep use),
+/// and a short write is continued instead of silently dropped. The deliberate exceptions are the
+/// poll waits (`Poller.wait`, `Terminal.next`): there a signal ends the wait as a timeout, because retrying with the same timeout
+/// would stretch the caller's deadline. Callers above NetshapeKernel use the public entry points
+/// and never see Glibc.
 public enum Syscall {
     /// Reads `fd` until end of file. Throws on a read error (naming `what`) and, past `limit`
     /// bytes, `tooLarge` when given, else stops at `limit` (a /proc file larger than any netshape
@@ -15,9 +18,7 @@ public enum Syscall {
         var out: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: chunk)
         while out.count <= limit {
-            let n = try buf.withUnsafeMutableBytes { raw in
-                try sys("read(\(what()))") { read(fd, raw.baseAddress, raw.count) }
-            }
+            let n = try readSome(fd, into: &buf, what: what())
             if n == 0 { return out }
             out += buf[0..<n]
         }
@@ -25,12 +26,25 @@ public enum Syscall {
         return Array(out.prefix(limit))
     }
 
+    /// write(2)'s shape.
+    typealias WriteCall = (Int32, UnsafeRawPointer?, Int) -> Int
+
+    /// One read(2) into `buf`: how many bytes arrived (0 at end of file).
+    static func readSome(_ fd: Int32, into buf: inout [UInt8], what: @autoclosure () -> String) throws -> Int {
+        try buf.withUnsafeMutableBytes { raw in
+            try sys("read(\(what()))") { read(fd, raw.baseAddress, raw.count) }
+        }
+    }
+
     /// Writes all of `bytes`, continuing after a short write (pipes, sockets, terminals).
-    static func writeAll(_ fd: Int32, _ bytes: [UInt8], what: @autoclosure () -> String) throws {
+    /// `write` is write(2) but for tests, which make it short.
+    static func writeAll(
+        _ fd: Int32, _ bytes: [UInt8], what: @autoclosure () -> String, write: WriteCall = Glibc.write
+    ) throws {
         var off = 0
         while off < bytes.count {
             let n = try bytes.withUnsafeBytes { raw in
-                try sys("write(\(what()))") { Glibc.write(fd, raw.baseAddress! + off, raw.count - off) }
+                try sys("write(\(what()))") { write(fd, raw.baseAddress! + off, raw.count - off) }
             }
             off += n
         }
@@ -38,9 +52,11 @@ public enum Syscall {
 
     /// Writes `bytes` with exactly one write(2): cgroupfs and /proc control files act on each
     /// write, so a continued write would be a second command. A short write is an error.
-    static func writeOnce(_ fd: Int32, _ bytes: [UInt8], what: @autoclosure () -> String) throws {
+    static func writeOnce(
+        _ fd: Int32, _ bytes: [UInt8], what: @autoclosure () -> String, write: WriteCall = Glibc.write
+    ) throws {
         let n = try bytes.withUnsafeBytes { raw in
-            try sys("write(\(what()))") { Glibc.write(fd, raw.baseAddress, raw.count) }
+            try sys("write(\(what()))") { write(fd, raw.baseAddress, raw.count) }
         }
         if n != bytes.count { throw KernelError.syscall("write(\(what())): short write (\(n) of \(bytes.count))", EIO) }
     }
@@ -77,13 +93,22 @@ public enum Syscall {
         return entries(of: fd, directoriesOnly: directoriesOnly)
     }
 
-    /// Sleeps the calling thread for `seconds`, resuming after a signal until the time is up.
+    /// Sleeps the calling thread for `seconds`, resuming after a signal until the time is up
+    /// (never on a concurrency pool thread: a blocking reader's retry pause, the CLI's waits).
     public static func sleep(seconds: Double) {
         guard seconds > 0 else { return }
         var ts = timespec(tv_sec: Int(seconds), tv_nsec: Int((seconds - Double(Int(seconds))) * 1e9))
         var rest = timespec()
-        while nanosleep(&ts, &rest) != 0 && errno == EINTR { ts = rest }
+        // sysResult's retry resumes with what the interrupted call left.
+        _ = sysResult {
+            let r = nanosleep(&ts, &rest)
+            if r != 0 { ts = rest }
+            return r
+        }
     }
+
+    /// `sleep(seconds:)` in milliseconds.
+    public static func sleep(milliseconds: Int) { sleep(seconds: Double(milliseconds) / 1000) }
 
     /// Standard input to its end (a CNI plugin's network config).
     public static func readStandardInput() throws -> [UInt8] {

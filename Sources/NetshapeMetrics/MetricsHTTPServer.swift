@@ -32,12 +32,18 @@ public final class MetricsHTTPServer: Sendable {
 
     public func answeredCounts() -> [Int: Int] { answered.withLock { $0 } }
 
-    /// Serves on a new thread until `shutdown()`.
-    public func start() throws {
+    /// Serves on a new thread until `shutdown()`. `report` is called after every pass of the loop
+    /// (at least every 200 ms): nil when it went well, else why not, so the daemon's watchdog
+    /// sees a wedged or failing endpoint thread like any other.
+    public func start(report: @escaping @Sendable (_ problem: String?) -> Void = { _ in }) throws {
         try startThread(name: "netshape-metrics") { [self] in
             var conns: [Connection] = []
             while !stop.load(ordering: .relaxed) {
-                do { try step(&conns) } catch {
+                do {
+                    try step(&conns)
+                    report(nil)
+                } catch {
+                    report("\(error)")
                     // A poll failure other than EINTR is not expected; back off rather than spin.
                     var e: [PollEntry] = []
                     try? Poller.wait(&e, timeoutMilliseconds: 100)

@@ -221,12 +221,14 @@ public final class FakeKernel: KernelPort {
 
     /// When set, `execute(_: [Operation])` behaves as the real kernel port's netlink batches: up
     /// to this many operations at once, each with its own result, the ones after a failure in the
-    /// same batch carried out all the same; nothing after a batch with a failure.
+    /// same batch carried out all the same; nothing after a batch with a failure. 0: a broken
+    /// port that answers nothing.
     public var batchSize: Int?
 
     public func execute(_ ops: [Operation]) -> [Result<Void, any Error>] {
         // Unset: one at a time, stopping at the first failure (the port's default).
         guard let size = batchSize else { return oneAtATime(ops, execute) }
+        if size == 0 { return [] }
         var results: [Result<Void, any Error>] = []
         for start in stride(from: 0, to: ops.count, by: size) {
             for op in ops[start..<min(start + size, ops.count)] {

@@ -1,4 +1,5 @@
 import NetshapeCore
+import NetshapeFailure
 import NetshapeKernel
 import NetshapePolicy
 import Testing

@@ -263,14 +263,42 @@ struct Harness {
         exec.alive()
         #expect(await dog.tick())
         #expect(pings() == 2)
-        // One thread falls silent for longer than the window: no ping, though the other reports.
-        h.clock.advance(milliseconds: 6000)
+        // The window is half the 10 s period: silent for 4.9 s still pings, for 5.1 s does not.
+        #expect(dog.windowNanoseconds == 5_000_000_000)
+        h.clock.advance(milliseconds: 4900)
         exec.alive()
-        #expect(await dog.tick() == false)
-        #expect(pings() == 2)
-        watch.alive()
         #expect(await dog.tick())
         #expect(pings() == 3)
+        h.clock.advance(milliseconds: 200)
+        exec.alive()
+        #expect(await dog.tick() == false)
+        #expect(pings() == 3)
+        watch.alive()
+        #expect(await dog.tick())
+        #expect(pings() == 4)
+    }
+
+    @Test func theMetricsEndpointThreadReportsIn() async throws {
+        let clock = FakeClock()
+        let liveness = Liveness(clock: clock)
+        var (service, _) = try MetricsService.make(address: "127.0.0.1:0", logger: quiet)
+        service.liveness = liveness
+        let running = Task { [service] in try await service.run() }
+        defer { running.cancel() }
+        for _ in 0..<100 where liveness.beats.withLock({ $0["metrics endpoint"] == nil }) {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(liveness.beats.withLock { $0["metrics endpoint"] != nil })
+        // Past the window on the fake clock: only the thread's own report clears it again.
+        clock.advance(milliseconds: 2000)
+        var problem = liveness.check(windowNanoseconds: 1_000_000_000).problem
+        for _ in 0..<100 where problem != nil {
+            try await Task.sleep(for: .milliseconds(10))
+            problem = liveness.check(windowNanoseconds: 1_000_000_000).problem
+        }
+        #expect(problem == nil)
+        running.cancel()
+        _ = try? await running.value
     }
 }
 

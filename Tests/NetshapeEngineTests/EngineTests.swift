@@ -190,6 +190,20 @@ struct Snapshot: Equatable {
         #expect(Snapshot(k) == before, "the machine is as it was")
     }
 
+    @Test func aPortThatAnswersNothingFailsTheApplyInsteadOfEndingItAsDone() throws {
+        let k = machine()
+        k.batchSize = 0
+        let before = Snapshot(k)
+        do {
+            try Engine(kernel: k).apply(try load(webPolicy), policyPath: "/p")
+            Issue.record("an apply whose operations got no answer reported success")
+        } catch let e as ApplyError {
+            #expect(e.description.contains("returned no result"), "\(e)")
+            #expect(e.rolledBack.isEmpty)
+        }
+        #expect(Snapshot(k) == before, "nothing was done")
+    }
+
     @Test func aFailedEditRestoresThePreviousWorkingState() throws {
         let k = machine()
         let engine = Engine(kernel: k)

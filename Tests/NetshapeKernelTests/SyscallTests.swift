@@ -5,8 +5,8 @@ import Testing
 
 /// The syscall layer's loops, on pipes and a scratch directory (unprivileged).
 @Suite struct SyscallTests {
-    /// A pipe holds 64 KiB: writing four times that blocks until a reader drains it, so both
-    /// loops run many rounds and the bytes must come through whole and in order.
+    /// A pipe holds 64 KiB: writing four times that blocks until a reader drains it, so readToEnd
+    /// runs many rounds and the bytes must come through whole and in order (short writes: below).
     @Test func writeAllAndReadToEndRoundTripThroughAPipe() throws {
         var fds: [Int32] = [0, 0]
         #expect(pipe(&fds) == 0)
@@ -20,6 +20,55 @@ import Testing
         let got = try Syscall.readToEnd(fds[0], what: "test pipe", limit: Int.max, chunk: 1000)
         #expect(got.count == payload.count)
         #expect(got == payload)
+    }
+
+    /// A blocking pipe never short-writes, so the round trip above cannot see a writeAll that
+    /// stops early: here write(2) takes at most 7 bytes a call and is interrupted once.
+    @Test func writeAllContinuesAfterShortWritesAndEINTR() throws {
+        let payload = (0..<1000).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ 1) }
+        var got: [UInt8] = []
+        var calls = 0
+        try Syscall.writeAll(3, payload, what: "fake") { fd, p, n in
+            calls += 1
+            #expect(fd == 3)
+            if calls == 2 {
+                errno = EINTR
+                return -1
+            }
+            let k = min(n, 7)
+            got += UnsafeRawBufferPointer(start: p, count: k)
+            return k
+        }
+        #expect(got == payload)
+        #expect(calls == (payload.count + 6) / 7 + 1)
+        // A real error is thrown, naming the object, after what was written.
+        var failing = 0
+        #expect {
+            try Syscall.writeAll(3, payload, what: "fake pipe") { _, _, n in
+                failing += 1
+                if failing == 1 { return min(n, 10) }
+                errno = EPIPE
+                return -1
+            }
+        } throws: { e in
+            (e as? KernelError)?.errno == EPIPE && "\(e)".contains("write(fake pipe)")
+        }
+    }
+
+    /// writeOnce never continues (a second write would be a second cgroupfs command): a short
+    /// write is an error, and the call is made exactly once.
+    @Test func writeOnceCallsOnceAndReportsAShortWrite() throws {
+        var calls = 0
+        #expect {
+            try Syscall.writeOnce(3, Array("12345\n".utf8), what: "cgroup.procs") { _, _, n in
+                calls += 1
+                return n - 1
+            }
+        } throws: { e in
+            (e as? KernelError)?.errno == EIO && "\(e)".contains("short write (5 of 6)")
+        }
+        #expect(calls == 1)
+        try Syscall.writeOnce(3, Array("1\n".utf8), what: "cgroup.procs") { _, _, n in n }
     }
 
     @Test func readToEndStopsAtTheLimitOrThrowsTooLarge() throws {

@@ -27,16 +27,19 @@ struct Reset: AsyncParsableCommand {
     }
 
     func run() async throws {
-        var logger = Logger(label: "netshape")
-        logger.logLevel = verbose ? .info : .warning
         let state = StateStore()
         try state.lock()
-        guard let policy else {
-            let engine = Engine(kernel: LinuxKernel(settings: Settings(), state: state), logger: logger)
+        if let policy {
+            try reset(policy, state)
+        } else {
+            let (_, engine) = Session.engine(Settings(), state: state, verbose: verbose)
             print(Render.reset(try engine.resetAll(), label: "reset --all"))
-            for m in NetClsHierarchy.releaseUnusedMounts(state: state) { print("- umount \(m) (cgroup_root)") }
-            return
         }
+        for m in NetClsHierarchy.releaseUnusedMounts(state: state) { print("- umount \(m) (cgroup_root)") }
+    }
+
+    /// One policy's reset, from its file or, when that no longer loads, from the record alone.
+    func reset(_ policy: String, _ state: StateStore) throws {
         let path = PolicyLoader.absolutePath(policy)
         var loaded: Policy?
         var note: String?
@@ -48,9 +51,8 @@ struct Reset: AsyncParsableCommand {
                 throw CLIError("cannot reset \(policy): \(Render.firstLine(error)), and netshape has no record of it")
             }
         }
-        let engine = Engine(kernel: LinuxKernel(settings: loaded?.settings ?? Settings(), state: state), logger: logger)
+        let (_, engine) = Session.engine(loaded?.settings ?? Settings(), state: state, verbose: verbose)
         if let note { print("note: \(note)") }
         print(Render.reset(try engine.reset(policyPath: path, policy: loaded), label: policy))
-        for m in NetClsHierarchy.releaseUnusedMounts(state: state) { print("- umount \(m) (cgroup_root)") }
     }
 }
