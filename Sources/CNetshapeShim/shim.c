@@ -261,18 +261,23 @@ int netshape_bpf_map_get_fd_by_id(uint32_t id) {
     return netshape_bpf(BPF_MAP_GET_FD_BY_ID, &attr);
 }
 
+/// BPF_OBJ_GET_INFO_BY_FD into `info` (a bpf_prog_info or bpf_map_info of `len` bytes).
+static int obj_info(int fd, void *info, uint32_t len) {
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.info.bpf_fd = (uint32_t)fd;
+    attr.info.info_len = len;
+    attr.info.info = (uint64_t)(uintptr_t)info;
+    return netshape_bpf(BPF_OBJ_GET_INFO_BY_FD, &attr);
+}
+
 int netshape_bpf_prog_info(int prog_fd, uint32_t *id, uint32_t *type, char *name, uint32_t *map_ids,
                            uint32_t *map_count) {
     struct bpf_prog_info info;
     memset(&info, 0, sizeof(info));
     info.nr_map_ids = *map_count;
     info.map_ids = (uint64_t)(uintptr_t)map_ids;
-    union bpf_attr attr;
-    memset(&attr, 0, sizeof(attr));
-    attr.info.bpf_fd = (uint32_t)prog_fd;
-    attr.info.info_len = sizeof(info);
-    attr.info.info = (uint64_t)(uintptr_t)&info;
-    int rc = netshape_bpf(BPF_OBJ_GET_INFO_BY_FD, &attr);
+    int rc = obj_info(prog_fd, &info, sizeof(info));
     if (rc != 0) return rc;
     *id = info.id;
     *type = info.type;
@@ -285,12 +290,7 @@ int netshape_bpf_map_info(int map_fd, uint32_t *id, uint32_t *type, uint32_t *ke
                           uint32_t *max_entries, char *name) {
     struct bpf_map_info info;
     memset(&info, 0, sizeof(info));
-    union bpf_attr attr;
-    memset(&attr, 0, sizeof(attr));
-    attr.info.bpf_fd = (uint32_t)map_fd;
-    attr.info.info_len = sizeof(info);
-    attr.info.info = (uint64_t)(uintptr_t)&info;
-    int rc = netshape_bpf(BPF_OBJ_GET_INFO_BY_FD, &attr);
+    int rc = obj_info(map_fd, &info, sizeof(info));
     if (rc != 0) return rc;
     *id = info.id;
     *type = info.type;
