@@ -242,9 +242,10 @@ extension ApplyIntegrationTests {
         defer { traffic.terminate() }
         let t = Tmux()
         defer { t.kill() }
-        // The shell reports the exit status and whether the terminal is back in canonical mode.
+        // The shell reports the exit status and whether the terminal is back in canonical mode;
+        // the marker after stty is what the test waits for (EXIT= alone raced stty's output).
         let script =
-            "\(netshapeBinary) status \(policy) --watch --interval 0.5; echo EXIT=$?; stty -a | tr ' ' '\\n' | grep -x -- '-\\?icanon'; sleep 30"
+            "\(netshapeBinary) status \(policy) --watch --interval 0.5; echo EXIT=$?; stty -a | tr ' ' '\\n' | grep -x -- '-\\?icanon'; echo TTY-CHECKED; sleep 30"
         try t.start(script)
         var screen = ""
         try waitFor(seconds: 15, "a rate in the watch view") {
@@ -259,7 +260,7 @@ extension ApplyIntegrationTests {
         #expect(row.contains { "▁▂▃▄▅▆▇█".contains($0) })
         try t("send-keys", "q")
         try waitFor(seconds: 5, "the watch to quit on q") {
-            ((try? t("capture-pane", "-p")) ?? "").contains("EXIT=")
+            ((try? t("capture-pane", "-p")) ?? "").contains("TTY-CHECKED")
         }
         let after = try t("capture-pane", "-p")
         #expect(after.contains("EXIT=0"), "\(after)")
@@ -277,7 +278,7 @@ extension ApplyIntegrationTests {
         let watch = try #require(Int32(children.split(separator: " ").first ?? ""))
         kill(watch, SIGTERM)
         try waitFor(seconds: 5, "the watch to quit on SIGTERM") {
-            ((try? t2("capture-pane", "-p")) ?? "").contains("EXIT=")
+            ((try? t2("capture-pane", "-p")) ?? "").contains("TTY-CHECKED")
         }
         let afterTerm = try t2("capture-pane", "-p")
         #expect(afterTerm.contains("EXIT=0") && afterTerm.split(separator: "\n").contains("icanon"), "\(afterTerm)")
