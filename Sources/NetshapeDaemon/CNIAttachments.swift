@@ -9,7 +9,7 @@ import NetshapeKernel
 /// and then treats it like its own policy: converge the pod's tree, classify the pod's processes
 /// found in /proc, and put the pod's classes into the exec fast path.
 struct CNIAttachments: Sendable {
-    let store: CNIAttachmentStore
+    let store: any AttachmentRecords
     let policy: @Sendable (CNIAttachment) throws -> Policy
 }
 

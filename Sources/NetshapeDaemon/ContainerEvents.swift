@@ -13,12 +13,11 @@ import Synchronization
 /// `ReconcileService` already watches.
 struct ContainerEventService: DaemonService {
     let context: DaemonContext
-    let runtimes: ContainerRuntimes
 
     func run() async throws {
         let events = AsyncStream<String>.makeStream(bufferingPolicy: .bufferingNewest(16))
         let stop = Atomic<Bool>(false)
-        let runtimes = self.runtimes
+        let source = io.containerEvents
         let logger = self.logger
         let clock = io.clock
         let heartbeat = liveness.register("docker events")
@@ -27,13 +26,13 @@ struct ContainerEventService: DaemonService {
             var lastProblem = ""
             while !stop.load(ordering: .relaxed) {
                 do {
-                    try runtimes.followDockerEvents(shouldStop: {
+                    try source.follow(shouldStop: {
                         heartbeat.alive()
                         return stop.load(ordering: .relaxed)
                     }) { action, id in
                         if !connected {
                             connected = true
-                            logger.info("following Docker's container events on \(runtimes.dockerSocket)")
+                            logger.info("following Docker's container events on \(source.endpoint)")
                         }
                         events.continuation.yield("container \(id.prefix(12)) \(action)")
                     }

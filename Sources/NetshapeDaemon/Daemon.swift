@@ -64,7 +64,6 @@ public struct Daemon {
         }
         defer { if mountedDynmods { FastMigrations.disable() } }
         let kernel = LinuxKernel(settings: policy.settings)
-        let runtimes = kernel.runtimes
         var endpoint: MetricsService?
         var health = DaemonHealth.off
         if let address = metrics {
@@ -76,7 +75,7 @@ public struct Daemon {
         let core = DaemonCore(
             policy: policy, path: path, engine: Engine(kernel: kernel, logger: logger),
             state: kernel.state, classifier: classifier, io: io, logger: logger)
-        if let f = cniPolicy { await core.follow(CNIAttachments(store: CNIAttachmentStore(), policy: f)) }
+        if let f = cniPolicy { await core.follow(CNIAttachments(store: io.attachments, policy: f)) }
         let report = try await core.reconcile("start")
         logger.notice("applied \(path): \(report.performed.count) change(s); watching for new processes")
         // A new service: one line here (see DaemonContext.swift).
@@ -85,7 +84,7 @@ public struct Daemon {
             ProcEventService(context: context),
             ReconcileService(context: context, interval: interval),
             ReloadService(context: context),
-            ContainerEventService(context: context, runtimes: runtimes),
+            ContainerEventService(context: context),
             Cgroup2WatchService(context: context),
         ]
         if var e = endpoint {

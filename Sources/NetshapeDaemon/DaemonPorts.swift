@@ -4,7 +4,8 @@ import NetshapePolicy
 
 /// The daemon's I/O, each behind a small protocol, so NetshapeDaemonTests drive the services with
 /// fakes (no root, no kernel): where exec events come from, what /proc says of a process, how a
-/// process is moved, the clock, the directory watches, the policy file, systemd.
+/// process is moved, the clock, the directory watches, the policy file, systemd, dockerd's events,
+/// the CNI plugin's attachment records.
 /// `DaemonIO.system` is the real machine.
 public protocol ProcessEvents: AnyObject {
     /// One read: events, a timeout, or an overflow (events were lost). Throws on a socket error.
@@ -43,6 +44,32 @@ public protocol ChangeWatch: AnyObject {
 
 extension DirectoryWatcher: ChangeWatch {}
 
+/// Where container start, die and destroy events come from: dockerd's event stream.
+public protocol ContainerEventSource: Sendable {
+    /// What is followed, for the log (dockerd's socket).
+    var endpoint: String { get }
+    /// Calls `event` with the action and container id of each event until `shouldStop` (asked
+    /// between events and while idle); returns when the stream ends, throws when there is none.
+    func follow(shouldStop: () -> Bool, _ event: (_ action: String, _ id: String) -> Void) throws
+}
+
+extension ContainerRuntimes: ContainerEventSource {
+    public var endpoint: String { dockerSocket }
+    public func follow(shouldStop: () -> Bool, _ event: (String, String) -> Void) throws {
+        try followDockerEvents(shouldStop: shouldStop, event)
+    }
+}
+
+/// The CNI plugin's records of the pods it shaped on this node.
+public protocol AttachmentRecords: Sendable {
+    /// Watched, so an ADD or DEL wakes the reconcile service.
+    var directory: String { get }
+    /// Every record by name, and the names of those that could not be read, with why.
+    func load() -> (attachments: [String: CNIAttachment], unreadable: [String: String])
+}
+
+extension CNIAttachmentStore: AttachmentRecords {}
+
 /// systemd's notification socket (sd_notify).
 public protocol ServiceNotifier: Sendable {
     func send(_ state: String)
@@ -62,13 +89,16 @@ public struct DaemonIO: Sendable {
     public var notifier: any ServiceNotifier
     /// Where the net_cls hierarchy is mounted for `settings`.
     public var netClsRoot: @Sendable (_ settings: Settings) -> String
+    public var containerEvents: any ContainerEventSource
+    public var attachments: any AttachmentRecords
 
     public init(
         events: @escaping @Sendable () throws -> any ProcessEvents, processes: any ProcessTable,
         mover: any CgroupMover, clock: any DaemonClock,
         watch: @escaping @Sendable ([String], [String]) throws -> any ChangeWatch,
         loadPolicy: @escaping @Sendable (String) throws -> Policy, notifier: any ServiceNotifier,
-        netClsRoot: @escaping @Sendable (Settings) -> String
+        netClsRoot: @escaping @Sendable (Settings) -> String, containerEvents: any ContainerEventSource,
+        attachments: any AttachmentRecords
     ) {
         self.events = events
         self.processes = processes
@@ -78,14 +108,18 @@ public struct DaemonIO: Sendable {
         self.loadPolicy = loadPolicy
         self.notifier = notifier
         self.netClsRoot = netClsRoot
+        self.containerEvents = containerEvents
+        self.attachments = attachments
     }
 
-    /// The real machine: the proc connector, /proc, cgroupfs, inotify, the policy file, systemd.
+    /// The real machine: the proc connector, /proc, cgroupfs, inotify, the policy file, systemd,
+    /// dockerd (the same `ContainerRuntimes` the kernel resolves containers with), /run/netshape/cni.
     public static let system = DaemonIO(
         events: { try ProcConnector() }, processes: ProcScanner(), mover: NetClsMover(), clock: SystemClock(),
         watch: { try DirectoryWatcher(create: $0, existing: $1) },
         loadPolicy: { try PolicySource.load($0, trusted: true).0 }, notifier: Systemd(),
-        netClsRoot: { NetClsHierarchy.find(configured: $0.cgroupRoot)?.root ?? "/sys/fs/cgroup/net_cls" })
+        netClsRoot: { NetClsHierarchy.find(configured: $0.cgroupRoot)?.root ?? "/sys/fs/cgroup/net_cls" },
+        containerEvents: ContainerRuntimes(), attachments: CNIAttachmentStore())
 }
 
 struct NetClsMover: CgroupMover {

@@ -21,7 +21,7 @@ struct ReconcileService: DaemonService {
             if case .path(let p) = ns.netns, let slash = p.lastIndex(of: "/") { dirs.append(String(p[..<slash])) }
         }
         do {
-            let box = UncheckedBox(try io.watch(["/run/netns", CNIAttachmentStore().directory], dirs))
+            let box = UncheckedBox(try io.watch(["/run/netns", io.attachments.directory], dirs))
             let heartbeat = liveness.register("namespace watch")
             try startThread(name: "netshape-netns") {
                 while !stop.load(ordering: .relaxed) {

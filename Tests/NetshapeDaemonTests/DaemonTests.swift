@@ -93,6 +93,30 @@ final class FakeWatch: ChangeWatch, @unchecked Sendable {
     }
 }
 
+/// dockerd's event stream: each `follow` hands out the next connection's events (or its error)
+/// and returns, as when dockerd closes the stream; with none left, "dockerd is not running".
+final class FakeContainerEvents: ContainerEventSource, @unchecked Sendable {
+    let connections = Mutex<[Result<[(String, String)], TestError>]>([])
+    let follows = Atomic<Int>(0)
+    var endpoint: String { "/fake/docker.sock" }
+    func follow(shouldStop: () -> Bool, _ event: (String, String) -> Void) throws {
+        follows.add(1, ordering: .relaxed)
+        let next = connections.withLock { $0.isEmpty ? nil : $0.removeFirst() }
+        guard let next else { throw TestError(description: "connect /fake/docker.sock: No such file or directory") }
+        for (action, id) in try next.get() where !shouldStop() { event(action, id) }
+    }
+}
+
+/// The CNI plugin's attachment records, held in memory.
+final class FakeAttachments: AttachmentRecords, @unchecked Sendable {
+    let records = Mutex<[String: CNIAttachment]>([:])
+    let unreadable = Mutex<[String: String]>([:])
+    var directory: String { "/fake/run/netshape/cni" }
+    func load() -> (attachments: [String: CNIAttachment], unreadable: [String: String]) {
+        (records.withLock { $0 }, unreadable.withLock { $0 })
+    }
+}
+
 /// A policy "file" the test edits or deletes.
 final class FakePolicyFile: @unchecked Sendable {
     let text = Mutex<String?>(policyText)
@@ -115,6 +139,8 @@ struct Harness {
     let notifier = FakeNotifier()
     let file = FakePolicyFile()
     let registry = PrometheusCollectorRegistry()
+    let docker = FakeContainerEvents()
+    let attachments = FakeAttachments()
     let io: DaemonIO
     let classifier: ExecClassifier
     let core: DaemonCore
@@ -124,7 +150,7 @@ struct Harness {
         kernel.addNamespace("web")
         kernel.users = ["backup": 34]
         self.processes = processes
-        let (file, mover, clock, notifier) = (file, mover, clock, notifier)
+        let (file, mover, clock, notifier, docker, attachments) = (file, mover, clock, notifier, docker, attachments)
         io = DaemonIO(
             events: { FakeEvents([]) }, processes: processes, mover: mover, clock: clock,
             watch: { create, existing in
@@ -132,7 +158,8 @@ struct Harness {
                 watch.asked.withLock { $0 = create + existing }
                 return watch
             },
-            loadPolicy: { try file.load($0) }, notifier: notifier, netClsRoot: { _ in "/fake/net_cls" })
+            loadPolicy: { try file.load($0) }, notifier: notifier, netClsRoot: { _ in "/fake/net_cls" },
+            containerEvents: docker, attachments: attachments)
         let health = DaemonHealth(factory: PrometheusMetricsFactory(registry: registry))
         classifier = ExecClassifier(logger: quiet, health: health, io: io)
         // The state lock the CLI shares, in a directory of the test's own.
@@ -387,5 +414,94 @@ struct Harness {
         #expect(shaped)
         #expect(h.kernel.namespaces["web"]!.classes.count == 4)
         #expect(watch.asked.withLock { $0 }.contains("/run/netns"))
+    }
+}
+
+@Suite struct ContainerEventTests {
+    func service(_ h: Harness) -> ContainerEventService {
+        ContainerEventService(context: DaemonContext(core: h.core, liveness: Liveness(clock: h.clock), logger: quiet))
+    }
+
+    /// `docker restart`: the die and start events each reconcile, which repairs what changed.
+    @Test func aDockerEventReconciles() async throws {
+        let h = try Harness()
+        defer { h.cleanUp() }
+        try await h.core.reconcile("start")
+        let frontend = CgroupPaths.class("frontend", in: "web")
+        h.kernel.cgroups[frontend] = nil
+        h.docker.connections.withLock { $0 = [.success([("die", "c0ffee"), ("start", "c0ffee")])] }
+        let service = service(h)
+        let running = Task { try await service.run() }
+        // The registry is thread-safe; the fake kernel is read only once the service is stopped.
+        let reconciles = { h.metric(#"netshape_reconcile_total{result="ok"}"#) ?? 0 }
+        for _ in 0..<300 where reconciles() < 3 { try await Task.sleep(for: .milliseconds(10)) }
+        running.cancel()
+        _ = try? await running.value
+        #expect(reconciles() == 3, "start, then one per event")
+        let repaired = h.kernel.cgroups[frontend] != nil
+        #expect(repaired, "a docker event reconciled and re-created the removed cgroup")
+    }
+
+    /// dockerd not running (or restarting): the service keeps asking, a second apart, and
+    /// reconciles nothing meanwhile.
+    @Test func withoutDockerdItRetriesEverySecond() async throws {
+        let h = try Harness()
+        defer { h.cleanUp() }
+        try await h.core.reconcile("start")
+        let reconciles = { h.metric(#"netshape_reconcile_total{result="ok"}"#) ?? 0 }
+        let service = service(h)
+        let running = Task { try await service.run() }
+        for _ in 0..<300 where h.docker.follows.load(ordering: .relaxed) < 3 {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        running.cancel()
+        _ = try? await running.value
+        #expect(h.docker.follows.load(ordering: .relaxed) >= 3)
+        // Between two attempts it sleeps ten times 100 ms on the daemon's clock (heartbeat between).
+        let sleeps = h.clock.sleeps.withLock { $0 }
+        #expect(sleeps.count >= 20 && sleeps.allSatisfy { $0 == 100 }, "\(sleeps)")
+        #expect(reconciles() == 1, "nothing reconciled after start without events")
+    }
+}
+
+@Suite struct AttachmentTests {
+    static let podPolicy = """
+        version = 1
+        [[namespace]]
+        name = "pod"
+        device = "eth0"
+        egress = "20mbit"
+        default = "rest"
+
+        [[namespace.class]]
+        name = "rest"
+        rate = "5mbit"
+        """
+
+    /// A pod the CNI plugin recorded is converged by the daemon's reconcile, under the owner the
+    /// plugin applied it as; one unreadable record is reported without hiding the others.
+    @Test func recordedPodsAreConvergedAndAnUnreadableOneIsReported() async throws {
+        let h = try Harness()
+        defer { h.cleanUp() }
+        h.kernel.addNamespace("pod")
+        let pod = CNIAttachment(
+            containerID: "c0ffee", ifname: "eth0", netns: "/var/run/netns/pod", owner: "cni:net:c0ffee:eth0",
+            config: "{}")
+        h.attachments.records.withLock { $0 = ["pod": pod] }
+        h.attachments.unreadable.withLock { $0 = ["broken": "unreadable /fake/run/netshape/cni/broken.json"] }
+        let text = Self.podPolicy
+        await h.core.follow(
+            CNIAttachments(store: h.attachments, policy: { _ in try PolicyParser.parse(text, file: "pod") }))
+        try await h.core.reconcile("start")
+        #expect(h.kernel.namespaces["pod"]!.classes.count >= 1)
+        #expect(h.kernel.cgroups[CgroupPaths.class("rest", in: "pod")] != nil)
+        let status = await h.core.attachmentStatus
+        #expect(status["pod"] == "")
+        #expect(status["broken"]?.contains("broken.json") == true)
+
+        // DEL: the record goes; the daemon stops following it and does not re-create it.
+        h.attachments.records.withLock { $0 = [:] }
+        try await h.core.reconcile("namespaces changed")
+        #expect(await h.core.attachmentStatus["pod"] == nil)
     }
 }
