@@ -43,12 +43,16 @@ func nulPosition(_ text: String) -> SourcePosition? {
 let maxNesting = 16
 
 /// The first bracket toml++ would abort on instead of reporting: a `[` or `{` that opens level
-/// `maxNesting + 1`, or a `}` where an array expects a value or its `]` (`[}`, `[1, }`).
+/// `maxNesting + 1`, a `}` where an array expects a value or its `]` (`[}`, `[1, }`), or a
+/// table-array header whose name begins with `[` (`[[[a]]`, `[[ [a]]`: an assertion in toml++'s
+/// `parse_key`, found by the fuzz test, seed 379350135; the release build aborts on it too).
 func bracketProblem(_ text: String) -> (SourcePosition, String)? {
     var line = 1
     var col = 1
     var open: [UInt8] = []
     var expectValue = false
+    // Only blanks since the last line break outside strings: a `[` here at the top level opens a header.
+    var lineStart = true
     var quote: UInt8? = nil
     var triple = false
     var comment = false
@@ -58,7 +62,10 @@ func bracketProblem(_ text: String) -> (SourcePosition, String)? {
         let c = u[i]
         var step = 1
         if comment {
-            if c == 0x0A { comment = false }
+            if c == 0x0A {
+                comment = false
+                lineStart = true
+            }
         } else if let q = quote {
             if triple {
                 if i + 2 < u.count && u[i] == q && u[i + 1] == q && u[i + 2] == q {
@@ -74,11 +81,24 @@ func bracketProblem(_ text: String) -> (SourcePosition, String)? {
             triple = i + 2 < u.count && u[i + 1] == c && u[i + 2] == c
             quote = c
             if triple { step = 3 }
+            lineStart = false
         } else if c == 0x23 {
             comment = true
         } else if c == 0x20 || c == 0x09 || c == 0x0A || c == 0x0D {
             // blanks keep whatever is expected
+            if c == 0x0A { lineStart = true }
         } else {
+            if lineStart && open.isEmpty && c == 0x5B && i + 1 < u.count && u[i + 1] == 0x5B {
+                var j = i + 2
+                while j < u.count && (u[j] == 0x20 || u[j] == 0x09) { j += 1 }
+                if j < u.count && u[j] == 0x5B {
+                    return (
+                        SourcePosition(line: line, column: col),
+                        "TOML syntax: a table-array header `[[NAME]]` whose name begins with '['; write `[[namespace]]` or `[[namespace.class]]`"
+                    )
+                }
+            }
+            lineStart = false
             if expectValue && c == 0x7D {
                 return (
                     SourcePosition(line: line, column: col),

@@ -349,6 +349,38 @@ func readFile(_ path: String) -> String? {
         }
     }
 
+    /// toml++ asserts in `parse_key` on a table-array header whose name begins with `[`, in the
+    /// release build too (fuzz seed 379350135): refused with a position before it sees the text.
+    @Test(arguments: ["[[[a]]", "[[ [a]]", "[[[namespace]]]", "  [[\t[a]]"])
+    func aTableArrayHeaderStartingWithABracketIsAnError(_ line: String) throws {
+        do {
+            _ = try PolicyParser.parse("version = 1\n" + line + "\n", file: "header.toml")
+            Issue.record("accepted \(line)")
+        } catch let e as PolicyError {
+            #expect(e.description.hasPrefix("header.toml:2:"), "\(e.description)")
+            #expect(e.description.contains("table-array header"), "\(e.description)")
+        }
+    }
+
+    /// The same bytes inside a value, a string or a comment are not a header.
+    @Test func bracketsThatAreNoHeaderPass() throws {
+        let text = """
+            version = 1
+            # [[[a]]
+            [settings]
+            classifier = "auto"
+            cgroup_root = \"\"\"
+            [[[x]]\"\"\"
+            """
+        do {
+            _ = try PolicyParser.parse(text, file: "ok.toml")
+        } catch let e as PolicyError {
+            #expect(!e.description.contains("table-array header"), "\(e.description)")
+        }
+        let array = try TOMLPrecheckProbe.bracketMessage("x = [\n[[1]]]\n")
+        #expect(array == nil, "an array of arrays on its own line")
+    }
+
     /// toml++ asserts on `}` where an array expects a value (fuzz seeds 3 and 3273110827).
     @Test(arguments: ["x = [}a\", 33]", "x = [1, }]", "x = [[1],}]", "x = {a = [}]}"])
     func aBraceWhereAnArrayExpectsAValueIsAnError(_ line: String) throws {
@@ -375,4 +407,9 @@ func readFile(_ path: String) -> String? {
             """
         #expect(try PolicyParser.parse(text, file: "ok.toml").namespaces.count == 1)
     }
+}
+
+/// The pre-screen alone, for texts that TOML itself may refuse for another reason.
+enum TOMLPrecheckProbe {
+    static func bracketMessage(_ text: String) throws -> String? { bracketProblem(text)?.1 }
 }
