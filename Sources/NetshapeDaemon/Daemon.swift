@@ -42,14 +42,17 @@ public struct Daemon {
 
     /// Runs until SIGTERM or SIGINT; the shaping stays in place (it is kernel state; `reset` removes it).
     public func run() async throws {
-        var mountedDynmods = false
+        let kernel = LinuxKernel(settings: policy.settings)
+        var dynmods: FastMigrations?
         if favorDynmods {
             do {
-                mountedDynmods = try FastMigrations.enable()
-                if mountedDynmods {
+                dynmods = try FastMigrations.enable(stateDirectory: kernel.state.directory)
+                if let d = dynmods {
                     logger.notice(
-                        "cgroup migrations in fast mode (favordynmods hierarchy at \(FastMigrations.mountPoint)); --no-favor-dynmods turns this off"
+                        "cgroup migrations in fast mode (favordynmods hierarchy at \(d.mountPoint)); --no-favor-dynmods turns this off"
                     )
+                } else if FastMigrations.active {
+                    logger.info("cgroup migrations already in fast mode (a favordynmods hierarchy is mounted)")
                 }
             } catch {
                 let e = (error as? KernelError)?.errno
@@ -62,8 +65,7 @@ public struct Daemon {
                 )
             }
         }
-        defer { if mountedDynmods { FastMigrations.disable() } }
-        let kernel = LinuxKernel(settings: policy.settings)
+        defer { dynmods?.disable() }
         var endpoint: MetricsService?
         var health = DaemonHealth.off
         if let address = metrics {

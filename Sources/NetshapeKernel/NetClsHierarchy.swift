@@ -385,8 +385,19 @@ public final class NetClsHierarchy {
 /// with `favordynmods` (Linux 6.0+) keeps that lock in its fast mode (measured 0.25–0.43 ms per move
 /// after idle), at the price of a slightly dearer fork and exit (within noise here). The daemon
 /// mounts an empty named v1 hierarchy with the option while it runs and unmounts it when it stops.
-public enum FastMigrations {
-    public static let mountPoint = "/run/netshape/dynmods"
+///
+/// The mount lives in the daemon's state directory and is owned through a `flock` held for the
+/// daemon's life: a second daemon of the same directory finds the lock taken and leaves the mount
+/// alone (it used to adopt it and unmount it under the first when it stopped), while a daemon that
+/// finds the lock free and the mount there knows its owner died without unmounting, and adopts it.
+public final class FastMigrations {
+    public let mountPoint: String
+    let lockFD: Int32
+
+    private init(mountPoint: String, lockFD: Int32) {
+        self.mountPoint = mountPoint
+        self.lockFD = lockFD
+    }
 
     /// True when some cgroup hierarchy already has `favordynmods`.
     public static var active: Bool {
@@ -395,26 +406,46 @@ public enum FastMigrations {
         }
     }
 
-    /// Mounts the helper hierarchy unless fast mode is on already. Returns whether netshape mounted it.
-    public static func enable() throws -> Bool {
+    /// Mounts (or adopts) the helper hierarchy under `stateDirectory`; nil when it is not this
+    /// daemon's to mount: another live daemon of the directory owns it, or some hierarchy already
+    /// has fast mode on.
+    public static func enable(stateDirectory: String) throws -> FastMigrations? {
+        let mountPoint = "\(stateDirectory)/dynmods"
+        try NetClsHierarchy.makeDirectories(stateDirectory)
+        let lockPath = "\(stateDirectory)/dynmods.lock"
+        let fd = try sys("open(\(lockPath))") { open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600) }
+        let locked = sysResult { flock(fd, LOCK_EX | LOCK_NB) }
+        guard locked.errno == 0 else {
+            close(fd)
+            if locked.errno == EWOULDBLOCK { return nil }
+            throw KernelError.syscall("flock(\(lockPath), LOCK_EX|LOCK_NB)", locked.errno)
+        }
         let mounts = MountInfoEntry.parse(Files.readString("/proc/self/mountinfo") ?? "")
-        // A daemon that died without its defers (a crash, SIGKILL) left its own mount: adopt it,
-        // so this run removes it on exit instead of leaving it forever.
         if mounts.contains(where: { $0.mountPoint == mountPoint && $0.superOptions.contains("name=netshape-dynmods") })
         {
-            return true
+            return FastMigrations(mountPoint: mountPoint, lockFD: fd)
         }
-        if active { return false }
-        try NetClsHierarchy.makeDirectories(mountPoint)
-        try sys("mount -t cgroup -o none,name=netshape-dynmods,favordynmods cgroup \(mountPoint)") {
-            netshape_mount_cgroup_v1(mountPoint, "none,name=netshape-dynmods,favordynmods")
+        if active {
+            close(fd)
+            return nil
         }
-        return true
+        do {
+            try NetClsHierarchy.makeDirectories(mountPoint)
+            try sys("mount -t cgroup -o none,name=netshape-dynmods,favordynmods cgroup \(mountPoint)") {
+                netshape_mount_cgroup_v1(mountPoint, "none,name=netshape-dynmods,favordynmods")
+            }
+        } catch {
+            close(fd)
+            throw error
+        }
+        return FastMigrations(mountPoint: mountPoint, lockFD: fd)
     }
 
-    /// Unmounts the helper hierarchy; the kernel leaves fast mode when its root goes away.
-    public static func disable() {
+    /// Unmounts the helper hierarchy (the kernel leaves fast mode when its root goes away), then
+    /// gives up ownership.
+    public func disable() {
         _ = netshape_umount_detach(mountPoint)
         rmdir(mountPoint)
+        close(lockFD)
     }
 }
