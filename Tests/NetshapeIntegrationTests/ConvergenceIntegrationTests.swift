@@ -96,8 +96,9 @@ extension ApplyIntegrationTests {
         model.normalize()
         var policy = ""
         var programs = Set<UInt32>()
-        for step in 0..<32 {
-            let edit = model.edit(&rng)
+        // Step 0 applies the model as made, so both kinds of rule are on the machine at least once.
+        for step in 0..<33 {
+            let edit = step == 0 ? "initial" : model.edit(&rng)
             edits.append(edit)
             if edit == "toggle late", let cg {
                 if cg.id("late") == nil { try cg.make("late") } else { cg.remove("late") }
@@ -119,6 +120,12 @@ extension ApplyIntegrationTests {
             // The cgroup2 classifier's program, by the id tc prints for the filter: reset must free it.
             let filters = try must([tc, "-n", s.client, "filter", "show", "dev", s.dev])
             for m in filters.matches(of: /\bid (\d+)/) { if let id = UInt32(m.1) { programs.insert(id) } }
+            if step == 0 {
+                // The walk must reach what it is about: the path classifier and sock_create rules.
+                #expect(cg == nil || !programs.isEmpty, "no cgroup2 classifier after the first apply:\n\(filters)")
+                let bpf = try bpfSnapshot(s)
+                #expect(!bpf.hasSuffix("rules []"), "no sock_create rules for the namespace: \(bpf)")
+            }
         }
         #expect(try cli("reset", policy).status == 0, "seed \(seed)")
         var after = ""
