@@ -13,19 +13,26 @@ struct ClassTarget: ParsableArguments {
         let session: Session
         let namespace: NamespacePolicy
         let cls: ClassPolicy
-        let hierarchy: NetClsHierarchy
-        /// The class's cgroup below the hierarchy's root.
-        let path: String
+        let placement: Placement
         let netns: NetworkNamespace
     }
 
+    /// Where a process joins the class.
+    enum Placement {
+        /// The class's net_cls cgroup (`path` below the hierarchy's root).
+        case netCls(NetClsHierarchy, path: String)
+        /// The one cgroup v2 directory of a class classified by path (`run` only).
+        case cgroup2(mount: String, path: String)
+    }
+
     /// The class, its applied cgroup and its namespace; throws before anything is changed.
-    func resolve(lock: Bool) throws -> Resolved {
+    /// `entering`: a path class may be joined through its cgroup v2 directory (`run`).
+    func resolve(lock: Bool, entering: Bool = false) throws -> Resolved {
         let s = try Session(policyPath: policy, lock: lock)
         let (ns, cls) = try resolveClass(self.class, in: s.policy)
-        let (h, path) = try appliedCgroup(s, ns, cls)
+        let placement = try appliedCgroup(s, ns, cls, entering: entering)
         let netns = try s.kernel.namespace(for: NamespaceRequest(name: ns.name, target: ns.netns, device: ns.device))
-        return Resolved(session: s, namespace: ns, cls: cls, hierarchy: h, path: path, netns: netns)
+        return Resolved(session: s, namespace: ns, cls: cls, placement: placement, netns: netns)
     }
 }
 
@@ -52,13 +59,28 @@ func resolveClass(_ spec: String, in policy: Policy) throws -> (NamespacePolicy,
     return first
 }
 
-/// The class's cgroup, which `apply` must have created.
-func appliedCgroup(_ s: Session, _ ns: NamespacePolicy, _ cls: ClassPolicy) throws -> (NetClsHierarchy, String) {
+/// The class's cgroup, which `apply` must have created (for a path class: its applied cgroup v2
+/// directory, when `entering`).
+func appliedCgroup(_ s: Session, _ ns: NamespacePolicy, _ cls: ClassPolicy, entering: Bool = false) throws
+    -> ClassTarget.Placement
+{
     // A class classified by cgroup v2 path has no net_cls cgroup to join (and none is mounted for it).
-    if let planned = try? Planner.plan(s.policy, capabilities: s.kernel.capabilities()).namespace(ns.name)?
-        .classes.first(where: { $0.name == cls.name }), let why = Render.noNetClsCgroup(planned, ns.name)
+    if let desired = try? Planner.plan(s.policy, capabilities: s.kernel.capabilities()).namespace(ns.name),
+        let planned = desired.classes.first(where: { $0.name == cls.name }), planned.classification != .netCls
     {
-        throw CLIError(why)
+        if entering, planned.classification == .cgroup2 {
+            var request = ObservationRequest(policy: s.policy, processes: false)
+            request.namespaces = request.namespaces.filter { $0.name == ns.name }
+            request.cgroups = false
+            let observed = try s.kernel.observe(request)
+            let (mount, path) = try PathClassEntry.directory(
+                planned, in: desired, observed: observed, policyPath: s.policy.source
+            ).get()
+            return .cgroup2(mount: mount, path: path)
+        }
+        if let why = Render.noNetClsCgroup(planned, ns.name, target: ns.netns, mount: Cgroup2Mount.find()) {
+            throw CLIError(why)
+        }
     }
     let h = try s.kernel.netCls()
     let path = CgroupPaths.class(cls.name, in: ns.name)
@@ -67,5 +89,5 @@ func appliedCgroup(_ s: Session, _ ns: NamespacePolicy, _ cls: ClassPolicy) thro
             "class \(ns.name)/\(cls.name) has no cgroup yet (\(h.root)/\(path)): run netshape apply \(s.policy.source) first"
         )
     }
-    return (h, path)
+    return .netCls(h, path: path)
 }

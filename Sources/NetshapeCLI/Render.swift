@@ -22,8 +22,12 @@ struct PlanJSON: Encodable {
         var leaf: String
         var cgroup: String?
         var isDefault: Bool
-        /// "net_cls" or "cgroup2 path".
+        /// "net_cls", "cgroup2 path" or "unmatched traffic": the mechanism.
         var classifiedBy: String
+        /// How its processes' packets will get into it once the plan is applied, in the words of
+        /// `status --json`'s `path` ("sock_create", "daemon+net_cls", "net_cls", "cgroup2 path",
+        /// "unmatched traffic").
+        var path: String
         /// The cgroup v2 paths of a class classified by path.
         var cgroup2Paths: [String]?
     }
@@ -51,7 +55,8 @@ struct PlanJSON: Encodable {
             Op(namespace: $0.namespace, device: $0.device, verb: $0.verb, object: $0.object, command: $0.command)
         }
         namespaces = plan.desired.namespaces.map { ns in
-            Namespace(
+            let paths = Differ.classPaths(ns, plan.observed, after: plan.operations)
+            return Namespace(
                 name: ns.name, netns: ns.target.description,
                 device: plan.observed.namespaces[ns.name]?.device ?? ns.device ?? "", handle: "\(ns.qdisc.handle)",
                 classifier: ns.classifier.rawValue, egress: ns.egress.bitsPerSecond, ingress: ns.ingress?.bitsPerSecond,
@@ -61,7 +66,7 @@ struct PlanJSON: Encodable {
                         ceil: c.spec.ceil.bitsPerSecond, burst: c.spec.burst.bytes, cburst: c.spec.cburst.bytes,
                         priority: c.spec.priority, quantum: c.spec.quantum, leaf: c.leaf.queue.description,
                         cgroup: c.classification == .netCls ? c.name.map { CgroupPaths.class($0, in: ns.name) } : nil,
-                        isDefault: c.isDefault, classifiedBy: c.classification.rawValue,
+                        isDefault: c.isDefault, classifiedBy: c.classification.rawValue, path: c.path(paths),
                         cgroup2Paths: c.classification == .cgroup2
                             ? c.match.cgroup.map { "/" + Cgroup2Rule.normalize($0) } : nil)
                 })
@@ -101,15 +106,15 @@ enum Render {
                 "namespace \(ns.name): netns \(ns.target), dev \(dev), egress \(ns.egress), htb \(ns.qdisc.handle), "
                     + "classifier \(ns.classifier == .cgroup ? "cls_cgroup" : ns.classifier == .cgroup2 ? "cls_bpf (cgroup2 path, then net_cls)" : "cls_bpf")"
             )
-            var rows = [["  class", "classid", "rate", "ceil", "prio", "leaf", "classified by"]]
+            // The column `status` prints as "path", decided by the same function from the sock_create
+            // map as it will be after these changes.
+            let paths = Differ.classPaths(ns, plan.observed, after: plan.operations)
+            var rows = [["  class", "classid", "rate", "ceil", "prio", "leaf", "path"]]
             for c in ns.classes {
                 let by =
-                    c.name == nil
-                    ? "(unmatched traffic)"
-                    : c.classification == .cgroup2
-                        ? "cgroup2 path "
-                            + c.match.cgroup.map { "/" + Cgroup2Rule.normalize($0) }.joined(separator: ",")
-                        : c.classification.rawValue
+                    c.path(paths)
+                    + (c.classification == .cgroup2
+                        ? " " + c.match.cgroup.map { "/" + Cgroup2Rule.normalize($0) }.joined(separator: ",") : "")
                 rows.append([
                     "  " + c.displayName + (c.isDefault ? " *" : ""), "\(c.spec.classid)", "\(c.spec.rate)",
                     "\(c.spec.ceil)", "\(c.spec.priority)", c.leaf.queue.description, by,
@@ -283,17 +288,26 @@ extension Render {
 }
 
 extension Render {
-    /// Why `run`/`classify` cannot put a process into `c` through net_cls, with what to do instead;
-    /// nil for a net_cls class.
-    static func noNetClsCgroup(_ c: PlannedClass, _ namespace: String) -> String? {
+    /// Why `classify` (and `run`, where it cannot enter the class's directory) cannot put a process
+    /// into `c` through net_cls, with the command that does it instead; nil for a net_cls class.
+    /// `mount`: where cgroup2 is mounted, when known.
+    static func noNetClsCgroup(
+        _ c: PlannedClass, _ namespace: String, target: NetnsTarget = .host, mount: String? = nil
+    )
+        -> String?
+    {
         switch c.classification {
         case .netCls: return nil
         case .cgroup2:
             let paths = c.match.cgroup.map { "/" + Cgroup2Rule.normalize($0) }.joined(separator: ", ")
+            let first = c.match.cgroup.first.map(Cgroup2Rule.normalize) ?? ""
+            // cgroup v2 does not re-tag a moved process's sockets: moving a running one would shape
+            // only the sockets it opens later, so the way in is to start the command there.
             return "class \(namespace)/\(c.displayName) is classified by cgroup v2 path (\(paths)), not through "
-                + "net_cls: start the command inside that cgroup (systemd-run --slice/--scope, or echo $$ > "
-                + "<cgroup2 mount>\(c.match.cgroup.first.map { "/" + Cgroup2Rule.normalize($0) } ?? "")/cgroup.procs "
-                + "before exec); its sockets are then in the class from the first packet"
+                + "net_cls, and a running process's sockets keep the cgroup they were opened in: start the "
+                + "command inside that cgroup instead (netshape run, systemd-run --slice/--scope, or by hand: "
+                + PathClassEntry.byHand(mount ?? "<cgroup2 mount>", first, target)
+                + "); its sockets are then in the class from the first packet"
         case .unmatched:
             return "class \(namespace)/\(c.displayName) takes the traffic no other class does and has no cgroup: run "
                 + "the command in the namespace outside the other classes' cgroups (ip netns exec …)"

@@ -246,6 +246,8 @@ public struct ObservedState: Sendable, Equatable {
     public var cgroup2Mount: String?
     /// The cgroup v2 directories the policy's path rules name that exist, by normalised path.
     public var cgroup2: [String: Cgroup2ID] = [:]
+    /// The subtrees under those directories with their processes (asked by `cgroup2Members`).
+    public var cgroup2Members: ObservedCgroup2Members?
 
     public init(
         namespaces: [String: ObservedNamespace] = [:], cgroups: [String: ObservedCgroup] = [:],

@@ -45,6 +45,9 @@ public struct ObservationRequest: Sendable, Equatable {
     /// cgroup v2 paths (normalised, relative to the cgroup2 mount) to resolve to ids: those of
     /// classes whose rules are cgroup paths only.
     public var cgroup2Paths: [String] = []
+    /// Also read the subtrees under `cgroup2Paths` with their processes (`status` lists the
+    /// members of path classes from them; nothing else needs the walk).
+    public var cgroup2Members = false
 
     public init(
         namespaces: [NamespaceRequest], users: [String] = [], groups: [String] = [], processes: Bool = true,

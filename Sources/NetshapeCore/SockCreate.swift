@@ -97,6 +97,21 @@ public enum ClassPath: String, Sendable, Equatable, Codable {
     case manual = "net_cls"
 }
 
+extension PlannedClass {
+    /// How its processes' packets get into it, in the one set of words `plan` and `status` print:
+    /// `sock_create`, `daemon+net_cls` or `net_cls` (from `paths`, `Differ.classPaths`) for a net_cls
+    /// class, `cgroup2 path`, or `unmatched traffic` for a default class that no process is placed
+    /// in (the implicit one, which has no cgroup, and the default beside only path classes).
+    public func path(_ paths: [String: ClassPath]) -> String {
+        switch classification {
+        case .netCls:
+            guard let n = name else { return Classification.unmatched.rawValue }
+            return (paths[n] ?? .manual).rawValue
+        case .cgroup2, .unmatched: return classification.rawValue
+        }
+    }
+}
+
 /// One key of the table, without the namespace: nil fields are wildcards.
 public struct SockRule: Sendable, Hashable, Codable, Comparable, CustomStringConvertible {
     public var comm: String?

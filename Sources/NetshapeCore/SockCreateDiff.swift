@@ -109,16 +109,36 @@ extension Differ {
         return ops
     }
 
-    /// Which path serves each named class of `ns` now (for `plan` and `status`).
-    public static func classPaths(_ ns: DesiredNamespace, _ observed: ObservedState) -> [String: ClassPath] {
+    /// Which path serves each named class of `ns`, from the sock_create map as observed, or as it
+    /// will be once `operations` are done (`plan`: the same decision `status` makes after apply).
+    public static func classPaths(
+        _ ns: DesiredNamespace, _ observed: ObservedState, after operations: [Operation] = []
+    ) -> [String: ClassPath] {
+        let table = sockTable(ns, observed, after: operations)
         var paths: [String: ClassPath] = [:]
-        let cookie = observed.namespaces[ns.name]?.netnsCookie ?? 0
-        let map = observed.sockCreate
-        var table: [SockRule: SockVerdict] = [:]
-        if ns.sockCreate, cookie != 0, let map, map.attached {
-            for (k, v) in map.entries where k.cookie == cookie { table[k.rule] = v }
-        }
         for c in ns.classes { if let n = c.name { paths[n] = SockCreate.path(of: c, table: table) } }
         return paths
+    }
+
+    /// The rules of `ns` the sock_create program applies now (or after `operations`): its map's
+    /// entries under the namespace's netns cookie while the program is attached; empty otherwise.
+    public static func sockTable(
+        _ ns: DesiredNamespace, _ observed: ObservedState, after operations: [Operation] = []
+    ) -> [SockRule: SockVerdict] {
+        let cookie = observed.namespaces[ns.name]?.netnsCookie ?? 0
+        guard ns.sockCreate, cookie != 0, var map = observed.sockCreate else { return [:] }
+        for op in operations {
+            switch op.action {
+            case .attachSockCreate: map.attached = true
+            case .detachSockCreate: map.attached = false
+            case .putSockRule(let k, let v, _): map.entries[k] = v
+            case .deleteSockRule(let k, _): map.entries[k] = nil
+            default: break
+            }
+        }
+        guard map.attached else { return [:] }
+        var table: [SockRule: SockVerdict] = [:]
+        for (k, v) in map.entries where k.cookie == cookie { table[k.rule] = v }
+        return table
     }
 }

@@ -17,14 +17,17 @@ public struct ClassStatus: Sendable, Codable, Equatable {
     public var backlog: UInt64 = 0
     /// Bits per second over the sampling interval (nil when sampled once).
     public var throughput: UInt64?
+    /// Member processes: of its net_cls cgroup, or for a "cgroup2 path" class the processes at and
+    /// below its mapped paths whose new sockets the classifier sends to it (sorted).
     public var pids: [Int32]
     public var isDefault: Bool
     /// False when the class is in the policy but missing from the kernel.
     public var present: Bool
-    /// How its processes' packets get into it: "sock_create" (the kernel sets a new socket's
-    /// priority), "daemon+net_cls" (moved into its net_cls cgroup), "net_cls" (no rules: by hand),
-    /// "cgroup2 path" (the kernel reads the socket's cgroup v2 membership), "unmatched traffic" (the
-    /// default class beside only cgroup2 path classes: no cgroup at all).
+    /// How its processes' packets get into it (`PlannedClass.path`, the words `plan` prints too):
+    /// "sock_create" (the kernel sets a new socket's priority), "daemon+net_cls" (moved into its
+    /// net_cls cgroup), "net_cls" (no rules: by hand), "cgroup2 path" (the kernel reads the socket's
+    /// cgroup v2 membership), "unmatched traffic" (a default class no process is placed in: the
+    /// implicit one, or the default beside only cgroup2 path classes).
     public var path: String = ClassPath.manual.rawValue
     /// For "cgroup2 path": each path rule with the cgroup id mapped for it (nil: the directory
     /// does not exist, or the map does not hold it).
@@ -117,8 +120,12 @@ extension Engine {
     public func status(_ policy: Policy, interval: Double, sleep: (Double) -> Void) throws -> StatusReport {
         let caps = try kernel.capabilities()
         let policy = try expandingContainers(policy)
-        let request = ObservationRequest(policy: policy, processes: false)
-        let first = try kernel.observe(request)
+        let counters = ObservationRequest(policy: policy, processes: false)
+        var request = counters
+        // Path classes have no cgroup of their own: their members are read from the subtrees under
+        // their paths, once (the first sample only gives counters).
+        request.cgroup2Members = !request.cgroup2Paths.isEmpty
+        let first = try kernel.observe(interval > 0 ? counters : request)
         var second = first
         if interval > 0 {
             sleep(interval)
@@ -142,6 +149,10 @@ extension Engine {
             let applied = root?.handle == ns.qdisc.handle && root?.kind == "htb"
             let filter = seen.filters.first { $0.parent == ns.filter.parent && $0.priority == ns.filter.priority }
             let paths = Differ.classPaths(ns, second)
+            let byPath =
+                second.cgroup2Members?.members(
+                    map: seen.cgroup2Map?.entries ?? [:], sockTable: Differ.sockTable(ns, second),
+                    netnsID: seen.netnsID) ?? [:]
             var classes: [ClassStatus] = []
             for c in ns.classes {
                 let now = seen.classes.first { $0.spec.classid == c.spec.classid }
@@ -151,7 +162,10 @@ extension Engine {
                     tput = UInt64(Double(n.stats.bytes - t.stats.bytes) * 8 / interval)
                 }
                 let leaf = seen.qdiscs.first { $0.parent == c.spec.classid }
-                let pids = c.name.flatMap { second.cgroups[CgroupPaths.class($0, in: ns.name)]?.pids } ?? []
+                let pids =
+                    c.classification == .cgroup2
+                    ? byPath[c.spec.classid] ?? []
+                    : c.name.flatMap { second.cgroups[CgroupPaths.class($0, in: ns.name)]?.pids } ?? []
                 classes.append(
                     ClassStatus(
                         name: c.displayName, classid: "\(c.spec.classid)",
@@ -164,8 +178,7 @@ extension Engine {
                         overlimits: now?.stats.overlimits ?? 0,
                         backlog: now?.stats.backlogBytes ?? leaf?.stats.backlogBytes ?? 0,
                         throughput: tput, pids: pids.sorted(), isDefault: c.isDefault, present: now != nil,
-                        path: c.classification == .netCls
-                            ? (c.name.flatMap { paths[$0] } ?? .manual).rawValue : c.classification.rawValue,
+                        path: c.path(paths),
                         cgroup2Paths: Self.cgroup2Paths(c, ns, seen, second)))
             }
             var ingress: IngressStatus?

@@ -1,8 +1,9 @@
 import Glibc
 import NetshapeCore
 
-/// The cgroup v2 (unified) hierarchy, read only: netshape never creates, moves or writes anything
-/// in it. It is where a cgroup-path class's directories are found and named by id.
+/// The cgroup v2 (unified) hierarchy, read only but for `enter`: netshape never creates, removes
+/// or moves anything else in it (the directories are systemd's, a runtime's, the operator's). It is
+/// where a cgroup-path class's directories are found and named by id.
 public enum Cgroup2Mount {
     /// The mount point of the cgroup2 root: `/sys/fs/cgroup` on a unified host,
     /// `/sys/fs/cgroup/unified` on a hybrid one. nil when cgroup2 is not mounted.
@@ -98,5 +99,54 @@ public final class Cgroup2Watcher {
         }
         if !changes.isEmpty { arm() }
         return changes
+    }
+}
+
+extension Cgroup2Mount {
+    /// Every directory at and below each of `roots` (normalised paths relative to `mount`; a root
+    /// inside another's subtree is walked once), with its id and its processes. Read only;
+    /// symlinks are not followed (`lstat`, and d_type says directory). A directory removed during
+    /// the walk is left out.
+    public static func subtrees(mount: String, roots: [String]) -> [String: ObservedCgroup2Members.Directory] {
+        var out: [String: ObservedCgroup2Members.Directory] = [:]
+        // Shallowest first, so a root below another one is already in `out` when its turn comes.
+        var pending = roots.sorted { $0.split(separator: "/").count < $1.split(separator: "/").count }
+        pending.reverse()
+        while let path = pending.popLast() {
+            guard out[path] == nil, let id = id(mount: mount, path: path) else { continue }
+            let full = path.isEmpty ? mount : mount + "/" + path
+            let pids = (Files.readString(full + "/cgroup.procs") ?? "").split(whereSeparator: \.isWhitespace)
+                .compactMap { Int32($0) }
+            out[path] = ObservedCgroup2Members.Directory(id: id.id, pids: pids)
+            for child in Syscall.entries(at: full, directoriesOnly: true) {
+                pending.append(path.isEmpty ? child : path + "/" + child)
+            }
+        }
+        return out
+    }
+}
+
+extension Cgroup2Mount {
+    /// `echo PID > MOUNT/PATH/cgroup.procs`: moves process `pid` into the cgroup at `path` (relative
+    /// to `mount`, normalised). The one write netshape makes in the cgroup v2 tree: `run` starting a
+    /// command in a path class's directory, as the operator asked. One write(2), as cgroupfs takes
+    /// a pid; the kernel's errno is kept (EBUSY: the cgroup has controllers enabled for its children
+    /// and so may hold no process itself; ENOENT: it is gone).
+    public static func enter(pid: Int32, mount: String, path: String) throws {
+        let dir = path.isEmpty ? mount : mount + "/" + path
+        let file = dir + "/cgroup.procs"
+        guard id(mount: mount, path: path) != nil else {
+            throw KernelError(.cgroup, "open(\(file))", errno: ENOENT, reason: "\(dir) is not a cgroup directory")
+        }
+        let fd = try sys("open(\(file))") { open(file, O_WRONLY | O_CLOEXEC | O_NOFOLLOW) }
+        defer { close(fd) }
+        do {
+            try Syscall.writeOnce(fd, Array(String(pid).utf8), what: file)
+        } catch let e as KernelError where e.errno == EBUSY {
+            throw KernelError(
+                .cgroup, e.operation, errno: EBUSY,
+                reason: "\(dir) has controllers enabled for its child cgroups, and cgroup v2 lets such a cgroup "
+                    + "hold no process of its own: name a leaf cgroup below it in the rule")
+        }
     }
 }

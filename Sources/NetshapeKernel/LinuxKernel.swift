@@ -272,6 +272,30 @@ public final class LinuxKernel: KernelPort {
         for p in request.cgroup2Paths {
             if let id = Cgroup2Mount.id(mount: mount, path: p) { state.cgroup2[p] = id }
         }
+        if request.cgroup2Members { state.cgroup2Members = cgroup2Members(mount: mount, roots: request.cgroup2Paths) }
+    }
+
+    /// The subtrees under `roots` and, of every process in them, what the kernel decides on before
+    /// the classifier's map (`ObservedCgroup2Members.members`).
+    func cgroup2Members(mount: String, roots: [String]) -> ObservedCgroup2Members {
+        let directories = Cgroup2Mount.subtrees(mount: mount, roots: roots)
+        var processes: [Int32: ObservedCgroup2Members.Process] = [:]
+        // Many members share a few net_cls cgroups (most the root): one classid read for each.
+        var classids: [String: TCHandle] = [:]
+        for pid in directories.values.flatMap(\.pids) {
+            guard let p = procs.process(pid, fields: [.comm, .ids, .cgroup]), let ns = procs.namespaceID(pid)
+            else { continue }
+            let classid: TCHandle
+            if let known = classids[p.netCls] {
+                classid = known
+            } else {
+                classid = hierarchy?.classid(p.netCls) ?? .unspecified
+                classids[p.netCls] = classid
+            }
+            processes[pid] = ObservedCgroup2Members.Process(
+                comm: p.comm, uid: p.uid, gid: p.gid, netnsID: ns, netClsClassid: classid)
+        }
+        return ObservedCgroup2Members(directories: directories, processes: processes)
     }
 
     /// The map behind netshape's cgroup v2 filter, read through the program the filter runs. nil

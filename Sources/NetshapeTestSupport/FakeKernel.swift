@@ -43,6 +43,10 @@ public final class FakeKernel: KernelPort {
     /// The cgroup v2 tree: directory path (normalised) → id. Each new directory gets a new id,
     /// as a re-created cgroup gets a new inode. nil: cgroup2 is not mounted.
     public var cgroup2Dirs: [String: UInt64]? = [:]
+    /// The processes in each cgroup v2 directory (`cgroup.procs`), and what the kernel reads of
+    /// each (comm, ids, network namespace, net_cls classid) for `status`'s path members.
+    public var cgroup2Procs: [String: [Int32]] = [:]
+    public var cgroup2Processes: [Int32: ObservedCgroup2Members.Process] = [:]
     private var nextCgroup2ID: UInt64 = 1000
     private var nextProgramID: UInt32 = 1
 
@@ -150,6 +154,15 @@ public final class FakeKernel: KernelPort {
                 if let id = p.isEmpty ? 1 : dirs[p] {
                     state.cgroup2[p] = Cgroup2ID(id: id, level: p.split(separator: "/").count)
                 }
+            }
+            if request.cgroup2Members {
+                // As the real walk: every directory at or below a rule path, with its processes.
+                var walked = ObservedCgroup2Members()
+                for (p, id) in dirs where request.cgroup2Paths.contains(where: { cgroupPrefix($0, matches: p) }) {
+                    walked.directories[p] = .init(id: id, pids: cgroup2Procs[p] ?? [])
+                    for pid in cgroup2Procs[p] ?? [] { walked.processes[pid] = cgroup2Processes[pid] }
+                }
+                state.cgroup2Members = walked
             }
         }
         for r in request.namespaces {

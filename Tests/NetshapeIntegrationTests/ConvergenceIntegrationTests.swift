@@ -1,4 +1,6 @@
 import Foundation
+import NetshapeCore
+import NetshapeKernel
 import NetshapeTestSupport
 import Testing
 
@@ -53,19 +55,54 @@ extension ApplyIntegrationTests {
             plan.out.contains("\"operations\" : [\n\n  ]") || plan.out.contains("\"operations\" : []"), "\(plan.out)")
     }
 
+    /// The BPF side of a scratch pair: the sock_create program's attachment and the map's rules for
+    /// the client namespace (by its cookie), for the random walk's snapshot. The cgroup2
+    /// classifier's program and map hang off the filter, which `snapshot()` lists.
+    func bpfSnapshot(_ s: Scratch) throws -> String {
+        guard Capability.kernel?.sockCreate == true else { return "no sock_create hook" }
+        let cookie = try SockCreateInspection.cookie(of: .named(s.client))
+        let now = try SockCreateInspection.current()
+        let mine = now.entries.filter { $0.key.cookie == cookie }.sorted { $0.key < $1.key }
+        // Attached or not is host-wide: another state directory's rules keep it (as reset does).
+        let others = now.entries.contains { $0.key.cookie != cookie }
+        return "sock_create attached \(now.attached) (others' rules \(others)), rules \(mine)"
+    }
+
     /// Dozens of random edits on the real kernel: every apply exits 0, the plan after it is empty,
-    /// and reset gives back the machine as it was before the first apply.
+    /// and reset gives back the machine as it was before the first apply, BPF programs and maps
+    /// included. The edits include `cgroup` rules (classes classified by cgroup v2 path, over
+    /// directories of the walk's own, one of which comes and goes) and `comm` rules (sock_create).
     @Test func aRandomWalkOfEditsConvergesOnTheRealKernel() throws {
         let seed = UInt64.random(in: 1...UInt64(UInt32.max))
+        print("random walk: seed \(seed)")
         var rng = SeededRandom(seed: seed)
         let s = try Scratch()
         defer { s.close() }
-        let pristine = try fullSnapshot(s)
+        // The walk's cgroup v2 directories, under its own parent, removed even when a step fails;
+        // none ever holds a process, so rules on them move nothing.
+        let cg = Capability.kernel?.cgroup2 == true ? try Cgroup2Scratch(id: "walk-\(s.id)") : nil
+        defer { cg?.remove() }
+        for d in ["p0", "p1", "p1/q"] { try cg?.make(d) }
+        let pristine = try fullSnapshot(s) + bpfSnapshot(s)
         var edits: [String] = []
         var model = WalkModel()
+        if let cg {
+            // "late" appears and goes during the walk; "absent" never exists.
+            model.cgroupPaths = ["p0", "p1", "p1/q", "late", "absent"].map { "\(cg.name)/\($0)" }
+            model.classes.append(.init(name: "g0", rate: 5, cgroup: [model.cgroupPaths[0]]))
+        }
+        // Both kinds of rule from the first apply on, whatever the edits draw.
+        model.classes.append(.init(name: "k0", rate: 5, comm: ["nswalk-a"]))
+        model.normalize()
         var policy = ""
-        for step in 0..<32 {
-            edits.append(model.edit(&rng))
+        var programs = Set<UInt32>()
+        // Step 0 applies the model as made, so both kinds of rule are on the machine at least once.
+        for step in 0..<33 {
+            let edit = step == 0 ? "initial" : model.edit(&rng)
+            edits.append(edit)
+            if edit == "toggle late", let cg {
+                if cg.id("late") == nil { try cg.make("late") } else { cg.remove("late") }
+            }
             policy = try s.policy(model.body)
             let r = try cli("apply", policy)
             guard r.status == 0 else {
@@ -75,12 +112,32 @@ extension ApplyIntegrationTests {
             }
             let plan = try cli("plan", "--json", policy)
             guard plan.out.range(of: #""operations" : \[\s*\]"#, options: .regularExpression) != nil else {
-                Issue.record("step \(step): plan after apply is not empty:\n\(plan.out)\nseed \(seed), edits \(edits)")
+                Issue.record(
+                    "step \(step): plan after apply is not empty:\n\(plan.out)\nseed \(seed), edits \(edits)\n\(model.body)"
+                )
                 return
             }
+            // The cgroup2 classifier's program, by the id tc prints for the filter: reset must free it.
+            let filters = try must([tc, "-n", s.client, "filter", "show", "dev", s.dev])
+            for m in filters.matches(of: /\bid (\d+)/) { if let id = UInt32(m.1) { programs.insert(id) } }
+            if step == 0 {
+                // The walk must reach what it is about: the path classifier and sock_create rules.
+                #expect(cg == nil || !programs.isEmpty, "no cgroup2 classifier after the first apply:\n\(filters)")
+                let bpf = try bpfSnapshot(s)
+                #expect(!bpf.hasSuffix("rules []"), "no sock_create rules for the namespace: \(bpf)")
+            }
         }
-        #expect(try cli("reset", policy).status == 0)
-        #expect(try fullSnapshot(s) == pristine, "seed \(seed), edits \(edits)")
+        #expect(try cli("reset", policy).status == 0, "seed \(seed)")
+        var after = ""
+        // A program and its map are freed after an RCU grace period, not with the filter's removal.
+        for _ in 0..<30 {
+            after = try fullSnapshot(s) + bpfSnapshot(s)
+            if after == pristine && !programs.contains(where: Cgroup2Probe.programExists) { break }
+            usleep(100_000)
+        }
+        #expect(after == pristine, "seed \(seed), edits \(edits)")
+        let left = programs.filter(Cgroup2Probe.programExists)
+        #expect(left.isEmpty, "programs \(left.sorted()) outlive reset; seed \(seed), edits \(edits)")
     }
 
     /// A fault at every operation index of an apply (NETSHAPE_FAIL_OPERATION): each leaves the machine
@@ -279,12 +336,20 @@ struct WalkModel {
         var ceil: Int?
         var priority: Int?
         var leaf: String?
+        /// `match.cgroup`: alone, a class classified by cgroup v2 path; with `comm`, a net_cls one.
+        var cgroup: [String]?
+        /// `match.comm`: names no process has, so the sock_create map gets rules and nothing moves.
+        var comm: [String]?
+        var hasRules: Bool { cgroup != nil || comm != nil }
     }
     var egress = 100
     var ingress: Int?
     var classes: [Class] = [Class(name: "c0", rate: 10)]
     var defaultClass: String?
     var next = 1
+    /// The cgroup v2 paths `cgroup` rules pick from (empty: the kernel cannot classify by path,
+    /// and the walk makes no cgroup rule).
+    var cgroupPaths: [String] = []
 
     var body: String {
         var out = "egress = \"\(egress)mbit\"\n"
@@ -295,6 +360,8 @@ struct WalkModel {
             if let v = c.ceil { out += "ceil = \"\(v)mbit\"\n" }
             if let v = c.priority { out += "priority = \(v)\n" }
             if let v = c.leaf { out += "leaf = \"\(v)\"\n" }
+            if let v = c.cgroup { out += "match.cgroup = [" + v.map { "\"\($0)\"" }.joined(separator: ", ") + "]\n" }
+            if let v = c.comm { out += "match.comm = [" + v.map { "\"\($0)\"" }.joined(separator: ", ") + "]\n" }
         }
         return out
     }
@@ -302,7 +369,19 @@ struct WalkModel {
     mutating func edit(_ r: inout SeededRandom) -> String {
         defer { normalize() }
         let j = classes.isEmpty ? nil : Int.random(in: 0..<classes.count, using: &r)
-        switch (Int.random(in: 0..<9, using: &r), j) {
+        switch (Int.random(in: 0..<12, using: &r), j) {
+        case (8, let j?) where !cgroupPaths.isEmpty:
+            // One or two paths, sometimes one inside the other (the later one is shadowed).
+            let n = Int.random(in: 0...2, using: &r)
+            let picked = Array(cgroupPaths.shuffled(using: &r).prefix(n))
+            classes[j].cgroup = picked.isEmpty ? nil : picked
+            return "cgroup \(classes[j].name) \(picked.map { $0.split(separator: "/").last ?? "" })"
+        case (9, let j?):
+            let picked = ["nswalk-a", "nswalk-b"].filter { _ in Bool.random(using: &r) }
+            classes[j].comm = picked.isEmpty ? nil : picked
+            return "comm \(classes[j].name) \(picked)"
+        case (10, _) where cgroupPaths.contains { $0.hasSuffix("/late") }:
+            return "toggle late"
         case (0, _):
             egress = Int.random(in: 20...1000, using: &r)
             return "egress \(egress)"
@@ -342,5 +421,9 @@ struct WalkModel {
             if let c = classes[i].ceil { classes[i].ceil = min(max(c, classes[i].rate), egress) }
         }
         if let d = defaultClass, !classes.contains(where: { $0.name == d }) { defaultClass = nil }
+        // The parser wants a `default` beside match rules: a class without rules when there is one.
+        if defaultClass == nil, classes.contains(where: \.hasRules) {
+            defaultClass = (classes.first { !$0.hasRules } ?? classes[0]).name
+        }
     }
 }

@@ -17,6 +17,10 @@ struct Classify: AsyncParsableCommand {
     func run() async throws {
         let t = try target.resolve(lock: true)
         let (s, ns, cls) = (t.session, t.namespace, t.cls)
+        // Not entering: resolve refuses a path class (a running process's sockets would not follow).
+        guard case .netCls(let hierarchy, let path) = t.placement else {
+            throw CLIError("class \(t.namespace.name)/\(t.cls.name) has no net_cls cgroup")
+        }
         // Check every pid before moving any, so a bad one changes nothing.
         for pid in pids {
             guard let (id, p) = s.kernel.process(pid) else {
@@ -35,7 +39,7 @@ struct Classify: AsyncParsableCommand {
             }
         }
         for pid in pids {
-            try t.hierarchy.move(pid: pid, to: t.path)
+            try hierarchy.move(pid: pid, to: path)
             print("moved \(pid) to \(ns.name)/\(cls.name)")
         }
     }

@@ -4,7 +4,12 @@ import NetshapeKernel
 
 struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Start a command inside a class: its namespace (setns) and its cgroup (like cgexec).")
+        abstract: "Start a command inside a class: its namespace (setns) and its cgroup (like cgexec).",
+        discussion: """
+            A class classified by cgroup v2 path is entered through its directory (echo $$ > \
+            PATH/cgroup.procs) when it has exactly one path, that directory exists and apply mapped it; \
+            otherwise the error prints the command that does it by hand.
+            """)
 
     @OptionGroup var target: ClassTarget
     @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.")
@@ -15,10 +20,25 @@ struct Run: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let t = try target.resolve(lock: false)
+        let t = try target.resolve(lock: false, entering: true)
         // Join the cgroup first (exec inherits it), then the namespace; both before exec, so the
         // command's first packet is already classified.
-        try t.hierarchy.move(pid: Syscall.processID, to: t.path)
+        switch t.placement {
+        case .netCls(let hierarchy, let path):
+            try hierarchy.move(pid: Syscall.processID, to: path)
+        case .cgroup2(let mount, let path):
+            // The classifier asks net_cls before the path map: a caller inside a net_cls class (a
+            // shell started by `netshape run` into one) would take the command there. Leave it for
+            // the hierarchy's root, classid 0, so the path decides.
+            let me = Syscall.processID
+            if let h = NetClsHierarchy.find(configured: t.session.policy.settings.cgroupRoot),
+                let current = ProcScanner().process(me, fields: .cgroup)?.netCls, !current.isEmpty,
+                h.classid(current).map({ $0 != .unspecified }) ?? false
+            {
+                try h.move(pid: me, to: "")
+            }
+            try Cgroup2Mount.enter(pid: me, mount: mount, path: path)
+        }
         try t.netns.enterForExec()
         let failed = Syscall.exec(command)
         throw CLIError(
