@@ -95,6 +95,9 @@ extension ApplyIntegrationTests {
         #expect(status.out.contains("\"policy\" : \"cni:"), "the CNI attachment is listed: \(status.out.prefix(600))")
 
         // 3. Shaped both ways: egress from the pod to the gateway, ingress into it (-R).
+        // One-shot servers on the host side; killed at the end should a client never come.
+        var servers: [Process] = []
+        defer { for p in servers where p.isRunning { p.terminate() } }
         let srv = { (port: Int) throws -> Process in
             let p = Process()
             p.executableURL = URL(fileURLWithPath: iperf3)
@@ -102,7 +105,8 @@ extension ApplyIntegrationTests {
             p.standardOutput = FileHandle.nullDevice
             p.standardError = FileHandle.nullDevice
             try p.run()
-            usleep(400_000)
+            servers.append(p)
+            try waitUntilListening(on: pod.gateway, port: port, in: nil)
             return p
         }
         _ = try srv(5370)

@@ -110,7 +110,7 @@ extension ApplyIntegrationTests {
         for port in 5350...5353 {
             servers.append(try background(in: srv, [iperf3, "-s", "-1", "-B", srvIP, "-p", String(port)], settle: 0))
         }
-        usleep(500_000)
+        for port in 5350...5353 { try waitUntilListening(on: srvIP, port: port, in: srv) }
         let results = try concurrently(
             (0..<3).map { i in
                 [ip, "netns", "exec", names[i], iperf3, "-c", srvIP, "-p", String(5350 + i), "-t", "4", "-J"]

@@ -211,13 +211,7 @@ final class Scratch {
     /// Starts a one-shot iperf3 server on `port` in the server namespace.
     func iperfServer(port: Int) throws {
         servers.append(try background(in: server, [iperf3, "-s", "-1", "-B", serverIP, "-p", String(port)], settle: 0))
-        // Wait until it listens.
-        for _ in 0..<50 {
-            let r = try run([ip, "netns", "exec", server, "/usr/bin/ss", "-Hltn", "sport = :\(port)"])
-            if !r.out.isEmpty { return }
-            usleep(20_000)
-        }
-        throw TestFailure("iperf3 server on port \(port) did not start")
+        try waitUntilListening(on: serverIP, port: port, in: server)
     }
 
     /// The argv of an iperf3 client to the server (for `ip netns exec` or `netshape run`).
@@ -276,6 +270,17 @@ func background(in ns: String, _ args: [String], settle: useconds_t = 200_000) t
     try p.run()
     usleep(settle)
     return p
+}
+
+/// Waits until a socket listens on `address:port` in namespace `ns` (nil: netshape's own), so a
+/// client started next is not refused. By deadline, not by a count of tries: each try runs `ss`,
+/// which takes longer on a loaded machine.
+func waitUntilListening(on address: String, port: Int, in ns: String?, seconds: Double = 15) throws {
+    let ss = ["/usr/bin/ss", "-Hltn", "sport = :\(port)"]
+    let argv = ns.map { [ip, "netns", "exec", $0] + ss } ?? ss
+    try waitFor(seconds: seconds, "a listener on \(address):\(port)") {
+        ((try? run(argv))?.out ?? "").contains("\(address):\(port) ")
+    }
 }
 
 /// Goodput (received bits/s) from iperf3's JSON.
