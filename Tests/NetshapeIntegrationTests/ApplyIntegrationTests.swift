@@ -63,9 +63,9 @@ struct ApplyIntegrationTests {
         print(
             "goodput slow \(mbit(measured[0])) (10), fast \(mbit(measured[1])) (40), rest/default \(mbit(measured[2])) (20)"
         )
-        // TCP goodput is ≈ 95 % of the shaped wire rate; allow -12 % … +3 %.
+        // TCP goodput is ≈ 95 % of the shaped wire rate (see shapedAt).
         for (bps, want) in zip(measured, [10e6, 40e6, 20e6]) {
-            #expect(bps > want * 0.88 && bps < want * 1.03, "\(mbit(bps)) for a \(mbit(want)) class")
+            #expect(shapedAt(bps, want), "\(mbit(bps)) for a \(mbit(want)) class")
         }
         let status = try cli("status", policy, "--json", "--interval", "0")
         let obj = try JSONSerialization.jsonObject(with: Data(status.out.utf8)) as? [String: Any]

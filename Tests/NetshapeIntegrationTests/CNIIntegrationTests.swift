@@ -117,8 +117,8 @@ extension ApplyIntegrationTests {
             try run([ip, "netns", "exec", pod.netns, iperf3, "-c", pod.gateway, "-p", "5371", "-t", "3", "-J", "-R"])
                 .out)
         print("CNI pod: egress \(mbit(egress)) for 12mbit, ingress \(mbit(ingress)) for 8mbit")
-        #expect(egress > 12e6 * 0.88 && egress < 12e6 * 1.03)
-        #expect(ingress > 8e6 * 0.88 && ingress < 8e6 * 1.03)
+        #expect(shapedAt(egress, 12e6), "egress \(mbit(egress)) for 12 Mbit/s")
+        #expect(shapedAt(ingress, 8e6), "ingress \(mbit(ingress)) for 8 Mbit/s")
 
         // 4. CHECK compares the whole state: a deleted qdisc must fail it.
         try must([tc, "-n", pod.netns, "qdisc", "del", "dev", "eth0", "root"])

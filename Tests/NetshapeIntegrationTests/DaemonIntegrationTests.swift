@@ -188,12 +188,17 @@ extension ApplyIntegrationTests {
             // A fresh CI machine may lack it: install systemd's tools (not systemd as PID 1) rather than
             // pass without verifying anything.
             print("installing systemd-analyze (Debian package systemd) for theSystemdUnitsVerify")
-            _ = try run(["/usr/bin/apt-get", "update", "-qq"], timeout: 300)
-            let apt = try run(
-                [
-                    "/usr/bin/env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-qq",
-                    "--no-install-recommends", "systemd",
-                ], timeout: 600)
+            // A transient network failure is retried, twice, like scripts/deps does.
+            var apt = Run(status: -1, out: "", err: "")
+            for attempt in 1...3 where apt.status != 0 {
+                if attempt > 1 { sleep(UInt32(attempt * 10)) }
+                _ = try run(["/usr/bin/apt-get", "update", "-qq"], timeout: 300)
+                apt = try run(
+                    [
+                        "/usr/bin/env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-qq",
+                        "--no-install-recommends", "systemd",
+                    ], timeout: 600)
+            }
             #expect(apt.status == 0, "\(apt.err)")
         }
         try #require(FileManager.default.isExecutableFile(atPath: analyze), "systemd-analyze is not installed")

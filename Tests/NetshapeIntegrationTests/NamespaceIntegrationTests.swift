@@ -68,7 +68,7 @@ extension ApplyIntegrationTests {
         let r = try run([ip, "netns", "exec", s.client] + s.iperfClient(port: 5340, seconds: 4, extra: ["-R"]))
         let bps = try goodput(r.out)
         print("ingress through IFB: \(mbit(bps)) for a 15mbit limit")
-        #expect(bps > 15e6 * 0.88 && bps < 15e6 * 1.03)
+        #expect(shapedAt(bps, 15e6), "\(mbit(bps)) for 15 Mbit/s")
         let status = try cli("status", policy, "--interval", "0")
         #expect(status.out.contains("IFB"), "\(status.out)")
         #expect(try cli("reset", policy).status == 0)
@@ -118,12 +118,12 @@ extension ApplyIntegrationTests {
         let measured = try results.map { try goodput($0.out) }
         print("three namespaces at once: \(measured.map(mbit)) for 10/20/30 mbit")
         for (bps, want) in zip(measured, rates.map { Double($0) * 1e6 }) {
-            #expect(bps > want * 0.88 && bps < want * 1.03, "\(mbit(bps)) for \(mbit(want))")
+            #expect(shapedAt(bps, want), "\(mbit(bps)) for \(mbit(want))")
         }
         let ingress = try goodput(
             try run([ip, "netns", "exec", names[0], iperf3, "-c", srvIP, "-p", "5353", "-t", "3", "-J", "-R"]).out)
         print("ingress into \(names[0]) on its host-side peer: \(mbit(ingress)) for 8mbit")
-        #expect(ingress > 8e6 * 0.88 && ingress < 8e6 * 1.03)
+        #expect(shapedAt(ingress, 8e6), "\(mbit(ingress)) for 8 Mbit/s")
         let status = try cli("status", policy, "--interval", "0")
         #expect(status.out.contains("veth peer in the host namespace"), "\(status.out)")
 

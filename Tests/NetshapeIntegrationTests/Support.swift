@@ -325,6 +325,11 @@ func concurrently(_ commands: [[String]]) throws -> [Run] {
 
 func mbit(_ bps: Double) -> String { String(format: "%.1f Mbit/s", bps / 1e6) }
 
+/// Whether an iperf3 goodput fits a flow shaped at `rate`: at most 3 % above it (the cap), and at
+/// least 85 % of it (headers take ~4.5 %, and a loaded machine delays HTB's dequeues: 7.3 of
+/// 8 Mbit/s was measured under two CPU hogs, 7.8 on the idle machine).
+func shapedAt(_ bps: Double, _ rate: Double) -> Bool { bps > rate * 0.85 && bps < rate * 1.03 }
+
 /// tc's printed rates: "10Mbit", "1500Kbit", "2Gbit", "800bit".
 func parseTcRate(_ text: String) -> Double {
     let units: [(String, Double)] = [("Gbit", 1e9), ("Mbit", 1e6), ("Kbit", 1e3), ("bit", 1)]
