@@ -57,7 +57,7 @@ start_daemon() {
     # Its first apply done (logged just before its services, the Docker event stream among them,
     # start): a container event from here on is followed. By deadline, not a fixed pause.
     local end=$((SECONDS + 30))
-    until grep -q "watching for new processes" "$RT_WORK/$2.log"; do
+    until grep -qs "watching for new processes" "$RT_WORK/$2.log"; do
         if ((SECONDS >= end)) || ! kill -0 "$daemon_pid" 2>/dev/null; then
             log "daemon $2 did not finish its first apply: $(tail -3 "$RT_WORK/$2.log")"
             return
