@@ -338,7 +338,7 @@ struct ApplyIntegrationTests {
         try #require(try cli("apply", policy).status == 0)
         // A process in the client namespace.
         let sleeper = try background(in: s.client, ["/bin/sleep", "30"])
-        defer { sleeper.terminate() }
+        defer { sleeper.stopNow() }
         let pid = sleeper.processIdentifier
         let moved = try cli("classify", policy, "\(s.client)/slow", String(pid))
         #expect(moved.status == 0, "\(moved.err)")

@@ -97,7 +97,7 @@ extension ApplyIntegrationTests {
         // 3. Shaped both ways: egress from the pod to the gateway, ingress into it (-R).
         // One-shot servers on the host side; killed at the end should a client never come.
         var servers: [Process] = []
-        defer { for p in servers where p.isRunning { p.terminate() } }
+        defer { for p in servers { p.stopNow() } }
         let srv = { (port: Int) throws -> Process in
             let p = Process()
             p.executableURL = URL(fileURLWithPath: iperf3)

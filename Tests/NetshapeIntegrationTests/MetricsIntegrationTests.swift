@@ -194,7 +194,7 @@ extension ApplyIntegrationTests {
         let sleeper = s.dir.appendingPathComponent("nsdsleep").path
         try FileManager.default.copyItem(atPath: "/bin/sleep", toPath: sleeper)
         let p = try background(in: s.client, [sleeper, "30"], settle: 0)
-        defer { p.terminate() }
+        defer { p.stopNow() }
         let procs = "/sys/fs/cgroup/net_cls/netshape/\(s.client)/capped/cgroup.procs"
         try waitFor(seconds: 5, "the new process to be classified while the slow client is connected") {
             ((try? String(contentsOfFile: procs, encoding: .utf8)) ?? "").contains { $0.isNumber }
@@ -246,7 +246,7 @@ extension ApplyIntegrationTests {
             in: s.client,
             [netshapeBinary, "run", policy, "capped", "--", bin, "-c", s.serverIP, "-p", "5371", "-t", "8"],
             settle: 0)
-        defer { traffic.terminate() }
+        defer { traffic.stopNow() }
         let t = Tmux()
         defer { t.kill() }
         // The shell reports the exit status and whether the terminal is back in canonical mode;

@@ -12,7 +12,7 @@ extension ApplyIntegrationTests {
         let s = try Scratch()
         defer { s.close() }
         let sleeper = try background(in: s.client, ["/bin/sleep", "30"])
-        defer { sleeper.terminate() }
+        defer { sleeper.stopNow() }
         for target in ["/run/netns/\(s.client)", "pid:\(sleeper.processIdentifier)"] {
             let text =
                 "version = 1\n[[namespace]]\nname = \"t\(s.id)\"\nnetns = \"\(target)\"\ndevice = \"\(s.dev)\"\negress = \"50mbit\"\n"
@@ -96,7 +96,7 @@ extension ApplyIntegrationTests {
         try text.write(toFile: policy, atomically: true, encoding: .utf8)
         var servers: [Process] = []
         defer {
-            for p in servers where p.isRunning { p.terminate() }
+            for p in servers { p.stopNow() }
             _ = try? cli("reset", policy)
             for n in names { _ = try? run([ip, "netns", "del", n]) }
             _ = try? run([ip, "link", "del", bridge])

@@ -188,7 +188,7 @@ final class Scratch {
     /// Deletes the namespaces (and with them the veth pair and every tc object on it), the policy
     /// files, and any netshape cgroups of this scratch's policies.
     func close() {
-        for p in servers where p.isRunning { p.terminate() }
+        for p in servers { p.stopNow() }
         let files = (try? FileManager.default.contentsOfDirectory(atPath: dir.path)) ?? []
         for p in files where p.hasSuffix(".toml") {
             _ = try? cli("reset", dir.appendingPathComponent(p).path)
@@ -259,8 +259,21 @@ final class Scratch {
     }
 }
 
+extension Process {
+    /// SIGKILL, then waits. Not terminate(): a child inherits the signal mask of the test's thread,
+    /// which blocks SIGTERM (seen on a test's `sleep 30`: SigBlk fffffffe3bfbea27), so SIGTERM stays
+    /// pending and the child runs on (a `sleep 60` held a test for 60 s; an unused one-shot iperf3
+    /// server would wait forever). netshape's daemon reads SIGTERM through a signalfd, which sees
+    /// blocked signals: its graceful stop keeps terminate().
+    func stopNow() {
+        guard isRunning else { return }
+        kill(processIdentifier, SIGKILL)
+        waitUntilExit()
+    }
+}
+
 /// Starts `args` in the background inside network namespace `ns` (output discarded); the caller
-/// terminates it.
+/// stops it (`stopNow`).
 func background(in ns: String, _ args: [String], settle: useconds_t = 200_000) throws -> Process {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: ip)
