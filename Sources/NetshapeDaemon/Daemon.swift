@@ -78,6 +78,8 @@ public struct Daemon {
             policy: policy, path: path, engine: Engine(kernel: kernel, logger: logger),
             state: kernel.state, classifier: classifier, io: io, logger: logger)
         if let f = cniPolicy { await core.follow(CNIAttachments(store: io.attachments, policy: f)) }
+        // SIGHUP's default action ends the process: trapped before anything says the daemon is up.
+        let hangups = await UnixSignalsSequence(trapping: .sighup)
         let report = try await core.reconcile("start")
         logger.notice("applied \(path): \(report.performed.count) change(s); watching for new processes")
         // A new service: one line here (see DaemonContext.swift).
@@ -85,7 +87,7 @@ public struct Daemon {
         var services: [any Service] = [
             ProcEventService(context: context),
             ReconcileService(context: context, interval: interval),
-            ReloadService(context: context),
+            ReloadService(context: context, hangups: hangups),
             ContainerEventService(context: context),
             Cgroup2WatchService(context: context),
         ]

@@ -29,6 +29,8 @@ struct ReconcileService: DaemonService {
                     heartbeat.alive()
                 }
             }
+            // A namespace made between the first apply and this watch raised no event: look once now.
+            changes.continuation.yield()
         } catch {
             // The periodic check still finds new namespaces, only later.
             logger.warning("not watching for new namespaces (found every \(interval) s instead): \(error)")

@@ -401,7 +401,15 @@ struct Harness {
         let service = ReconcileService(
             context: DaemonContext(core: h.core, liveness: Liveness(clock: h.clock), logger: quiet), interval: 3600)
         let running = Task { try await service.run() }
-        // Nothing reconciles before the watch fires, so the fake kernel is the test's to change.
+        // The service's own first look (for what appeared before its watch) finds nothing yet; after
+        // it nothing reconciles before the watch fires, so the fake kernel is the test's to change.
+        var looked = false
+        for _ in 0..<500 where !looked {
+            try await Task.sleep(for: .milliseconds(10))
+            looked = (h.metric("netshape_reconcile_total{result=\"ok\"}") ?? 0) >= 2
+        }
+        try #require(looked, "the service's first look")
+        #expect(await h.core.waiting["web"] != nil)
         h.kernel.namespaces["web"] = web
         watch.pending.store(1, ordering: .relaxed)
         var shaped = false
@@ -414,6 +422,31 @@ struct Harness {
         #expect(shaped)
         #expect(h.kernel.namespaces["web"]!.classes.count == 4)
         #expect(watch.asked.withLock { $0 }.contains("/run/netns"))
+    }
+
+    /// A namespace made after the first apply but before the watch existed raised no event: the
+    /// service looks once when its watch is up, instead of leaving it to the periodic check.
+    @Test func aNamespaceMadeBeforeTheWatchIsShapedByItsFirstLook() async throws {
+        let watch = FakeWatch()
+        let h = try Harness(watch: watch)
+        defer { h.cleanUp() }
+        let web = h.kernel.namespaces.removeValue(forKey: "web")!
+        try await h.core.reconcile("start")
+        #expect(await h.core.waiting["web"] != nil)
+        h.kernel.namespaces["web"] = web
+        let service = ReconcileService(
+            context: DaemonContext(core: h.core, liveness: Liveness(clock: h.clock), logger: quiet), interval: 3600)
+        let running = Task { try await service.run() }
+        var shaped = false
+        for _ in 0..<500 where !shaped {
+            try await Task.sleep(for: .milliseconds(10))
+            shaped = await h.core.waiting.isEmpty
+        }
+        running.cancel()
+        _ = try? await running.value
+        #expect(shaped, "no watch event fired: only the first look can have shaped it")
+        #expect(watch.pending.load(ordering: .relaxed) == 0)
+        #expect(h.kernel.namespaces["web"]!.classes.count == 4)
     }
 }
 

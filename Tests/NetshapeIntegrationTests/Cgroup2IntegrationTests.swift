@@ -146,7 +146,7 @@ extension ApplyIntegrationTests {
         print(
             "cgroup2 path class: goodput \(mbit(bps)) (10), \(inApp) B in the class, \(elsewhere) B elsewhere "
                 + "(\(String(format: "%.3f", share * 100)) %)")
-        #expect(bps > 10e6 * 0.88 && bps < 10e6 * 1.03, "\(mbit(bps)) for a 10 Mbit/s class")
+        #expect(shapedAt(bps, 10e6), "\(mbit(bps)) for a 10 Mbit/s class")
         #expect(share <= 0.01, "\(elsewhere) of \(inApp + elsewhere) bytes went through other classes")
 
         // reset removes filter, program and map.

@@ -266,7 +266,7 @@ extension ApplyIntegrationTests {
             try? FileManager.default.removeItem(atPath: "\(dir)/mine")
         }
         let sleeper = try background(in: s.client, ["/bin/sleep", "60"], settle: 50_000)
-        defer { sleeper.terminate() }
+        defer { sleeper.stopNow() }
         // `ip netns exec` execs the command: the process is the sleep itself.
         let pid = "\(sleeper.processIdentifier)"
         try pid.write(toFile: "\(dir)/mine/cgroup.procs", atomically: false, encoding: .utf8)
@@ -296,8 +296,7 @@ extension ApplyIntegrationTests {
         #expect(reset.err.contains("mine"), "names the foreign cgroup it left: \(reset.err)")
         #expect(FileManager.default.fileExists(atPath: "\(dir)/mine"))
         #expect(!FileManager.default.fileExists(atPath: "\(dir)/rest"))
-        sleeper.terminate()
-        sleeper.waitUntilExit()
+        sleeper.stopNow()
         try FileManager.default.removeItem(atPath: "\(dir)/slow/nested")
         try FileManager.default.removeItem(atPath: "\(dir)/mine")
         #expect(try cli("reset", policy).status == 0)

@@ -8,7 +8,9 @@ extension ApplyIntegrationTests {
     final class MetricsDaemon {
         let process = Process()
         let log: URL
-        let port = UInt16.random(in: 20000..<60000)
+        /// Below the kernel's ephemeral range (32768-60999), where no outgoing connection's local
+        /// port can be holding it.
+        let port = UInt16.random(in: 20000..<32768)
 
         init(policy: String, dir: URL) throws {
             log = dir.appendingPathComponent("metrics-daemon.log")
@@ -143,7 +145,12 @@ extension ApplyIntegrationTests {
             toFile: policy, atomically: true, encoding: .utf8)
         kill(d.process.processIdentifier, SIGHUP)
         try waitFor(seconds: 10, "the reload") { d.text.contains("reloaded") }
-        let reloaded = try scrape(d.port)
+        // The reload counter is incremented after "reloaded" is logged: scrape until it is.
+        var reloaded = ""
+        try waitFor(seconds: 5, "the reload to be counted") {
+            reloaded = (try? self.scrape(d.port)) ?? ""
+            return (sample(reloaded, "netshape_policy_reload_total{result=\"ok\"}") ?? 0) >= 1
+        }
         #expect(sample(reloaded, "netshape_class_ceil_bytes" + labels) == 12e6 / 8)
         #expect((sample(reloaded, "netshape_class_sent_bytes_total" + labels) ?? 0) >= bytes1)
         #expect(sample(reloaded, "netshape_policy_reload_total{result=\"ok\"}") == 1)
@@ -187,7 +194,7 @@ extension ApplyIntegrationTests {
         let sleeper = s.dir.appendingPathComponent("nsdsleep").path
         try FileManager.default.copyItem(atPath: "/bin/sleep", toPath: sleeper)
         let p = try background(in: s.client, [sleeper, "30"], settle: 0)
-        defer { p.terminate() }
+        defer { p.stopNow() }
         let procs = "/sys/fs/cgroup/net_cls/netshape/\(s.client)/capped/cgroup.procs"
         try waitFor(seconds: 5, "the new process to be classified while the slow client is connected") {
             ((try? String(contentsOfFile: procs, encoding: .utf8)) ?? "").contains { $0.isNumber }
@@ -239,7 +246,7 @@ extension ApplyIntegrationTests {
             in: s.client,
             [netshapeBinary, "run", policy, "capped", "--", bin, "-c", s.serverIP, "-p", "5371", "-t", "8"],
             settle: 0)
-        defer { traffic.terminate() }
+        defer { traffic.stopNow() }
         let t = Tmux()
         defer { t.kill() }
         // The shell reports the exit status and whether the terminal is back in canonical mode;

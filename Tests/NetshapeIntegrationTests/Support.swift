@@ -188,7 +188,7 @@ final class Scratch {
     /// Deletes the namespaces (and with them the veth pair and every tc object on it), the policy
     /// files, and any netshape cgroups of this scratch's policies.
     func close() {
-        for p in servers where p.isRunning { p.terminate() }
+        for p in servers { p.stopNow() }
         let files = (try? FileManager.default.contentsOfDirectory(atPath: dir.path)) ?? []
         for p in files where p.hasSuffix(".toml") {
             _ = try? cli("reset", dir.appendingPathComponent(p).path)
@@ -211,13 +211,7 @@ final class Scratch {
     /// Starts a one-shot iperf3 server on `port` in the server namespace.
     func iperfServer(port: Int) throws {
         servers.append(try background(in: server, [iperf3, "-s", "-1", "-B", serverIP, "-p", String(port)], settle: 0))
-        // Wait until it listens.
-        for _ in 0..<50 {
-            let r = try run([ip, "netns", "exec", server, "/usr/bin/ss", "-Hltn", "sport = :\(port)"])
-            if !r.out.isEmpty { return }
-            usleep(20_000)
-        }
-        throw TestFailure("iperf3 server on port \(port) did not start")
+        try waitUntilListening(on: serverIP, port: port, in: server)
     }
 
     /// The argv of an iperf3 client to the server (for `ip netns exec` or `netshape run`).
@@ -265,8 +259,21 @@ final class Scratch {
     }
 }
 
+extension Process {
+    /// SIGKILL, then waits. Not terminate(): a child inherits the signal mask of the test's thread,
+    /// which blocks SIGTERM (seen on a test's `sleep 30`: SigBlk fffffffe3bfbea27), so SIGTERM stays
+    /// pending and the child runs on (a `sleep 60` held a test for 60 s; an unused one-shot iperf3
+    /// server would wait forever). netshape's daemon reads SIGTERM through a signalfd, which sees
+    /// blocked signals: its graceful stop keeps terminate().
+    func stopNow() {
+        guard isRunning else { return }
+        kill(processIdentifier, SIGKILL)
+        waitUntilExit()
+    }
+}
+
 /// Starts `args` in the background inside network namespace `ns` (output discarded); the caller
-/// terminates it.
+/// stops it (`stopNow`).
 func background(in ns: String, _ args: [String], settle: useconds_t = 200_000) throws -> Process {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: ip)
@@ -276,6 +283,17 @@ func background(in ns: String, _ args: [String], settle: useconds_t = 200_000) t
     try p.run()
     usleep(settle)
     return p
+}
+
+/// Waits until a socket listens on `address:port` in namespace `ns` (nil: netshape's own), so a
+/// client started next is not refused. By deadline, not by a count of tries: each try runs `ss`,
+/// which takes longer on a loaded machine.
+func waitUntilListening(on address: String, port: Int, in ns: String?, seconds: Double = 15) throws {
+    let ss = ["/usr/bin/ss", "-Hltn", "sport = :\(port)"]
+    let argv = ns.map { [ip, "netns", "exec", $0] + ss } ?? ss
+    try waitFor(seconds: seconds, "a listener on \(address):\(port)") {
+        ((try? run(argv))?.out ?? "").contains("\(address):\(port) ")
+    }
 }
 
 /// Goodput (received bits/s) from iperf3's JSON.
@@ -319,6 +337,11 @@ func concurrently(_ commands: [[String]]) throws -> [Run] {
 }
 
 func mbit(_ bps: Double) -> String { String(format: "%.1f Mbit/s", bps / 1e6) }
+
+/// Whether an iperf3 goodput fits a flow shaped at `rate`: at most 3 % above it (the cap), and at
+/// least 85 % of it (headers take ~4.5 %, and a loaded machine delays HTB's dequeues: 7.3 of
+/// 8 Mbit/s was measured under two CPU hogs, 7.8 on the idle machine).
+func shapedAt(_ bps: Double, _ rate: Double) -> Bool { bps > rate * 0.85 && bps < rate * 1.03 }
 
 /// tc's printed rates: "10Mbit", "1500Kbit", "2Gbit", "800bit".
 func parseTcRate(_ text: String) -> Double {

@@ -9,6 +9,7 @@ P=$RT_PODMAN
 failed=0
 declare -a daemons=()
 declare -a policies=()
+declare -a servers=()
 # The host's end of docker0 (our bip): the iperf3 server listens there, and only there.
 gw=198.18.250.1
 
@@ -21,16 +22,22 @@ mbits() { python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end
 # within VALUE LOW HIGH
 within() { python3 -c "import sys; v,l,h=map(float,sys.argv[1:]); sys.exit(0 if l<=v<=h else 1)" "$@"; }
 
-# Starts a one-shot iperf3 server on the host side of docker0; waits until it listens.
+# Starts a one-shot iperf3 server on PORT at ADDRESS (default: the host side of docker0) and waits,
+# by deadline, until it listens there.
 server() {
-    iperf3 -s -1 -B "$gw" -p "$1" >/dev/null 2>&1 &
-    for _ in $(seq 1 50); do grep -q LISTEN <<<"$(ss -ltn "sport = :$1")" && return 0; sleep 0.1; done
+    local at=${2:-$gw} end=$((SECONDS + 15))
+    iperf3 -s -1 -B "$at" -p "$1" >/dev/null 2>&1 &
+    servers+=("$!")
+    while ((SECONDS < end)); do grep -qF " $at:$1 " <<<"$(ss -Hltn "sport = :$1")" && return 0; sleep 0.1; done
+    log "iperf3 server on $at:$1 did not listen within 15 s"
     return 1
 }
 # measure CONTAINER PORT [-R]: Mbit/s from the container to the host (or back with -R).
 measure() {
     server "$2" || { echo 0; return; }
+    local srv=$!  # run in $(...): the servers list above does not see it
     $D exec "$1" iperf3 -c "$gw" -p "$2" -t 3 -J ${3:-} 2>/dev/null | mbits
+    kill "$srv" 2>/dev/null || true
 }
 
 # Writes a policy file under $RT_WORK (root-owned, 0600: netshape refuses writable policies).
@@ -47,7 +54,16 @@ start_daemon() {
     "$ns" daemon "$1" --interval 30 >"$RT_WORK/$2.log" 2>&1 &
     daemon_pid=$!
     daemons+=("$daemon_pid")
-    sleep 1.5
+    # Its first apply done (logged just before its services, the Docker event stream among them,
+    # start): a container event from here on is followed. By deadline, not a fixed pause.
+    local end=$((SECONDS + 30))
+    until grep -qs "watching for new processes" "$RT_WORK/$2.log"; do
+        if ((SECONDS >= end)) || ! kill -0 "$daemon_pid" 2>/dev/null; then
+            log "daemon $2 did not finish its first apply: $(tail -3 "$RT_WORK/$2.log")"
+            return
+        fi
+        sleep 0.1
+    done
 }
 stop_daemon() {
     kill -TERM "$1" 2>/dev/null
@@ -56,6 +72,8 @@ stop_daemon() {
 
 finish() {
     for p in "${daemons[@]}"; do stop_daemon "$p"; done
+    # A one-shot server whose client never came is still listening.
+    for p in "${servers[@]}"; do kill "$p" 2>/dev/null; done
     for f in "${policies[@]}"; do
         out=$("$ns" reset "$f" 2>&1) || fail "reset $(basename "$f")" "$out"
     done
@@ -315,12 +333,9 @@ pod=$RT_PREFIX-pod
 cni_cgroups() { ls "$cg/netshape" 2>/dev/null | grep '^cni-' | sort; }
 cni_cgroups >"$RT_WORK/cni-cgroups.before"
 if $P run -d --name "$pod" --network "$net" "localhost/$RT_IMAGE" sleep 600 >/dev/null 2>"$RT_WORK/podman.err"; then
-    iperf3 -s -1 -B 198.18.240.1 -p 5405 >/dev/null 2>&1 &
-    sleep 0.5
-    up=$($P exec "$pod" iperf3 -c 198.18.240.1 -p 5405 -t 3 -J 2>/dev/null | mbits)
-    iperf3 -s -1 -B 198.18.240.1 -p 5406 >/dev/null 2>&1 &
-    sleep 0.5
-    down=$($P exec "$pod" iperf3 -c 198.18.240.1 -p 5406 -t 3 -J -R 2>/dev/null | mbits)
+    up=0 down=0
+    server 5405 198.18.240.1 && up=$($P exec "$pod" iperf3 -c 198.18.240.1 -p 5405 -t 3 -J 2>/dev/null | mbits)
+    server 5406 198.18.240.1 && down=$($P exec "$pod" iperf3 -c 198.18.240.1 -p 5406 -t 3 -J -R 2>/dev/null | mbits)
     echo "measured: podman + chained netshape egress $up/20, ingress $down/10 Mbit/s"
     if within "$up" 17 20.5 && within "$down" 8.5 10.25; then
         ok "podman with netshape chained shapes both ways"

@@ -49,9 +49,21 @@ classid() {  # classid CLASS -> tc spelling, from the class cgroup
 }
 bytes() { $TC -n c -s class show dev veth0 | awk -v id="$1" '$1 == "class" { cur = $3 } $1 == "Sent" && cur == id { print $2 }'; }
 goodput() { sed -n '/"sum_received"/,/}/p' "$1" | grep bits_per_second | head -1 | tr -dc '0-9.'; }
-flow() {  # flow CLASS POLICY SECONDS OUT: an iperf3 flow started inside CLASS by netshape run
+listening() { $IP netns exec s cat /proc/net/tcp | grep -q ':1451 00000000:0000 0A'; }  # port 5201
+serve() {  # a one-shot iperf3 server in s, once the last one is gone; waited for until it listens
+    i=0
+    while listening && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
     $IP netns exec s iperf3 -s -1 -D -B 198.18.50.1 >/dev/null 2>&1
-    sleep 1
+    i=0
+    while [ $i -lt 300 ]; do
+        listening && return 0
+        sleep 0.1
+        i=$((i + 1))
+    done
+    echo "NOTE the iperf3 server did not listen within 30 s"
+}
+flow() {  # flow CLASS POLICY SECONDS OUT: an iperf3 flow started inside CLASS by netshape run
+    serve
     $NS run "$2" "$1" -- iperf3 -c 198.18.50.1 -t "$3" -J >"$4" 2>/dev/null
 }
 lt() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a < b) }'; }
@@ -82,8 +94,7 @@ st=$($NS status /etc/netshape/cg2.toml --json --interval 0 2>&1)
 slowid=$(echo "$st" | tr -d ' \n' | sed 's/.*"classid":"\([0-9a-f]*:[0-9a-f]*\)"[^}]*"path":"cgroup2path".*/\1/')
 echo "$st" | grep -q '"path" : "cgroup2 path"' && ok cg2-status-says-path "slow is $slowid" || fail cg2-status-says-path "$st"
 before=$(bytes "$slowid")
-$IP netns exec s iperf3 -s -1 -D -B 198.18.50.1 >/dev/null 2>&1
-sleep 1
+serve
 sh -c "echo \$\$ > $cg2root/shaped/app/cgroup.procs && exec $IP netns exec c iperf3 -c 198.18.50.1 -t 3 -J" >/tmp/cg2.json 2>/dev/null
 after=$(bytes "$slowid")
 g=$(goodput /tmp/cg2.json)
@@ -154,8 +165,7 @@ if echo "$caps" | grep -q '"sockCreate" : true'; then
     if echo "$out" | grep -q "cgroup attach"; then ok sock-create-attached; else fail sock-create-attached "$out"; fi
     sb=$(bytes "$(classid slow)")
     fb=$(bytes "$(classid fast)")
-    $IP netns exec s iperf3 -s -1 -D -B 198.18.50.1 >/dev/null 2>&1
-    sleep 1
+    serve
     $IP netns exec c iperf3 -c 198.18.50.1 -t 3 -J >/tmp/sc.json 2>/dev/null
     sa=$(bytes "$(classid slow)")
     fa=$(bytes "$(classid fast)")
