@@ -21,16 +21,18 @@ struct ClassTarget: ParsableArguments {
     enum Placement {
         /// The class's net_cls cgroup (`path` below the hierarchy's root).
         case netCls(NetClsHierarchy, path: String)
-        /// The one cgroup v2 directory of a class classified by path (`run` only).
-        case cgroup2(mount: String, path: String)
+        /// The one cgroup v2 directory of a class classified by path (`run` only), with the cgroup
+        /// id the classifier's map holds for it.
+        case cgroup2(mount: String, path: String, id: UInt64)
     }
 
     /// The class, its applied cgroup and its namespace; throws before anything is changed.
-    /// `entering`: a path class may be joined through its cgroup v2 directory (`run`).
-    func resolve(lock: Bool, entering: Bool = false) throws -> Resolved {
+    /// `entering`: a path class may be joined through its cgroup v2 directory (`run`), by a
+    /// process that will exec `command` (checked against the socket-creation rules).
+    func resolve(lock: Bool, entering: Bool = false, command: PathClassEntry.Command? = nil) throws -> Resolved {
         let s = try Session(policyPath: policy, lock: lock)
         let (ns, cls) = try resolveClass(self.class, in: s.policy)
-        let placement = try appliedCgroup(s, ns, cls, entering: entering)
+        let placement = try appliedCgroup(s, ns, cls, entering: entering, command: command)
         let netns = try s.kernel.namespace(for: NamespaceRequest(name: ns.name, target: ns.netns, device: ns.device))
         return Resolved(session: s, namespace: ns, cls: cls, placement: placement, netns: netns)
     }
@@ -61,9 +63,10 @@ func resolveClass(_ spec: String, in policy: Policy) throws -> (NamespacePolicy,
 
 /// The class's cgroup, which `apply` must have created (for a path class: its applied cgroup v2
 /// directory, when `entering`).
-func appliedCgroup(_ s: Session, _ ns: NamespacePolicy, _ cls: ClassPolicy, entering: Bool = false) throws
-    -> ClassTarget.Placement
-{
+func appliedCgroup(
+    _ s: Session, _ ns: NamespacePolicy, _ cls: ClassPolicy, entering: Bool = false,
+    command: PathClassEntry.Command? = nil
+) throws -> ClassTarget.Placement {
     // A class classified by cgroup v2 path has no net_cls cgroup to join (and none is mounted for it).
     if let desired = try? Planner.plan(s.policy, capabilities: s.kernel.capabilities()).namespace(ns.name),
         let planned = desired.classes.first(where: { $0.name == cls.name }), planned.classification != .netCls
@@ -73,10 +76,10 @@ func appliedCgroup(_ s: Session, _ ns: NamespacePolicy, _ cls: ClassPolicy, ente
             request.namespaces = request.namespaces.filter { $0.name == ns.name }
             request.cgroups = false
             let observed = try s.kernel.observe(request)
-            let (mount, path) = try PathClassEntry.directory(
-                planned, in: desired, observed: observed, policyPath: s.policy.source
+            let (mount, path, id) = try PathClassEntry.directory(
+                planned, in: desired, observed: observed, policyPath: s.policy.source, command: command
             ).get()
-            return .cgroup2(mount: mount, path: path)
+            return .cgroup2(mount: mount, path: path, id: id)
         }
         if let why = Render.noNetClsCgroup(planned, ns.name, target: ns.netns, mount: Cgroup2Mount.find()) {
             throw CLIError(why)

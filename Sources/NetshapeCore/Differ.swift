@@ -161,6 +161,21 @@ public enum Differ {
         return ops + sock.ops + sock.removals + removals
     }
 
+    /// A rule written as a file-system path (copied from `ls /sys/fs/cgroup/…`) names a directory
+    /// below the mount that nobody will make: say what was meant.
+    static func absolutePathHint(_ path: String, mount: String?) -> String {
+        guard let mount else { return "" }
+        let full = "/" + path
+        if full.hasPrefix(mount + "/") {
+            return "; paths are relative to the cgroup2 mount: for \(full) write \"\(full.dropFirst(mount.count + 1))\""
+        }
+        if full.hasPrefix("/sys/fs/cgroup/") {
+            return "; paths are relative to the cgroup2 mount \(mount), and \(full) is not below it (a cgroup v1 "
+                + "hierarchy's directory cannot be a cgroup v2 rule)"
+        }
+        return ""
+    }
+
     /// The cgroup v2 classifier's map: one entry per existing directory a path rule names (its id →
     /// the class's classid), changed in place; ids no rule names any more (a directory renamed,
     /// removed or re-created gets a new id) are deleted. The filter is never rebuilt for this.
@@ -180,7 +195,8 @@ public enum Differ {
                 notes.append(
                     "namespace \(ns.name): class \(rule.className): cgroup /\(rule.path) does not exist (yet) "
                         + (observed.cgroup2Mount.map { "under \($0)" } ?? "(cgroup2 is not mounted)")
-                        + ": mapped when it appears (the daemon watches for it; otherwise the next apply)")
+                        + ": mapped when it appears (the daemon watches for it; otherwise the next apply)"
+                        + absolutePathHint(rule.path, mount: observed.cgroup2Mount))
                 continue
             }
             guard wanted[id.id] == nil else { continue }

@@ -131,22 +131,53 @@ extension Cgroup2Mount {
     /// to `mount`, normalised). The one write netshape makes in the cgroup v2 tree: `run` starting a
     /// command in a path class's directory, as the operator asked. One write(2), as cgroupfs takes
     /// a pid; the kernel's errno is kept (EBUSY: the cgroup has controllers enabled for its children
-    /// and so may hold no process itself; ENOENT: it is gone).
-    public static func enter(pid: Int32, mount: String, path: String) throws {
+    /// and so may hold no process itself; EOPNOTSUPP: a domain cgroup inside a threaded subtree;
+    /// ENOENT: it is gone).
+    ///
+    /// `id`: the cgroup id the caller checked (the one the classifier's map holds). The directory
+    /// is opened once, its id compared, and `cgroup.procs` opened through that descriptor: a
+    /// directory removed and made again after the check (a restarted unit) is another cgroup, with
+    /// an id the map does not hold, and a process written into it would run unshaped.
+    public static func enter(pid: Int32, mount: String, path: String, id expected: UInt64? = nil) throws {
+        try enter(pid: pid, mount: mount, path: path, id: expected, write: Glibc.write)
+    }
+
+    static func enter(
+        pid: Int32, mount: String, path: String, id expected: UInt64?, write: Syscall.WriteCall
+    ) throws {
         let dir = path.isEmpty ? mount : mount + "/" + path
         let file = dir + "/cgroup.procs"
-        guard id(mount: mount, path: path) != nil else {
-            throw KernelError(.cgroup, "open(\(file))", errno: ENOENT, reason: "\(dir) is not a cgroup directory")
+        let (dfd, e) = sysResult { open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+        guard dfd >= 0 else {
+            throw KernelError(.cgroup, "open(\(dir))", errno: e, reason: "\(dir) is not a cgroup directory")
         }
-        let fd = try sys("open(\(file))") { open(file, O_WRONLY | O_CLOEXEC | O_NOFOLLOW) }
+        defer { close(dfd) }
+        var st = stat()
+        _ = try sys("fstat(\(dir))") { fstat(dfd, &st) }
+        if let expected, UInt64(st.st_ino) != expected {
+            throw KernelError(
+                .cgroup, "open(\(dir))", errno: ESTALE,
+                reason: "\(dir) is cgroup id \(st.st_ino) now, not \(expected) as checked: it was removed and made "
+                    + "again, and the classifier's map does not hold the new id (run netshape apply, or let the "
+                    + "daemon map it, then run again)")
+        }
+        let fd = try sys("open(\(file))") { openat(dfd, "cgroup.procs", O_WRONLY | O_CLOEXEC | O_NOFOLLOW) }
         defer { close(fd) }
         do {
-            try Syscall.writeOnce(fd, Array(String(pid).utf8), what: file)
+            try Syscall.writeOnce(fd, Array(String(pid).utf8), what: file, write: write)
         } catch let e as KernelError where e.errno == EBUSY {
             throw KernelError(
                 .cgroup, e.operation, errno: EBUSY,
                 reason: "\(dir) has controllers enabled for its child cgroups, and cgroup v2 lets such a cgroup "
                     + "hold no process of its own: name a leaf cgroup below it in the rule")
+        } catch let e as KernelError where e.errno == EOPNOTSUPP {
+            let type = Files.readString(dir + "/cgroup.type")?.split(whereSeparator: \.isWhitespace)
+                .joined(separator: " ")
+            throw KernelError(
+                .cgroup, e.operation, errno: EOPNOTSUPP,
+                reason: "\(dir) cannot hold processes (its cgroup.type is \(type.map { "\"\($0)\"" } ?? "unknown"); "
+                    + "a domain cgroup inside a threaded subtree is \"domain invalid\" and takes none): name a "
+                    + "cgroup that can, or make it threaded")
         }
     }
 }

@@ -140,6 +140,10 @@ public enum Syscall {
     /// This process's id.
     public static var processID: Int32 { getpid() }
 
+    /// This process's real uid and gid: what the socket-creation program reads
+    /// (`bpf_get_current_uid_gid`), so what a `user`/`group` rule matches.
+    public static var realIDs: (uid: UInt32, gid: UInt32) { (getuid(), getgid()) }
+
     /// True when the process runs as root (effective uid 0).
     public static var isRoot: Bool { geteuid() == 0 }
 

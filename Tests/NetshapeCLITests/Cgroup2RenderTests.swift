@@ -240,13 +240,13 @@ import Testing
         let policy = try PolicyParser.parse(text, file: "p.toml")
         let k = fake()
         let engine = Engine(kernel: k)
-        func entry(_ ns: String, _ cls: String) throws -> Result<(mount: String, path: String), CLIError> {
+        func entry(_ ns: String, _ cls: String) throws -> Result<(mount: String, path: String, id: UInt64), CLIError> {
             let plan = try engine.plan(policy, policyPath: "/p.toml")
             let d = try #require(plan.desired.namespace(ns))
             let c = try #require(d.classes.first { $0.name == cls })
             return PathClassEntry.directory(c, in: d, observed: plan.observed, policyPath: "/p.toml")
         }
-        func refusal(_ r: Result<(mount: String, path: String), CLIError>) -> String {
+        func refusal(_ r: Result<(mount: String, path: String, id: UInt64), CLIError>) -> String {
             if case .failure(let e) = r { return e.message }
             return "entered"
         }

@@ -20,13 +20,17 @@ struct Run: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let t = try target.resolve(lock: false, entering: true)
+        let ids = Syscall.realIDs
+        let t = try target.resolve(
+            lock: false, entering: true,
+            command: PathClassEntry.Command(
+                comm: PathClassEntry.Command.comm(of: command[0]), uid: ids.uid, gid: ids.gid))
         // Join the cgroup first (exec inherits it), then the namespace; both before exec, so the
         // command's first packet is already classified.
         switch t.placement {
         case .netCls(let hierarchy, let path):
             try hierarchy.move(pid: Syscall.processID, to: path)
-        case .cgroup2(let mount, let path):
+        case .cgroup2(let mount, let path, let id):
             // The classifier asks net_cls before the path map: a caller inside a net_cls class (a
             // shell started by `netshape run` into one) would take the command there. Leave it for
             // the hierarchy's root, classid 0, so the path decides.
@@ -37,7 +41,7 @@ struct Run: AsyncParsableCommand {
             {
                 try h.move(pid: me, to: "")
             }
-            try Cgroup2Mount.enter(pid: me, mount: mount, path: path)
+            try Cgroup2Mount.enter(pid: me, mount: mount, path: path, id: id)
         }
         try t.netns.enterForExec()
         let failed = Syscall.exec(command)
