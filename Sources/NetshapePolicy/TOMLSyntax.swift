@@ -750,6 +750,8 @@ struct TOMLSyntax {
         guard k < u.count else { return "the end of the file" }
         let c = u[k]
         if c == Self.lf || (c == Self.cr && at(k + 1) == Self.lf) { return "the end of the line" }
+        if c == Self.space { return "a space" }
+        if c == Self.tab { return "a tab" }
         if c < 0x20 || c == 0x7F { return "a control character (U+\(hex4(c)))" }
         return "'\(scalarText(k))'"
     }
