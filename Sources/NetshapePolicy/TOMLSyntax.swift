@@ -15,6 +15,11 @@
 /// stray `}`), so the depth is bounded before it sees them.
 let maxNesting = 16
 
+/// How many dotted parts a key or table header may have. A policy needs 2 (`[[namespace.class]]`,
+/// `match.comm`); toml++ and TOMLKit recurse once per part, and a key of 100 000 parts overflowed
+/// the stack (SIGSEGV), so the depth a key adds is bounded too.
+let maxKeyParts = 16
+
 /// The first TOML 1.0 syntax error in `text`, at its position, in words a policy author can act
 /// on; nil when the text is syntactically valid TOML. With `refusingNUL`, also refuses a `\u0000`
 /// escape, which is valid TOML: TOMLKit hands strings through C, which would cut them there
@@ -187,12 +192,17 @@ struct TOMLSyntax {
     /// A simple or dotted key (`a`, `"a b"`, `a . 'b'`); leaves `i` after its last part.
     mutating func key() throws(Failure) {
         try simpleKey()
+        var parts = 1
         while true {
             var j = i
             while at(j) == Self.space || at(j) == Self.tab { j += 1 }
             guard j < u.count && u[j] == Self.dot else { return }
             i = j + 1
             skipBlanks()
+            parts += 1
+            if parts > maxKeyParts {
+                throw fail(i, "a key or table name of more than \(maxKeyParts) dotted parts; no policy key needs that")
+            }
             try simpleKey()
         }
     }

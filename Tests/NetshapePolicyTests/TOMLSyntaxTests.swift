@@ -84,6 +84,10 @@ import Testing
                 "name = { first = \"Tom\", last = \"Preston-Werner\" }\npoint = { x = 1, y = 2 }\nanimal = { type.name = \"pug\" }\ne = {}\nf = { }\ng = {a=1,b={c=[1,\n2]}}\nh = { s = \"\"\"multi\nline\"\"\" }\n"
         ),
         .init(
+            what: "keys with as many parts as allowed",
+            text: "[" + Array(repeating: "t", count: maxKeyParts).joined(separator: ".") + "]\n"
+                + Array(repeating: "k", count: maxKeyParts).joined(separator: " . ") + " = 1\n"),
+        .init(
             what: "arrays and inline tables nested as deep as allowed",
             text: "a = " + String(repeating: "[", count: maxNesting) + String(repeating: "]", count: maxNesting) + "\n"),
     ]
@@ -340,6 +344,14 @@ import Testing
                 + String(repeating: "]", count: maxNesting + 1),
             line: 1, column: 5 + maxNesting, contains: "nested more than \(maxNesting) deep"),
         .init(
+            what: "a key of too many parts",
+            text: Array(repeating: "k", count: maxKeyParts + 1).joined(separator: ".") + " = 1\n",
+            line: 1, column: 2 * maxKeyParts + 1, contains: "more than \(maxKeyParts) dotted parts"),
+        .init(
+            what: "a header of too many parts",
+            text: "[[" + Array(repeating: "t", count: maxKeyParts + 1).joined(separator: " . ") + "]]\n",
+            line: 1, column: 3 + 4 * maxKeyParts, contains: "more than \(maxKeyParts) dotted parts"),
+        .init(
             what: "a control character in an array's comment", text: "a = [ # \u{07}\n]\n", line: 1, column: 9,
             contains: "in a comment"),
         // Inline tables.
@@ -392,6 +404,14 @@ import Testing
     @Test(arguments: ["[[[a]]\n", "version = 1\nx = 1979-05-27T\\07:32:00Z\n"])
     func theAbortReprosArePolicyErrors(_ text: String) {
         #expect(throws: PolicyError.self) { try PolicyParser.parse(text, file: "x.toml") }
+    }
+
+    /// A key of 100 000 parts overflowed the stack in toml++ / TOMLKit (SIGSEGV, not an assertion).
+    @Test func aKeyOfAHundredThousandPartsIsAnError() {
+        let parts = Array(repeating: "a", count: 100_000).joined(separator: ".")
+        for text in ["version = 1\n\(parts) = 1\n", "version = 1\n[\(parts)]\n"] {
+            #expect(throws: PolicyError.self) { try PolicyParser.parse(text, file: "x.toml") }
+        }
     }
 
     @Test func columnsCountCharactersNotBytes() throws {
