@@ -11,6 +11,7 @@ import Testing
 /// CI requirement: the corpus is not in the repository. Every valid file must pass the recogniser;
 /// every invalid one must be refused, by the recogniser, the UTF-8 check `PolicySource` makes, or
 /// toml++ (which then sees only text the recogniser accepted, so it cannot abort).
+/// NETSHAPE_TOML_TEST_VERBOSE=1 prints each invalid file's verdict, to read the recogniser's words.
 @Suite struct TOMLCorpusTests {
     static let dir = getenv("NETSHAPE_TOML_TEST").map { String(cString: $0) } ?? "/tmp/tomltest/tests"
 
