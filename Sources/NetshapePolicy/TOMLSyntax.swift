@@ -283,7 +283,7 @@ struct TOMLSyntax {
         case Self.lbrace:
             try inlineTable(depth: depth + 1)
         case Self.lf, Self.cr, Self.hash, Self.comma, Self.rbracket, Self.rbrace:
-            throw missingValue(context)
+            throw c == Self.cr && at(i + 1) != Self.lf ? bareCR(i) : missingValue(context)
         default:
             guard Self.isWord(c) else { throw stray(i, notAValue) }
             try bareValue()

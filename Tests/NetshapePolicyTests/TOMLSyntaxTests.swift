@@ -122,6 +122,12 @@ import Testing
             what: "a lone carriage return", text: "a = 1\rb = 2\n", line: 1, column: 6,
             contains: "carriage return (U+000D) without a line feed"),
         .init(
+            what: "a lone carriage return where a value belongs", text: "a =\r\n b = 1\nc = \rd = 1\n", line: 1,
+            column: 4, contains: "missing value after '=': found the end of the line"),
+        .init(
+            what: "a lone carriage return after =", text: "c = \rd = 1\n", line: 1, column: 5,
+            contains: "carriage return (U+000D) without a line feed"),
+        .init(
             what: "a control character outside strings", text: "a = 1\u{0B}\n", line: 1, column: 6,
             contains: "a control character (U+000B)"),
         .init(
