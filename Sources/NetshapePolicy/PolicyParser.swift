@@ -34,21 +34,8 @@ public struct PolicyError: Error, Sendable, Equatable, CustomStringConvertible {
 public enum PolicyParser {
     /// Parses and validates the policy text; `file` names it in diagnostics.
     public static func parse(_ text: String, file: String) throws -> Policy {
-        if let pos = nulPosition(text) {
-            throw PolicyError(diagnostics: [
-                PolicyDiagnostic(
-                    file: file, position: pos, key: "",
-                    message:
-                        "the policy contains a NUL character (or a \\u0000 escape): the TOML library and the kernel would cut the string there"
-                )
-            ])
-        }
-        if let pos = strayNonASCII(text) {
-            throw PolicyError(diagnostics: [
-                PolicyDiagnostic(file: file, position: pos, key: "", message: strayMessage(text, at: pos))
-            ])
-        }
-        if let (pos, message) = bracketProblem(text) {
+        // Only syntactically valid TOML reaches toml++, which aborts the process on some malformed text.
+        if let (pos, message) = tomlSyntaxProblem(text) {
             throw PolicyError(diagnostics: [PolicyDiagnostic(file: file, position: pos, key: "", message: message)])
         }
         let table: TOMLTable

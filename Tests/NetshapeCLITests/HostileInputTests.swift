@@ -145,8 +145,7 @@ import Testing
 @Suite struct FuzzTests {
     static let seed: UInt64 = {
         if let s = ProcessInfo.processInfo.environment["NETSHAPE_FUZZ_SEED"], let v = UInt64(s) { return v }
-        // A fixed default keeps CI deterministic; other seeds still find toml++ debug assertions
-        // (parse_value on a value terminator) that PolicyParser does not pre-screen yet.
+        // A fixed default keeps CI deterministic; `scripts/fuzz-policy` runs many other seeds.
         return 7_860_021_368_913_756_159
     }()
 
@@ -187,7 +186,7 @@ import Testing
 
     func mutate(_ text: String, _ rng: inout SeededRandom) -> String {
         var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
-        switch rng.next() % 6 {
+        switch rng.next() % 7 {
         case 0:  // a key gets a hostile value
             let key = Self.keys.randomElement(using: &rng)!
             let v = Self.hostileValues.randomElement(using: &rng)!
@@ -209,6 +208,13 @@ import Testing
         case 4:  // a line dropped or duplicated
             let i = Int(rng.next() % UInt64(lines.count))
             if rng.next() % 2 == 0 { lines.remove(at: i) } else { lines.insert(lines[i], at: i) }
+        case 5:  // TOML's punctuation inserted anywhere (found `[[[a]]`, an abort in toml++)
+            var u = Array(lines.joined(separator: "\n").utf8)
+            let marks = Array("[]{}=.,\"'#\n \\".utf8)
+            for _ in 0..<(1 + rng.next() % 3) {
+                u.insert(marks[Int(rng.next() % UInt64(marks.count))], at: Int(rng.next() % UInt64(u.count + 1)))
+            }
+            return String(decoding: u, as: UTF8.self)
         default:  // many classes
             for n in 0..<Int(rng.next() % 40) {
                 lines.append("[[namespace.class]]\nname = \"c\(n)\"\nrate = \"1tbit\"")

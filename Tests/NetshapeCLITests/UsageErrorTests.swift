@@ -172,6 +172,14 @@ let twoNamespaces = """
         Case(
             what: "trailing comma in an inline table", text: header + "provision = { address = \"198.18.0.2/24\", }\n",
             position: "3:42", message: "a comma before '}': TOML allows no trailing comma in an inline table"),
+        // toml++ aborted the process on these two (exit 134, release build too).
+        Case(
+            what: "a table-array header whose name begins with '['", text: "version = 1\n[[[a]]\n", position: "2:3",
+            message: "TOML syntax: a table-array header `[[NAME]]` whose name begins with '['"),
+        Case(
+            what: "a backslash where a date-time's time belongs", text: "version = 1\nx = 1979-05-27T\\07:32:00Z\n",
+            position: "2:16",
+            message: "TOML syntax: a date and time are written 1979-05-27T07:32:00 (seconds included), found '\\'"),
     ]
 
     @Test(arguments: cases) func syntaxErrorIsWordedForPeople(_ c: Case) throws {

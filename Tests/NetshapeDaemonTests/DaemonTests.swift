@@ -349,6 +349,9 @@ struct Harness {
         let before = (h.kernel.cgroups, h.kernel.namespaces["web"]!.classes)
         h.file.text.withLock { $0 = policyText + "\n[[namespace.class]]\nname = \"broken\"\nrate = \"fast\"\n" }
         #expect(await h.core.reload() == false)
+        // Text toml++ aborted the process on (SIGHUP reload killed the daemon): refused like any other.
+        h.file.text.withLock { $0 = policyText + "\nx = 1979-05-27T\\07:32:00Z\n" }
+        #expect(await h.core.reload() == false)
         h.file.text.withLock { $0 = nil }
         #expect(await h.core.reload() == false)
         #expect(await h.core.policy.namespace("web")?.classes.map(\.name) == ["frontend", "backup", "other"])

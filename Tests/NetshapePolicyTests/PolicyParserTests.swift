@@ -411,5 +411,5 @@ func readFile(_ path: String) -> String? {
 
 /// The pre-screen alone, for texts that TOML itself may refuse for another reason.
 enum TOMLPrecheckProbe {
-    static func bracketMessage(_ text: String) throws -> String? { bracketProblem(text)?.1 }
+    static func bracketMessage(_ text: String) throws -> String? { tomlSyntaxProblem(text)?.1 }
 }
