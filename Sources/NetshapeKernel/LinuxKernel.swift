@@ -209,11 +209,18 @@ public final class LinuxKernel: KernelPort {
         dropStale(request.namespaces)
         var state = ObservedState(ownership: try self.state.loadOwnership())
         if hierarchy == nil { hierarchy = NetClsHierarchy.find(configured: settings.cgroupRoot) }
+        // A whole listing (four cgroupfs syscalls per class) and the netlink dumps below are
+        // independent kernel work of about the same size at 1000 classes: the listing runs on a
+        // second thread meanwhile. It only reads cgroupfs through its own descriptors.
+        let listing = CgroupListing()
         if request.cgroups, let h = hierarchy {
-            state.cgroups = h.listNetshape(
-                namespaces: request.namespaces.map(\.name), only: request.cgroupPaths,
-                withoutMembers: request.cgroupsWithoutMembers)
+            let names = request.namespaces.map(\.name)
+            let (only, without) = (request.cgroupPaths, request.cgroupsWithoutMembers)
+            listing.start(concurrently: only == nil && !request.namespaces.isEmpty) {
+                h.listNetshape(namespaces: names, only: only, withoutMembers: without)
+            }
         }
+        defer { listing.wait() }
         observeCgroup2(request, into: &state)
         let byNamespace = request.processes ? procs.scan() : [:]
         for r in request.namespaces {
@@ -255,6 +262,7 @@ public final class LinuxKernel: KernelPort {
                     + (c.sharesNetnsWith.map { ", sharing the network namespace of \($0)" } ?? "")
             }
         }
+        state.cgroups = listing.wait()
         state.sockCreate = try observeSockCreate()
         for u in request.users {
             if let p = getpwnam(u) { state.users[u] = p.pointee.pw_uid }
@@ -263,6 +271,31 @@ public final class LinuxKernel: KernelPort {
             if let p = getgrnam(g) { state.groups[g] = p.pointee.gr_gid }
         }
         return state
+    }
+
+    /// The net_cls listing of one observation, read on its own thread or in place.
+    final class CgroupListing {
+        var result: [String: ObservedCgroup] = [:]
+        var thread: pthread_t?
+
+        /// Runs `read` on a new thread when `concurrently` (and a thread can be had), else now.
+        func start(concurrently: Bool, _ read: @escaping () -> [String: ObservedCgroup]) {
+            if concurrently, let t = try? spawn(name: "netshape-cgroups", { [self] in result = read() }) {
+                thread = t
+            } else {
+                result = read()
+            }
+        }
+
+        /// The listing, once the thread (if any) is done. Safe to call more than once.
+        @discardableResult
+        func wait() -> [String: ObservedCgroup] {
+            if let t = thread {
+                pthread_join(t, nil)
+                thread = nil
+            }
+            return result
+        }
     }
 
     /// Where cgroup2 is mounted and the ids of the directories the policy's path rules name.

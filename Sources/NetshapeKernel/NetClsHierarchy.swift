@@ -349,13 +349,35 @@ public final class NetClsHierarchy {
     /// (not a net_cls cgroup, or gone).
     static func cgroup(at dir: Int32, _ prefix: String, _ path: String, members: Bool) -> ObservedCgroup? {
         guard let text = readShort(dir, prefix + "net_cls.classid") else { return nil }
-        let id = UInt32(text.split(whereSeparator: \.isWhitespace).first ?? "") ?? 0
+        let id = decimal(text) ?? 0
         var pids: [Int32] = []
         if members {
             pids = (Files.read(at: dir, prefix + "cgroup.procs") ?? "").split(whereSeparator: \.isWhitespace)
                 .compactMap { Int32($0) }
         }
         return ObservedCgroup(path: path, classid: TCHandle(raw: id), pids: pids)
+    }
+
+    /// The decimal number a cgroupfs file starts with (after blanks), ending at a blank or the end
+    /// of the text (`"65552\n"`); nil otherwise. Byte by byte: splitting the text into Characters
+    /// would ask Unicode tables about every byte of a thousand files.
+    static func decimal(_ text: String) -> UInt32? {
+        var value: UInt32 = 0
+        var digits = 0
+        for b in text.utf8 {
+            let blank = b == 0x20 || (0x09...0x0D).contains(b)
+            if blank {
+                if digits > 0 { break }
+                continue
+            }
+            guard (0x30...0x39).contains(b) else { return nil }
+            let (times10, o1) = value.multipliedReportingOverflow(by: 10)
+            let (sum, o2) = times10.addingReportingOverflow(UInt32(b - 0x30))
+            if o1 || o2 { return nil }
+            value = sum
+            digits += 1
+        }
+        return digits > 0 ? value : nil
     }
 
     /// A small cgroupfs file in one read(2): seq_file hands the whole text to a buffer that holds it.

@@ -111,6 +111,26 @@ import Testing
         return (dir, NetClsHierarchy(root: dir.path))
     }
 
+    /// The classid parse reads bytes, and agrees with splitting at whitespace and `UInt32(_:)`
+    /// on everything cgroupfs can print (digits, blanks, newlines) and on garbage.
+    @Test func classidParseAgreesWithSplitting() {
+        #expect(NetClsHierarchy.decimal("65552\n") == 65552)
+        #expect(NetClsHierarchy.decimal("0\n") == 0)
+        #expect(NetClsHierarchy.decimal("4294967295") == UInt32.max)
+        #expect(NetClsHierarchy.decimal("4294967296") == nil)
+        #expect(NetClsHierarchy.decimal("") == nil)
+        #expect(NetClsHierarchy.decimal("12x") == nil)
+        let alphabet: [Character] = ["0", "1", "7", "9", " ", "\n", "\t", "x"]
+        var state: UInt64 = 0x5EED
+        for _ in 0..<5000 {
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            var text = ""
+            for k in 0..<Int(state >> 60) { text.append(alphabet[Int((state >> UInt64(4 * k)) & 7)]) }
+            let old = UInt32(text.split(whereSeparator: \.isWhitespace).first ?? "")
+            #expect(NetClsHierarchy.decimal(text) == old, "\(text.debugDescription)")
+        }
+    }
+
     @Test func createWriteReadRemove() throws {
         let (dir, h) = try fixture()
         defer { try? FileManager.default.removeItem(at: dir) }
