@@ -236,7 +236,10 @@ public final class LinuxKernel: KernelPort {
                 if r.classesOnly {
                     state.namespaces[r.name] = ObservedNamespace(
                         name: r.name, netnsID: c.netns.id, device: c.device, ifindex: c.ifindex,
-                        classes: try c.route.classes(ifindex: c.ifindex, device: c.device))
+                        classes: try r.onlyClasses.map {
+                            try c.route.classes(ifindex: c.ifindex, device: c.device, only: $0)
+                        }
+                            ?? c.route.classes(ifindex: c.ifindex, device: c.device))
                     continue
                 }
                 let qdiscs = try c.route.qdiscs(ifindex: c.ifindex, device: c.device)
