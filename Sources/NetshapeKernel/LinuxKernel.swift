@@ -210,15 +210,14 @@ public final class LinuxKernel: KernelPort {
         var state = ObservedState(ownership: try self.state.loadOwnership())
         if hierarchy == nil { hierarchy = NetClsHierarchy.find(configured: settings.cgroupRoot) }
         // A whole listing (four cgroupfs syscalls per class) and the netlink dumps below are
-        // independent kernel work of about the same size at 1000 classes: the listing runs on a
-        // second thread meanwhile. It only reads cgroupfs through its own descriptors.
+        // independent kernel work: a second thread reads class cgroups meanwhile, and this one
+        // joins in when its dumps are done (the listing is the larger part at 1000 classes). The
+        // listing only reads cgroupfs through its own descriptors.
         let listing = CgroupListing()
         if request.cgroups, let h = hierarchy {
-            let names = request.namespaces.map(\.name)
-            let (only, without) = (request.cgroupPaths, request.cgroupsWithoutMembers)
-            listing.start(concurrently: only == nil && !request.namespaces.isEmpty) {
-                h.listNetshape(namespaces: names, only: only, withoutMembers: without)
-            }
+            listing.start(
+                h, namespaces: request.namespaces.map(\.name), only: request.cgroupPaths,
+                withoutMembers: request.cgroupsWithoutMembers, concurrently: !request.namespaces.isEmpty)
         }
         defer { listing.wait() }
         observeCgroup2(request, into: &state)
@@ -276,27 +275,37 @@ public final class LinuxKernel: KernelPort {
         return state
     }
 
-    /// The net_cls listing of one observation, read on its own thread or in place.
+    /// The net_cls listing of one observation: read in place, or shared between a second thread
+    /// and this one, which joins in once its netlink dumps are done.
     final class CgroupListing {
         var result: [String: ObservedCgroup] = [:]
+        var shared: NetClsHierarchy.Listing?
         var thread: pthread_t?
 
-        /// Runs `read` on a new thread when `concurrently` (and a thread can be had), else now.
-        func start(concurrently: Bool, _ read: @escaping () -> [String: ObservedCgroup]) {
-            if concurrently, let t = try? spawn(name: "netshape-cgroups", { [self] in result = read() }) {
-                thread = t
-            } else {
-                result = read()
+        /// Lists now, or (`concurrently`, and a thread can be had) starts a thread on the class
+        /// cgroups of `namespaces` and leaves the rest to `wait`.
+        func start(
+            _ h: NetClsHierarchy, namespaces: [String], only: Set<String>?, withoutMembers: Set<String>,
+            concurrently: Bool
+        ) {
+            guard concurrently, only == nil else {
+                result = h.listNetshape(namespaces: namespaces, only: only, withoutMembers: withoutMembers)
+                return
             }
+            let l = h.listing(namespaces: namespaces, withoutMembers: withoutMembers)
+            shared = l
+            thread = try? spawn(name: "netshape-cgroups") { l.work() }
         }
 
-        /// The listing, once the thread (if any) is done. Safe to call more than once.
+        /// The listing: this thread reads what the other has not taken yet, then waits for it.
+        /// Safe to call more than once.
         @discardableResult
         func wait() -> [String: ObservedCgroup] {
-            if let t = thread {
-                pthread_join(t, nil)
-                thread = nil
-            }
+            guard let l = shared else { return result }
+            l.work()
+            if let t = thread { pthread_join(t, nil) }
+            (shared, thread) = (nil, nil)
+            result = l.finish()
             return result
         }
     }

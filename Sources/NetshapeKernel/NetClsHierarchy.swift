@@ -1,6 +1,7 @@
 internal import CNetshapeShim
 import Glibc
 import NetshapeCore
+import Synchronization
 
 /// One line of /proc/self/mountinfo, as far as netshape needs it.
 public struct MountInfoEntry: Equatable, Sendable {
@@ -288,29 +289,80 @@ public final class NetClsHierarchy {
         namespaces: [String], only: Set<String>? = nil, withoutMembers: Set<String> = []
     ) -> [String: ObservedCgroup] {
         if let only { return cgroups(only, withoutMembers: withoutMembers) }
-        var out: [String: ObservedCgroup] = [:]
-        guard let top = try? openDirectory(CgroupPaths.top) else { return out }
-        defer { close(top) }
+        let l = listing(namespaces: namespaces, withoutMembers: withoutMembers)
+        l.work()
+        return l.finish()
+    }
+
+    /// `listNetshape` of `namespaces` in two steps: the directories are opened and listed now; the
+    /// class cgroups are read by `Listing.work`, which several threads can run at once.
+    func listing(namespaces: [String], withoutMembers: Set<String>) -> Listing {
+        let l = Listing()
+        guard let top = try? openDirectory(CgroupPaths.top) else { return l }
+        l.descriptors.append(top)
         func directory(_ fd: Int32, _ path: String) -> ObservedCgroup {
             Self.cgroup(at: fd, "", path, members: !withoutMembers.contains(path))
                 ?? ObservedCgroup(path: path, classid: .unspecified)
         }
-        out[CgroupPaths.top] = directory(top, CgroupPaths.top)
+        l.directories[CgroupPaths.top] = directory(top, CgroupPaths.top)
+        var items: [Listing.Item] = []
         for ns in namespaces {
             let nsfd = openat(top, ns, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
             guard nsfd >= 0 else { continue }
-            defer { close(nsfd) }
+            l.descriptors.append(nsfd)
             let nsPath = CgroupPaths.namespace(ns)
             let classes = Syscall.entries(of: nsfd, directoriesOnly: true)
-            out[nsPath] = directory(nsfd, nsPath)
-            out[nsPath]?.children = classes
+            l.directories[nsPath] = directory(nsfd, nsPath)
+            l.directories[nsPath]?.children = classes
             for cls in classes {
                 let path = CgroupPaths.class(cls, in: ns)
-                // nil: removed since the listing.
-                out[path] = Self.cgroup(in: nsfd, cls, path, members: !withoutMembers.contains(path))
+                items.append(Listing.Item(dir: nsfd, name: cls, path: path, members: !withoutMembers.contains(path)))
             }
         }
-        return out
+        l.items = items
+        l.results = .allocate(capacity: items.count)
+        l.results.initialize(repeating: nil)
+        return l
+    }
+
+    /// The class cgroups of a listing, handed out one at a time to whichever thread asks next
+    /// (`work`), each read into its own slot; `finish` gathers them once every worker is done.
+    final class Listing: @unchecked Sendable {
+        struct Item {
+            let dir: Int32
+            let name: String
+            let path: String
+            let members: Bool
+        }
+        var directories: [String: ObservedCgroup] = [:]
+        var descriptors: [Int32] = []
+        var items: [Item] = []
+        var results = UnsafeMutableBufferPointer<ObservedCgroup?>(start: nil, count: 0)
+        let next = Atomic<Int>(0)
+
+        /// Reads class cgroups until none is left. Threads share the items, never a slot.
+        func work() {
+            while true {
+                let i = next.wrappingAdd(1, ordering: .relaxed).oldValue
+                guard i < items.count else { return }
+                let item = items[i]
+                // nil: removed since the listing.
+                results[i] = NetClsHierarchy.cgroup(in: item.dir, item.name, item.path, members: item.members)
+            }
+        }
+
+        /// Everything read, by path. Only after every `work` has returned (joined threads).
+        func finish() -> [String: ObservedCgroup] {
+            var out = directories
+            out.reserveCapacity(directories.count + items.count)
+            for (i, item) in items.enumerated() { out[item.path] = results[i] }
+            return out
+        }
+
+        deinit {
+            for fd in descriptors { close(fd) }
+            if results.baseAddress != nil { results.deinitialize().deallocate() }
+        }
     }
 
     /// The cgroups at `paths` that are there, each parent directory opened once.

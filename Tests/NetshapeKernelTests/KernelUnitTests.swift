@@ -188,6 +188,32 @@ import Testing
         #expect(some["netshape/web/b"]?.children == ["foreign"])
     }
 
+    /// A listing shared by several threads reads exactly what one thread reads alone.
+    @Test func aSharedListingReadsWhatOneThreadReads() throws {
+        let (dir, h) = try fixture()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        for path in ["netshape", "netshape/a", "netshape/b"]
+            + (0..<300).map({ "netshape/\($0 % 2 == 0 ? "a" : "b")/c\($0)" })
+        {
+            let d = dir.appendingPathComponent(path)
+            try FileManager.default.createDirectory(at: d, withIntermediateDirectories: true)
+            try "\(path.count * 65_537)\n".write(
+                to: d.appendingPathComponent("net_cls.classid"), atomically: false, encoding: .utf8)
+            try "\(path.count)\n".write(
+                to: d.appendingPathComponent("cgroup.procs"), atomically: false, encoding: .utf8)
+        }
+        let alone = h.listNetshape(namespaces: ["a", "b", "missing"], withoutMembers: ["netshape/a/c0"])
+        #expect(alone.count == 303)
+        for _ in 0..<20 {
+            let l = h.listing(namespaces: ["a", "b", "missing"], withoutMembers: ["netshape/a/c0"])
+            let helpers = (0..<3).map { _ in Thread { l.work() } }
+            helpers.forEach { $0.start() }
+            l.work()
+            while helpers.contains(where: { !$0.isFinished }) { usleep(100) }
+            #expect(l.finish() == alone)
+        }
+    }
+
     @Test func symlinksInsideTheTreeAreNeverFollowed() throws {
         let (dir, h) = try fixture()
         defer { try? FileManager.default.removeItem(at: dir) }
