@@ -11,17 +11,23 @@ public struct MountInfoEntry: Equatable, Sendable {
     public var superOptions: [String]
 
     /// Parses mountinfo text (proc(5)): `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL…] - FSTYPE SOURCE SUPEROPTS`.
+    /// Every observation reads it three times (net_cls, cgroup2, the sock_create hook): only the
+    /// four fields used become Strings, and only a field with a backslash is unescaped.
     public static func parse(_ text: String) -> [MountInfoEntry] {
         text.split(separator: "\n").compactMap { line in
-            let f = line.split(separator: " ").map(String.init)
+            let f = line.split(separator: " ")
             guard let dash = f.firstIndex(of: "-"), dash >= 6, f.count > dash + 3 else { return nil }
             return MountInfoEntry(
-                root: unescape(f[3]), mountPoint: unescape(f[4]), fsType: f[dash + 1],
+                root: unescape(f[3]), mountPoint: unescape(f[4]), fsType: String(f[dash + 1]),
                 superOptions: f[dash + 3].split(separator: ",").map(String.init))
         }
     }
 
     /// mountinfo escapes blanks, tabs, newlines and backslashes as `\ooo`.
+    static func unescape(_ s: Substring) -> String {
+        s.utf8.contains(0x5C) ? unescape(String(s)) : String(s)
+    }
+
     static func unescape(_ s: String) -> String {
         var out: [UInt8] = []
         let b = Array(s.utf8)

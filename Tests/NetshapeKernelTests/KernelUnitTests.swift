@@ -80,6 +80,34 @@ import Testing
         #expect(e.first?.mountPoint == "/mnt/with space")
     }
 
+    /// The parse reads this machine's mountinfo and random lines as the plain split-everything
+    /// parse did (escapes, short lines, separators at odd places).
+    @Test func mountinfoParseAgreesWithSplittingEveryField() throws {
+        func reference(_ text: String) -> [MountInfoEntry] {
+            text.split(separator: "\n").compactMap { line in
+                let f = line.split(separator: " ").map(String.init)
+                guard let dash = f.firstIndex(of: "-"), dash >= 6, f.count > dash + 3 else { return nil }
+                return MountInfoEntry(
+                    root: MountInfoEntry.unescape(f[3]), mountPoint: MountInfoEntry.unescape(f[4]), fsType: f[dash + 1],
+                    superOptions: f[dash + 3].split(separator: ",").map(String.init))
+            }
+        }
+        let mine = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
+        #expect(MountInfoEntry.parse(mine) == reference(mine))
+        #expect(!MountInfoEntry.parse(mine).isEmpty)
+        let words = ["1", "0:2", "/", "/a\\040b", "\\134x", "-", "cgroup", "rw,net_cls", "é", "", ","]
+        var state: UInt64 = 42
+        for _ in 0..<2000 {
+            var fields: [String] = []
+            for _ in 0..<(3 + Int(state % 9)) {
+                state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+                fields.append(words[Int(state >> 33) % words.count])
+            }
+            let line = fields.joined(separator: " ") + (state & 1 == 0 ? "\n" : "")
+            #expect(MountInfoEntry.parse(line) == reference(line), "\(line.debugDescription)")
+        }
+    }
+
     @Test func procCgroupLines() {
         let v1 = ProcScanner.cgroups(
             """
