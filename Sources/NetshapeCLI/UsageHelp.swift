@@ -3,7 +3,8 @@ import NetshapeCore
 /// Usage errors a person can act on: what they probably meant, and what there is to choose from.
 /// ArgumentParser alone says "2 unexpected arguments" for `netshape aply p.toml`.
 enum UsageHelp {
-    /// The subcommands' names, as typed.
+    /// The subcommands' names, as typed. Each command spells its `commandName` out: derived, it is
+    /// `String(describing:)` of the type, whose runtime lookups cost every start about a millisecond.
     static var commandNames: [String] { Netshape.configuration.subcommands.map { $0._commandName } }
 
     /// A usage error for the command line before ArgumentParser sees it, or nil when it looks like

@@ -232,22 +232,23 @@ public enum Differ {
         if observed.cgroups[nsDir] == nil && needsNetCls {
             ops.append(Operation(namespace: ns.name, action: .createCgroup(path: nsDir, classid: .unspecified)))
         }
-        for cg in ns.cgroups {
-            if let have = observed.cgroups[cg.relativePath] {
+        // Each path built once: on a 1000-class tree the string building is most of this loop.
+        let wanted = ns.cgroups.map { ($0, $0.relativePath) }
+        for (cg, path) in wanted {
+            if let have = observed.cgroups[path] {
                 if have.classid != cg.classid {
                     ops.append(
                         Operation(
-                            namespace: ns.name,
-                            action: .setClassID(path: cg.relativePath, classid: cg.classid, old: have.classid)))
+                            namespace: ns.name, action: .setClassID(path: path, classid: cg.classid, old: have.classid))
+                    )
                 }
                 for child in have.children {
                     notes.append(
-                        "namespace \(ns.name): cgroup \(cg.relativePath)/\(child) was not created by netshape and "
+                        "namespace \(ns.name): cgroup \(path)/\(child) was not created by netshape and "
                             + "is left as it is (its processes keep their own classid)")
                 }
             } else {
-                ops.append(
-                    Operation(namespace: ns.name, action: .createCgroup(path: cg.relativePath, classid: cg.classid)))
+                ops.append(Operation(namespace: ns.name, action: .createCgroup(path: path, classid: cg.classid)))
             }
         }
         // Processes of this namespace that a rule places in a class they are not in yet. Processes that
@@ -267,9 +268,10 @@ public enum Differ {
                 }
             }
         }
-        let wantedPaths = Set(ns.cgroups.map(\.relativePath))
+        let wantedPaths = Set(wanted.map(\.1))
+        let inside = nsDir + "/"
         let stale = observed.cgroups.values.filter {
-            $0.path.hasPrefix(nsDir + "/") && !wantedPaths.contains($0.path)
+            $0.path.hasPrefix(inside) && !wantedPaths.contains($0.path)
         }.sorted(by: deepestFirst)
         for cg in stale {
             guard owned?.created(cgroup: cg.path, entry: ns.name) ?? false else {
@@ -407,7 +409,9 @@ public enum Differ {
                 ops.append(op(.addLeaf(leaf)))
             }
         }
-        for (id, have) in seenClasses.sorted(by: { $0.key > $1.key }) where !wanted.contains(id) && created(id) {
+        for (id, have) in seenClasses.filter({ !wanted.contains($0.key) && created($0.key) }).sorted(by: {
+            $0.key > $1.key
+        }) {
             if seenClasses.values.contains(where: { $0.parent == id }) {
                 notes.append(
                     "namespace \(namespace): class \(id) is no longer in the policy but has child classes netshape "

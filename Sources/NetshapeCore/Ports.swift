@@ -9,6 +9,9 @@ public struct NamespaceRequest: Sendable, Equatable {
     /// Read only the device's classes (the read-back after an apply that changed nothing but
     /// classes); the caller keeps the rest from its earlier observation.
     public var classesOnly = false
+    /// With `classesOnly`: only these classes (nil: all of the device's); one not there is absent.
+    /// The read-back after rate edits asks for the classes it changed.
+    public var onlyClasses: Set<TCHandle>? = nil
     /// Observe what exists of this provisioning.
     public var provision: Provision?
 

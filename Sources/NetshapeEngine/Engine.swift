@@ -260,15 +260,21 @@ public final class Engine {
         verifyRequest.namespaces.removeAll { !touched.contains($0.name) }
         // A namespace where only classes of its own device changed (a rate edit) has only its
         // classes read back; its qdiscs, filters and ingress are as the plan saw them.
+        // Of those classes, only the ones changed: the rest are as the plan saw them.
         for i in verifyRequest.namespaces.indices {
             let name = verifyRequest.namespaces[i].name
+            var changed = Set<TCHandle>()
             verifyRequest.namespaces[i].classesOnly =
                 plan.observed.namespaces[name]?.problem == nil
                 && done.allSatisfy { op in
                     guard op.namespace == name else { return true }
-                    if case .changeClass = op.action { return op.link == .namespace }
+                    if case .changeClass(let spec, _) = op.action, op.link == .namespace {
+                        changed.insert(spec.classid)
+                        return true
+                    }
                     return false
                 }
+            if verifyRequest.namespaces[i].classesOnly { verifyRequest.namespaces[i].onlyClasses = changed }
         }
         let cgroupPaths = Set(done.compactMap(\.cgroupPath))
         verifyRequest.cgroups = !cgroupPaths.isEmpty
@@ -281,7 +287,8 @@ public final class Engine {
             })
         var after = Self.readBack(
             try kernel.observe(verifyRequest), over: plan.observed, cgroups: cgroupPaths,
-            classesOnly: Set(verifyRequest.namespaces.filter(\.classesOnly).map(\.name)))
+            classesOnly: Set(verifyRequest.namespaces.filter(\.classesOnly).map(\.name)),
+            onlyClasses: verifyRequest.namespaces.reduce(into: [:]) { $0[$1.name] = $1.onlyClasses })
         after.ownership = try keepRecord(record, after, plan.desired, policy, policyPath)
         var verifyNotes: [String] = []
         let verify = try Differ.diff(
@@ -296,10 +303,12 @@ public final class Engine {
     }
 
     /// `before` with what the verification read back in its place: the namespaces `fresh` observed
-    /// (only their classes for those in `classesOnly`), and the cgroups at `cgroups` (a missing one
-    /// is gone, and leaves its parent's children).
+    /// (only their classes for those in `classesOnly`, and of those only the ones in `onlyClasses`
+    /// when it names the namespace: one missing is gone), and the cgroups at `cgroups` (a missing
+    /// one is gone, and leaves its parent's children).
     static func readBack(
-        _ fresh: ObservedState, over before: ObservedState, cgroups: Set<String>, classesOnly: Set<String> = []
+        _ fresh: ObservedState, over before: ObservedState, cgroups: Set<String>, classesOnly: Set<String> = [],
+        onlyClasses: [String: Set<TCHandle>] = [:]
     ) -> ObservedState {
         // What the read-back observed wins (all of the machine-wide state: the record, the
         // sock_create map, accounts); what it left out on purpose comes from the plan.
@@ -311,7 +320,15 @@ public final class Engine {
             }
             if classesOnly.contains(name), new.problem == nil {
                 var kept = seen
-                kept.classes = new.classes
+                if let ids = onlyClasses[name] {
+                    var read = Dictionary(new.classes.map { ($0.spec.classid, $0) }, uniquingKeysWith: { a, _ in a })
+                    kept.classes = seen.classes.compactMap { c in
+                        ids.contains(c.spec.classid) ? read.removeValue(forKey: c.spec.classid) : c
+                    }
+                    kept.classes += new.classes.filter { read[$0.spec.classid] != nil }
+                } else {
+                    kept.classes = new.classes
+                }
                 o.namespaces[name] = kept
             }
         }

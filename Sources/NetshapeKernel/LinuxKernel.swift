@@ -209,11 +209,17 @@ public final class LinuxKernel: KernelPort {
         dropStale(request.namespaces)
         var state = ObservedState(ownership: try self.state.loadOwnership())
         if hierarchy == nil { hierarchy = NetClsHierarchy.find(configured: settings.cgroupRoot) }
+        // A whole listing (four cgroupfs syscalls per class) and the netlink dumps below are
+        // independent kernel work: a second thread reads class cgroups meanwhile, and this one
+        // joins in when its dumps are done (the listing is the larger part at 1000 classes). The
+        // listing only reads cgroupfs through its own descriptors.
+        let listing = CgroupListing()
         if request.cgroups, let h = hierarchy {
-            state.cgroups = h.listNetshape(
-                namespaces: request.namespaces.map(\.name), only: request.cgroupPaths,
-                withoutMembers: request.cgroupsWithoutMembers)
+            listing.start(
+                h, namespaces: request.namespaces.map(\.name), only: request.cgroupPaths,
+                withoutMembers: request.cgroupsWithoutMembers, concurrently: !request.namespaces.isEmpty)
         }
+        defer { listing.wait() }
         observeCgroup2(request, into: &state)
         let byNamespace = request.processes ? procs.scan() : [:]
         for r in request.namespaces {
@@ -229,7 +235,10 @@ public final class LinuxKernel: KernelPort {
                 if r.classesOnly {
                     state.namespaces[r.name] = ObservedNamespace(
                         name: r.name, netnsID: c.netns.id, device: c.device, ifindex: c.ifindex,
-                        classes: try c.route.classes(ifindex: c.ifindex, device: c.device))
+                        classes: try r.onlyClasses.map {
+                            try c.route.classes(ifindex: c.ifindex, device: c.device, only: $0)
+                        }
+                            ?? c.route.classes(ifindex: c.ifindex, device: c.device))
                     continue
                 }
                 let qdiscs = try c.route.qdiscs(ifindex: c.ifindex, device: c.device)
@@ -255,6 +264,7 @@ public final class LinuxKernel: KernelPort {
                     + (c.sharesNetnsWith.map { ", sharing the network namespace of \($0)" } ?? "")
             }
         }
+        state.cgroups = listing.wait()
         state.sockCreate = try observeSockCreate()
         for u in request.users {
             if let p = getpwnam(u) { state.users[u] = p.pointee.pw_uid }
@@ -263,6 +273,41 @@ public final class LinuxKernel: KernelPort {
             if let p = getgrnam(g) { state.groups[g] = p.pointee.gr_gid }
         }
         return state
+    }
+
+    /// The net_cls listing of one observation: read in place, or shared between a second thread
+    /// and this one, which joins in once its netlink dumps are done.
+    final class CgroupListing {
+        var result: [String: ObservedCgroup] = [:]
+        var shared: NetClsHierarchy.Listing?
+        var thread: pthread_t?
+
+        /// Lists now, or (`concurrently`, and a thread can be had) starts a thread on the class
+        /// cgroups of `namespaces` and leaves the rest to `wait`.
+        func start(
+            _ h: NetClsHierarchy, namespaces: [String], only: Set<String>?, withoutMembers: Set<String>,
+            concurrently: Bool
+        ) {
+            guard concurrently, only == nil else {
+                result = h.listNetshape(namespaces: namespaces, only: only, withoutMembers: withoutMembers)
+                return
+            }
+            let l = h.listing(namespaces: namespaces, withoutMembers: withoutMembers)
+            shared = l
+            thread = try? spawn(name: "netshape-cgroups") { l.work() }
+        }
+
+        /// The listing: this thread reads what the other has not taken yet, then waits for it.
+        /// Safe to call more than once.
+        @discardableResult
+        func wait() -> [String: ObservedCgroup] {
+            guard let l = shared else { return result }
+            l.work()
+            if let t = thread { pthread_join(t, nil) }
+            (shared, thread) = (nil, nil)
+            result = l.finish()
+            return result
+        }
     }
 
     /// Where cgroup2 is mounted and the ids of the directories the policy's path rules name.

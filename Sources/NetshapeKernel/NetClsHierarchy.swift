@@ -1,6 +1,7 @@
 internal import CNetshapeShim
 import Glibc
 import NetshapeCore
+import Synchronization
 
 /// One line of /proc/self/mountinfo, as far as netshape needs it.
 public struct MountInfoEntry: Equatable, Sendable {
@@ -10,17 +11,23 @@ public struct MountInfoEntry: Equatable, Sendable {
     public var superOptions: [String]
 
     /// Parses mountinfo text (proc(5)): `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL…] - FSTYPE SOURCE SUPEROPTS`.
+    /// Every observation reads it three times (net_cls, cgroup2, the sock_create hook): only the
+    /// four fields used become Strings, and only a field with a backslash is unescaped.
     public static func parse(_ text: String) -> [MountInfoEntry] {
         text.split(separator: "\n").compactMap { line in
-            let f = line.split(separator: " ").map(String.init)
+            let f = line.split(separator: " ")
             guard let dash = f.firstIndex(of: "-"), dash >= 6, f.count > dash + 3 else { return nil }
             return MountInfoEntry(
-                root: unescape(f[3]), mountPoint: unescape(f[4]), fsType: f[dash + 1],
+                root: unescape(f[3]), mountPoint: unescape(f[4]), fsType: String(f[dash + 1]),
                 superOptions: f[dash + 3].split(separator: ",").map(String.init))
         }
     }
 
     /// mountinfo escapes blanks, tabs, newlines and backslashes as `\ooo`.
+    static func unescape(_ s: Substring) -> String {
+        s.utf8.contains(0x5C) ? unescape(String(s)) : String(s)
+    }
+
     static func unescape(_ s: String) -> String {
         var out: [UInt8] = []
         let b = Array(s.utf8)
@@ -288,29 +295,80 @@ public final class NetClsHierarchy {
         namespaces: [String], only: Set<String>? = nil, withoutMembers: Set<String> = []
     ) -> [String: ObservedCgroup] {
         if let only { return cgroups(only, withoutMembers: withoutMembers) }
-        var out: [String: ObservedCgroup] = [:]
-        guard let top = try? openDirectory(CgroupPaths.top) else { return out }
-        defer { close(top) }
+        let l = listing(namespaces: namespaces, withoutMembers: withoutMembers)
+        l.work()
+        return l.finish()
+    }
+
+    /// `listNetshape` of `namespaces` in two steps: the directories are opened and listed now; the
+    /// class cgroups are read by `Listing.work`, which several threads can run at once.
+    func listing(namespaces: [String], withoutMembers: Set<String>) -> Listing {
+        let l = Listing()
+        guard let top = try? openDirectory(CgroupPaths.top) else { return l }
+        l.descriptors.append(top)
         func directory(_ fd: Int32, _ path: String) -> ObservedCgroup {
             Self.cgroup(at: fd, "", path, members: !withoutMembers.contains(path))
                 ?? ObservedCgroup(path: path, classid: .unspecified)
         }
-        out[CgroupPaths.top] = directory(top, CgroupPaths.top)
+        l.directories[CgroupPaths.top] = directory(top, CgroupPaths.top)
+        var items: [Listing.Item] = []
         for ns in namespaces {
             let nsfd = openat(top, ns, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
             guard nsfd >= 0 else { continue }
-            defer { close(nsfd) }
+            l.descriptors.append(nsfd)
             let nsPath = CgroupPaths.namespace(ns)
             let classes = Syscall.entries(of: nsfd, directoriesOnly: true)
-            out[nsPath] = directory(nsfd, nsPath)
-            out[nsPath]?.children = classes
+            l.directories[nsPath] = directory(nsfd, nsPath)
+            l.directories[nsPath]?.children = classes
             for cls in classes {
                 let path = CgroupPaths.class(cls, in: ns)
-                // nil: removed since the listing.
-                out[path] = Self.cgroup(in: nsfd, cls, path, members: !withoutMembers.contains(path))
+                items.append(Listing.Item(dir: nsfd, name: cls, path: path, members: !withoutMembers.contains(path)))
             }
         }
-        return out
+        l.items = items
+        l.results = .allocate(capacity: items.count)
+        l.results.initialize(repeating: nil)
+        return l
+    }
+
+    /// The class cgroups of a listing, handed out one at a time to whichever thread asks next
+    /// (`work`), each read into its own slot; `finish` gathers them once every worker is done.
+    final class Listing: @unchecked Sendable {
+        struct Item {
+            let dir: Int32
+            let name: String
+            let path: String
+            let members: Bool
+        }
+        var directories: [String: ObservedCgroup] = [:]
+        var descriptors: [Int32] = []
+        var items: [Item] = []
+        var results = UnsafeMutableBufferPointer<ObservedCgroup?>(start: nil, count: 0)
+        let next = Atomic<Int>(0)
+
+        /// Reads class cgroups until none is left. Threads share the items, never a slot.
+        func work() {
+            while true {
+                let i = next.wrappingAdd(1, ordering: .relaxed).oldValue
+                guard i < items.count else { return }
+                let item = items[i]
+                // nil: removed since the listing.
+                results[i] = NetClsHierarchy.cgroup(in: item.dir, item.name, item.path, members: item.members)
+            }
+        }
+
+        /// Everything read, by path. Only after every `work` has returned (joined threads).
+        func finish() -> [String: ObservedCgroup] {
+            var out = directories
+            out.reserveCapacity(directories.count + items.count)
+            for (i, item) in items.enumerated() { out[item.path] = results[i] }
+            return out
+        }
+
+        deinit {
+            for fd in descriptors { close(fd) }
+            if results.baseAddress != nil { results.deinitialize().deallocate() }
+        }
     }
 
     /// The cgroups at `paths` that are there, each parent directory opened once.
@@ -349,13 +407,35 @@ public final class NetClsHierarchy {
     /// (not a net_cls cgroup, or gone).
     static func cgroup(at dir: Int32, _ prefix: String, _ path: String, members: Bool) -> ObservedCgroup? {
         guard let text = readShort(dir, prefix + "net_cls.classid") else { return nil }
-        let id = UInt32(text.split(whereSeparator: \.isWhitespace).first ?? "") ?? 0
+        let id = decimal(text) ?? 0
         var pids: [Int32] = []
         if members {
             pids = (Files.read(at: dir, prefix + "cgroup.procs") ?? "").split(whereSeparator: \.isWhitespace)
                 .compactMap { Int32($0) }
         }
         return ObservedCgroup(path: path, classid: TCHandle(raw: id), pids: pids)
+    }
+
+    /// The decimal number a cgroupfs file starts with (after blanks), ending at a blank or the end
+    /// of the text (`"65552\n"`); nil otherwise. Byte by byte: splitting the text into Characters
+    /// would ask Unicode tables about every byte of a thousand files.
+    static func decimal(_ text: String) -> UInt32? {
+        var value: UInt32 = 0
+        var digits = 0
+        for b in text.utf8 {
+            let blank = b == 0x20 || (0x09...0x0D).contains(b)
+            if blank {
+                if digits > 0 { break }
+                continue
+            }
+            guard (0x30...0x39).contains(b) else { return nil }
+            let (times10, o1) = value.multipliedReportingOverflow(by: 10)
+            let (sum, o2) = times10.addingReportingOverflow(UInt32(b - 0x30))
+            if o1 || o2 { return nil }
+            value = sum
+            digits += 1
+        }
+        return digits > 0 ? value : nil
     }
 
     /// A small cgroupfs file in one read(2): seq_file hands the whole text to a buffer that holds it.

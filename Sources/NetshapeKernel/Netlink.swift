@@ -27,6 +27,8 @@ enum Netlink {
         static let request = Flags(rawValue: 0x01)
         static let multi = Flags(rawValue: 0x02)
         static let ack = Flags(rawValue: 0x04)
+        /// Send the requester what the request notifies (a tc get answers only this way).
+        static let echo = Flags(rawValue: 0x08)
         /// Requests: GET with ROOT|MATCH is a dump.
         static let root = Flags(rawValue: 0x100)
         static let match = Flags(rawValue: 0x200)

@@ -201,6 +201,47 @@ final class RouteSocket {
             rtnl_class_alloc_cache(nil, ifindex, &$0)
         }
         defer { nl_cache_free(cache) }
+        return Self.htbClasses(in: cache)
+    }
+
+    /// The HTB classes among `ids` on `ifindex` (one missing is left out). A few are asked one
+    /// by one (RTM_GETTCLASS without NLM_F_DUMP: the kernel answers with that class alone); more
+    /// than `singleGets` in one dump of the device, which then costs less than the round trips.
+    func classes(ifindex: Int32, device: String, only ids: Set<TCHandle>) throws -> [ObservedClass] {
+        guard ids.count <= Self.singleGets else {
+            return try classes(ifindex: ifindex, device: device).filter { ids.contains($0.spec.classid) }
+        }
+        var out: [ObservedClass] = []
+        for id in ids.sorted() {
+            let cache: OpaquePointer
+            do {
+                cache = try dump(
+                    Self.classGetRequest(ifindex: ifindex, classid: id), "tc class get dev \(device) classid \(id)"
+                ) {
+                    rtnl_class_alloc_cache(nil, ifindex, &$0)
+                }
+            } catch let e as KernelError where e.errno == ENOENT {
+                continue
+            }
+            defer { nl_cache_free(cache) }
+            out += Self.htbClasses(in: cache).filter { $0.spec.classid == id }
+        }
+        return out
+    }
+
+    static let singleGets = 16
+
+    /// RTM_GETTCLASS of one class (`tc_ctl_tclass` finds it by its handle on the device). The
+    /// kernel answers a tc get as a notification (`tclass_get_notify` → `rtnetlink_send`): to the
+    /// requester only with NLM_F_ECHO, else the ACK comes alone.
+    static func classGetRequest(ifindex: Int32, classid: TCHandle) -> NetlinkMessage {
+        var w = NetlinkWriter()
+        TCMessage(ifindex: ifindex, handle: classid.raw, parent: .unspecified).write(into: &w)
+        return NetlinkMessage(type: UInt16(RTM_GETTCLASS), flags: [.request, .ack, .echo], payload: w.bytes)
+    }
+
+    /// The HTB classes of a libnl class cache.
+    static func htbClasses(in cache: OpaquePointer) -> [ObservedClass] {
         var out: [ObservedClass] = []
         var obj = nl_cache_get_first(cache)
         while let o = obj {

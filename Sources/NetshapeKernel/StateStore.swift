@@ -49,7 +49,10 @@ public final class StateStore {
         guard let bytes = Files.read(ownershipPath) else { return OwnershipRecord() }
         if let last = lastOwnership, last.bytes == bytes { return last.record }
         do {
-            let record = try JSONDecoder().decode(OwnershipRecord.self, from: Data(bytes))
+            // The hand-written reader takes what netshape writes; anything it does not know (a
+            // newer field, a damaged file) goes to JSONDecoder, which reads it or names the fault.
+            let record =
+                try (try? RecordCodec.decode(bytes)) ?? JSONDecoder().decode(OwnershipRecord.self, from: Data(bytes))
             lastOwnership = (bytes, record)
             return record
         } catch {

@@ -204,7 +204,8 @@ public final class FakeKernel: KernelPort {
             }
             if r.classesOnly {
                 state.namespaces[r.name] = ObservedNamespace(
-                    name: r.name, netnsID: ns.netnsID, device: ns.device, ifindex: ns.ifindex, classes: ns.classes)
+                    name: r.name, netnsID: ns.netnsID, device: ns.device, ifindex: ns.ifindex,
+                    classes: ns.classes.filter { r.onlyClasses?.contains($0.spec.classid) ?? true })
                 continue
             }
             state.namespaces[r.name] = ObservedNamespace(

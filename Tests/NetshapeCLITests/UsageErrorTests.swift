@@ -110,6 +110,14 @@ let twoNamespaces = """
                 == "netshape: error: no namespace \"wb\" in \(p); did you mean \"web\"?\nits namespaces: web, batch\n")
     }
 
+    /// The names spelled out in each configuration are the ones ArgumentParser derived before.
+    @Test func commandNamesAreTheDerivedOnes() {
+        for c in Netshape.configuration.subcommands where ObjectIdentifier(c) != ObjectIdentifier(DaemonCommand.self) {
+            #expect(c.configuration.commandName == String(describing: c).lowercased())
+        }
+        #expect(UsageHelp.commandNames.count == Netshape.configuration.subcommands.count)
+    }
+
     @Test func suggestionsAreOnlyMadeWhenOneCandidateIsClose() {
         let names = UsageHelp.commandNames
         #expect(UsageHelp.suggestion(for: "aplpy", among: names) == "apply")

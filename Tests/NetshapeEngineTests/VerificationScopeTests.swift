@@ -160,6 +160,48 @@ import Testing
             }, "\(remaining)")
     }
 
+    /// A rate edit reads back only the class it changed: a change that did not take, or a class
+    /// that vanished meanwhile, is still reported (and nothing else, the rest being as planned).
+    @Test func aChangedClassReadBackAloneShowsWhatDidNotTake() throws {
+        for vanish in [false, true] {
+            let k = walkMachine(.minimal)
+            let engine = quietEngine(k)
+            try engine.apply(try PolicyParser.parse(Self.policy, file: "p"), policyPath: "/p")
+            let edited = try PolicyParser.parse(
+                Self.policy.replacingOccurrences(of: "\"60mbit\"", with: "\"70mbit\""), file: "p")
+            // The first class changed does not keep its change (or goes); the others do.
+            var hit: TCHandle?
+            k.afterEach = { op in
+                guard hit == nil, case .changeClass(_, let old) = op.action,
+                    let i = k.namespaces[op.namespace]?.classes.firstIndex(where: { $0.spec.classid == old.classid })
+                else { return }
+                hit = old.classid
+                if vanish {
+                    k.namespaces[op.namespace]?.classes.remove(at: i)
+                } else {
+                    k.namespaces[op.namespace]?.classes[i].spec = old
+                }
+            }
+            k.clearLog()
+            let report = try engine.apply(edited, policyPath: "/p")
+            let changed = report.performed.compactMap { op -> TCHandle? in
+                if case .changeClass(let spec, _) = op.action { return spec.classid }
+                return nil
+            }
+            #expect(changed.count == report.performed.count, "\(report.performed.map(\.command))")
+            #expect(k.requests.last?.namespaces.map(\.onlyClasses) == [Set(changed)])
+            #expect(report.remaining.count == 1, "\(report.remaining.map(\.command))")
+            let what = report.remaining.first.map { op -> String in
+                switch op.action {
+                case .changeClass(let spec, _): return "change \(spec.classid)"
+                case .addClass(let spec): return "add \(spec.classid)"
+                default: return op.command
+                }
+            }
+            #expect(what == "\(vanish ? "add" : "change") \(hit.map { "\($0)" } ?? "?")", "vanished: \(vanish)")
+        }
+    }
+
     /// The read-back asks for the touched namespace and cgroups only; the plan leaves the members
     /// of the cgroups it keeps unread.
     @Test func theReadBackAsksOnlyForWhatWasTouched() throws {
@@ -181,6 +223,11 @@ import Testing
         let readBack = try #require(k.requests.last)
         #expect(readBack.namespaces.map(\.name) == ["b"])
         #expect(readBack.namespaces.allSatisfy { $0.classesOnly }, "only classes changed: only classes are read back")
+        let changed = report.performed.compactMap { op -> TCHandle? in
+            if case .changeClass(let spec, _) = op.action { return spec.classid }
+            return nil
+        }
+        #expect(readBack.namespaces.first?.onlyClasses == Set(changed), "and of them only the changed one")
         #expect(!readBack.cgroups, "no cgroup was touched")
 
         k.clearLog()

@@ -80,6 +80,34 @@ import Testing
         #expect(e.first?.mountPoint == "/mnt/with space")
     }
 
+    /// The parse reads this machine's mountinfo and random lines as the plain split-everything
+    /// parse did (escapes, short lines, separators at odd places).
+    @Test func mountinfoParseAgreesWithSplittingEveryField() throws {
+        func reference(_ text: String) -> [MountInfoEntry] {
+            text.split(separator: "\n").compactMap { line in
+                let f = line.split(separator: " ").map(String.init)
+                guard let dash = f.firstIndex(of: "-"), dash >= 6, f.count > dash + 3 else { return nil }
+                return MountInfoEntry(
+                    root: MountInfoEntry.unescape(f[3]), mountPoint: MountInfoEntry.unescape(f[4]), fsType: f[dash + 1],
+                    superOptions: f[dash + 3].split(separator: ",").map(String.init))
+            }
+        }
+        let mine = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
+        #expect(MountInfoEntry.parse(mine) == reference(mine))
+        #expect(!MountInfoEntry.parse(mine).isEmpty)
+        let words = ["1", "0:2", "/", "/a\\040b", "\\134x", "-", "cgroup", "rw,net_cls", "é", "", ","]
+        var state: UInt64 = 42
+        for _ in 0..<2000 {
+            var fields: [String] = []
+            for _ in 0..<(3 + Int(state % 9)) {
+                state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+                fields.append(words[Int(state >> 33) % words.count])
+            }
+            let line = fields.joined(separator: " ") + (state & 1 == 0 ? "\n" : "")
+            #expect(MountInfoEntry.parse(line) == reference(line), "\(line.debugDescription)")
+        }
+    }
+
     @Test func procCgroupLines() {
         let v1 = ProcScanner.cgroups(
             """
@@ -109,6 +137,26 @@ import Testing
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("netcls-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         return (dir, NetClsHierarchy(root: dir.path))
+    }
+
+    /// The classid parse reads bytes, and agrees with splitting at whitespace and `UInt32(_:)`
+    /// on everything cgroupfs can print (digits, blanks, newlines) and on garbage.
+    @Test func classidParseAgreesWithSplitting() {
+        #expect(NetClsHierarchy.decimal("65552\n") == 65552)
+        #expect(NetClsHierarchy.decimal("0\n") == 0)
+        #expect(NetClsHierarchy.decimal("4294967295") == UInt32.max)
+        #expect(NetClsHierarchy.decimal("4294967296") == nil)
+        #expect(NetClsHierarchy.decimal("") == nil)
+        #expect(NetClsHierarchy.decimal("12x") == nil)
+        let alphabet: [Character] = ["0", "1", "7", "9", " ", "\n", "\t", "x"]
+        var state: UInt64 = 0x5EED
+        for _ in 0..<5000 {
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            var text = ""
+            for k in 0..<Int(state >> 60) { text.append(alphabet[Int((state >> UInt64(4 * k)) & 7)]) }
+            let old = UInt32(text.split(whereSeparator: \.isWhitespace).first ?? "")
+            #expect(NetClsHierarchy.decimal(text) == old, "\(text.debugDescription)")
+        }
     }
 
     @Test func createWriteReadRemove() throws {
@@ -166,6 +214,32 @@ import Testing
         #expect(some["netshape/web/b"]?.classid == TCHandle(raw: 0x10_0011))
         #expect(some["netshape/web/b"]?.pids == [9])
         #expect(some["netshape/web/b"]?.children == ["foreign"])
+    }
+
+    /// A listing shared by several threads reads exactly what one thread reads alone.
+    @Test func aSharedListingReadsWhatOneThreadReads() throws {
+        let (dir, h) = try fixture()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        for path in ["netshape", "netshape/a", "netshape/b"]
+            + (0..<300).map({ "netshape/\($0 % 2 == 0 ? "a" : "b")/c\($0)" })
+        {
+            let d = dir.appendingPathComponent(path)
+            try FileManager.default.createDirectory(at: d, withIntermediateDirectories: true)
+            try "\(path.count * 65_537)\n".write(
+                to: d.appendingPathComponent("net_cls.classid"), atomically: false, encoding: .utf8)
+            try "\(path.count)\n".write(
+                to: d.appendingPathComponent("cgroup.procs"), atomically: false, encoding: .utf8)
+        }
+        let alone = h.listNetshape(namespaces: ["a", "b", "missing"], withoutMembers: ["netshape/a/c0"])
+        #expect(alone.count == 303)
+        for _ in 0..<20 {
+            let l = h.listing(namespaces: ["a", "b", "missing"], withoutMembers: ["netshape/a/c0"])
+            let helpers = (0..<3).map { _ in Thread { l.work() } }
+            helpers.forEach { $0.start() }
+            l.work()
+            while helpers.contains(where: { !$0.isFinished }) { usleep(100) }
+            #expect(l.finish() == alone)
+        }
     }
 
     @Test func symlinksInsideTheTreeAreNeverFollowed() throws {

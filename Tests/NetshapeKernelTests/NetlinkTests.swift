@@ -108,6 +108,23 @@ final class ReplayTransport: NetlinkTransport {
             ])
     }
 
+    /// The read-back of one changed class: a plain get (no dump flag), echoed, with an ACK after it.
+    @Test func classGetRequestAsksForOneClass() {
+        let m = RouteSocket.classGetRequest(ifindex: 3, classid: TCHandle(major: 0x245B, minor: 0x10))
+        #expect(
+            masked(m.bytes) == [
+                0x24, 0x00, 0x00, 0x00,  // nlmsg_len = 36
+                0x2A, 0x00,  // RTM_GETTCLASS
+                0x0D, 0x00,  // NLM_F_REQUEST | NLM_F_ACK | NLM_F_ECHO (the reply is an echoed notification)
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // seq, pid (masked)
+                0x00, 0x00, 0x00, 0x00,  // tcm_family AF_UNSPEC + padding
+                0x03, 0x00, 0x00, 0x00,  // tcm_ifindex = 3
+                0x10, 0x00, 0x5B, 0x24,  // tcm_handle = 245b:10
+                0x00, 0x00, 0x00, 0x00,  // tcm_parent unspecified: the handle's major names the qdisc
+                0x00, 0x00, 0x00, 0x00,  // tcm_info
+            ])
+    }
+
     @Test func filterDumpRequestMatchesTheLibmnlCapture() {
         let m = FilterSocket.filterDumpRequest(ifindex: 3, parent: filter.parent)
         #expect(

@@ -3,6 +3,7 @@ import NetshapeEngine
 
 struct Apply: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "apply",
         abstract: "Converge the machine to the policy: create, change in place, or remove what differs.",
         discussion: """
             Idempotent: a second apply of the same policy changes nothing. Never deletes or replaces an \

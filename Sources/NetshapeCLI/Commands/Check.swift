@@ -4,6 +4,7 @@ import NetshapePolicy
 
 struct Check: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "check",
         abstract: "Validate a policy; exit 0 if it is valid, 65 (with FILE:LINE:COL errors) if not.")
 
     @OptionGroup var options: PolicyOptions

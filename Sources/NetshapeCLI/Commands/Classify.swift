@@ -4,6 +4,7 @@ import NetshapeKernel
 
 struct Classify: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "classify",
         abstract: "Move running processes into a class (like cgclassify).")
 
     @OptionGroup var target: ClassTarget

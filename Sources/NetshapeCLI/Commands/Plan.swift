@@ -3,6 +3,7 @@ import NetshapeEngine
 
 struct Plan: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "plan",
         abstract: "Print what apply would change, changing nothing.")
 
     @OptionGroup var options: PolicyOptions

@@ -6,6 +6,7 @@ import NetshapeKernel
 
 struct Reset: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "reset",
         abstract:
             "Remove everything a policy created (cgroups, HTB trees, classifier, provisioned links); nothing else.",
         discussion: """

@@ -4,6 +4,7 @@ import NetshapeKernel
 
 struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "run",
         abstract: "Start a command inside a class: its namespace (setns) and its cgroup (like cgexec).",
         discussion: """
             A class classified by cgroup v2 path is entered through its directory (echo $$ > \

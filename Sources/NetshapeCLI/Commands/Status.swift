@@ -5,6 +5,7 @@ import NetshapeKernel
 
 struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "status",
         abstract: "Per namespace and class: rate, ceil, bytes, packets, drops, throughput and member pids.",
         discussion: """
             Without a policy, shows every namespace netshape's record names on this machine, including \
