@@ -135,8 +135,13 @@ public final class NetworkNamespace {
         if value >= 0 { return value }
         let e = -value
         if e == ENOENT {
+            // Said where the user is most likely to meet it: a plan or apply before the namespace was made.
+            let hint =
+                if case .named(let name) = target {
+                    " (create it with `ip netns add \(name)`, or give the namespace a `provision` block and netshape creates it)"
+                } else { "" }
             throw KernelError(
-                .notFound, "open(\(path))", errno: e, reason: "network namespace \(target) does not exist")
+                .notFound, "open(\(path))", errno: e, reason: "network namespace \(target) does not exist\(hint)")
         }
         if e == ESRCH, case .pid(let p) = target {
             throw KernelError(.notFound, "open(\(path))", errno: e, reason: "no such process \(p)")
