@@ -222,6 +222,10 @@ final class RouteSocket {
                 }
             } catch let e as KernelError where e.errno == ENOENT {
                 continue
+            } catch is KernelError {
+                // Refused for another reason (EINVAL: the root qdisc is classless now): the dump
+                // reads the device as the whole read-back would, or names its own fault.
+                return try classes(ifindex: ifindex, device: device).filter { ids.contains($0.spec.classid) }
             }
             defer { nl_cache_free(cache) }
             out += Self.htbClasses(in: cache).filter { $0.spec.classid == id }
@@ -233,7 +237,8 @@ final class RouteSocket {
 
     /// RTM_GETTCLASS of one class (`tc_ctl_tclass` finds it by its handle on the device). The
     /// kernel answers a tc get as a notification (`tclass_get_notify` → `rtnetlink_send`): to the
-    /// requester only with NLM_F_ECHO, else the ACK comes alone.
+    /// requester only with NLM_F_ECHO, else the ACK comes alone; either way every RTNLGRP_TC
+    /// listener (`tc monitor`) sees it as an RTM_NEWTCLASS of that class.
     static func classGetRequest(ifindex: Int32, classid: TCHandle) -> NetlinkMessage {
         var w = NetlinkWriter()
         TCMessage(ifindex: ifindex, handle: classid.raw, parent: .unspecified).write(into: &w)
