@@ -209,7 +209,8 @@ public final class LinuxKernel: KernelPort {
         dropStale(request.namespaces)
         var state = ObservedState(ownership: try self.state.loadOwnership())
         if hierarchy == nil { hierarchy = NetClsHierarchy.find(configured: settings.cgroupRoot) }
-        // A whole listing (four cgroupfs syscalls per class) and the netlink dumps below are
+        // A whole listing (four cgroupfs syscalls per class; three more where members are read,
+        // a directory listing where a cgroup has subdirectories) and the netlink dumps below are
         // independent kernel work: a second thread reads class cgroups meanwhile, and this one
         // joins in when its dumps are done (the listing is the larger part at 1000 classes). The
         // listing only reads cgroupfs through its own descriptors.
