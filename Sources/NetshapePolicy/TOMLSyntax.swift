@@ -175,7 +175,8 @@ struct TOMLSyntax {
 
     // MARK: - Keys, key/value pairs, headers
 
-    mutating func keyval() throws(Failure) {
+    /// `key = value`, at the top level (depth 0) or inside an inline table at `depth`.
+    mutating func keyval(depth: Int = 0) throws(Failure) {
         try key()
         skipBlanks()
         guard at(i) == Self.equals, i < u.count else {
@@ -186,7 +187,7 @@ struct TOMLSyntax {
         }
         i += 1
         skipBlanks()
-        try value(depth: 0, .keyval)
+        try value(depth: depth, .keyval)
     }
 
     /// A simple or dotted key (`a`, `"a b"`, `a . 'b'`); leaves `i` after its last part.
@@ -345,17 +346,7 @@ struct TOMLSyntax {
             if i >= u.count || c == Self.lf || c == Self.cr {
                 throw fail(i, "expected a key or the closing } of the inline table, found \(found(i)) \(oneLine)")
             }
-            try key()
-            skipBlanks()
-            guard at(i) == Self.equals, i < u.count else {
-                throw stray(
-                    i,
-                    "expected '=' after the key, found \(found(i)): write key = value (a key with spaces in it must be quoted)"
-                )
-            }
-            i += 1
-            skipBlanks()
-            try value(depth: depth, .keyval)
+            try keyval(depth: depth)
             skipBlanks()
             if at(i) == Self.comma && i < u.count {
                 i += 1

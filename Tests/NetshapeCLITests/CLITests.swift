@@ -12,8 +12,14 @@ let binary: String = {
 }()
 
 func runBinary(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
+    try runProgram(binary, args)
+}
+
+/// Runs `path` with `args` and returns its exit status and output. Both pipes are drained before
+/// the wait: output that outgrows a pipe's buffer would otherwise block the child forever.
+func runProgram(_ path: String, _ args: [String]) throws -> (status: Int32, out: String, err: String) {
     let p = Process()
-    p.executableURL = URL(fileURLWithPath: binary)
+    p.executableURL = URL(fileURLWithPath: path)
     p.arguments = args
     let o = Pipe()
     let e = Pipe()
