@@ -29,6 +29,34 @@ extension ApplyIntegrationTests {
         #expect(try s.snapshot() + ownershipText == before, "nothing changed")
     }
 
+    /// Texts that used to abort the process inside toml++ (exit 134) or overflow its stack (139),
+    /// written over an applied policy: `apply` and `plan` refuse each with a position (exit 65),
+    /// and tc, cgroupfs and the record stay as the good policy left them.
+    @Test func textThatCrashedTheTOMLLibraryIsRefusedChangingNothing() throws {
+        let s = try Scratch()
+        defer { s.close() }
+        let policy = try s.policy(Self.daemonPolicy)
+        try must([netshapeBinary, "apply", policy])
+        let good = try String(contentsOfFile: policy, encoding: .utf8)
+        let before = try s.snapshot() + ownershipText
+        let hostile = [
+            ("[[[namespace]]\n", "table-array header"),
+            ("x = 1979-05-27T\\07:32:00Z\n", "date and time"),
+            ("k" + String(repeating: ".k", count: 100_000) + " = 1\n", "parts"),
+        ]
+        for (tail, words) in hostile {
+            try (good + tail).write(toFile: policy, atomically: false, encoding: .utf8)
+            for command in ["apply", "plan"] {
+                let r = try cli(command, policy)
+                #expect(r.status == 65, "\(command) \(words): exit \(r.status) \(r.err.prefix(300))")
+                #expect(r.err.contains(policy + ":") && r.err.contains(words), "\(r.err.prefix(300))")
+            }
+        }
+        #expect(try s.snapshot() + ownershipText == before, "nothing changed")
+        try good.write(toFile: policy, atomically: false, encoding: .utf8)
+        #expect(try cli("reset", policy).status == 0)
+    }
+
     @Test func reloadRefusesAPolicyOthersCouldWriteAndKeepsTheRunningOne() throws {
         let s = try Scratch()
         defer { s.close() }
