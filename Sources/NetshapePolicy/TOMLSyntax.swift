@@ -217,7 +217,7 @@ struct TOMLSyntax {
             if at(i + 1) == c && at(i + 2) == c {
                 throw fail(i, "TOML syntax: a key cannot be a multi-line string: quote it on one line (\"a b\" = …)")
             }
-            if c == Self.dq { try basicString() } else { try literalString() }
+            try oneLineString(c)
         } else if c == Self.lf || c == Self.cr {
             throw fail(i, "TOML syntax: a key is missing at the end of the line")
         } else {
@@ -271,14 +271,8 @@ struct TOMLSyntax {
         guard i < u.count else { throw missingValue(context) }
         let c = u[i]
         switch c {
-        case Self.dq:
-            if at(i + 1) == Self.dq && at(i + 2) == Self.dq { try multilineString(Self.dq) } else { try basicString() }
-        case Self.sq:
-            if at(i + 1) == Self.sq && at(i + 2) == Self.sq {
-                try multilineString(Self.sq)
-            } else {
-                try literalString()
-            }
+        case Self.dq, Self.sq:
+            if at(i + 1) == c && at(i + 2) == c { try multilineString(c) } else { try oneLineString(c) }
         case Self.lbracket:
             try array(depth: depth + 1)
         case Self.lbrace:
@@ -371,44 +365,25 @@ struct TOMLSyntax {
 
     // MARK: - Strings
 
-    /// At `"`: a one-line basic string.
-    mutating func basicString() throws(Failure) {
+    /// At `"` or `'`: a one-line string, basic (`"`, with escapes) or literal (`'`, none).
+    mutating func oneLineString(_ q: UInt8) throws(Failure) {
         let open = i
+        let basic = q == Self.dq
         i += 1
         while true {
-            guard i < u.count else { throw unterminated(open, Self.dq) }
+            guard i < u.count else { throw unterminated(open, q) }
             let c = u[i]
-            if c == Self.dq {
+            if c == q {
                 i += 1
                 return
-            } else if c == Self.backslash {
+            } else if basic && c == Self.backslash {
                 try escape()
             } else if Self.isText(c) {
                 i += 1
             } else if c == Self.lf || (c == Self.cr && at(i + 1) == Self.lf) {
-                throw unterminated(open, Self.dq)
+                throw unterminated(open, q)
             } else {
-                throw controlInString(i, literal: false)
-            }
-        }
-    }
-
-    /// At `'`: a one-line literal string (no escapes).
-    mutating func literalString() throws(Failure) {
-        let open = i
-        i += 1
-        while true {
-            guard i < u.count else { throw unterminated(open, Self.sq) }
-            let c = u[i]
-            if c == Self.sq {
-                i += 1
-                return
-            } else if Self.isText(c) {
-                i += 1
-            } else if c == Self.lf || (c == Self.cr && at(i + 1) == Self.lf) {
-                throw unterminated(open, Self.sq)
-            } else {
-                throw controlInString(i, literal: true)
+                throw controlInString(i, literal: !basic)
             }
         }
     }
