@@ -192,6 +192,21 @@ struct Harness {
     }
 
     var webID: String { kernel.namespaces["web"]!.netnsID }
+
+    /// What a service is built from, over this harness.
+    var context: DaemonContext { DaemonContext(core: core, liveness: Liveness(clock: clock), logger: quiet) }
+
+    /// Reconciles that succeeded (the registry is thread-safe, unlike the fake kernel).
+    var reconciles: Double { metric(#"netshape_reconcile_total{result="ok"}"#) ?? 0 }
+}
+
+/// Polls `condition` every 10 ms until it holds or `tries` run out; whether it held.
+func eventually(tries: Int, _ condition: () async -> Bool) async throws -> Bool {
+    for _ in 0..<tries {
+        if await condition() { return true }
+        try await Task.sleep(for: .milliseconds(10))
+    }
+    return await condition()
 }
 
 @Suite struct ExecEventTests {
@@ -401,25 +416,16 @@ struct Harness {
         let web = h.kernel.namespaces.removeValue(forKey: "web")!
         try await h.core.reconcile("start")
         #expect(await h.core.waiting["web"] != nil)
-        let service = ReconcileService(
-            context: DaemonContext(core: h.core, liveness: Liveness(clock: h.clock), logger: quiet), interval: 3600)
+        let service = ReconcileService(context: h.context, interval: 3600)
         let running = Task { try await service.run() }
         // The service's own first look (for what appeared before its watch) finds nothing yet; after
         // it nothing reconciles before the watch fires, so the fake kernel is the test's to change.
-        var looked = false
-        for _ in 0..<500 where !looked {
-            try await Task.sleep(for: .milliseconds(10))
-            looked = (h.metric("netshape_reconcile_total{result=\"ok\"}") ?? 0) >= 2
-        }
+        let looked = try await eventually(tries: 500) { h.reconciles >= 2 }
         try #require(looked, "the service's first look")
         #expect(await h.core.waiting["web"] != nil)
         h.kernel.namespaces["web"] = web
         watch.pending.store(1, ordering: .relaxed)
-        var shaped = false
-        for _ in 0..<200 where !shaped {
-            try await Task.sleep(for: .milliseconds(10))
-            shaped = await h.core.waiting.isEmpty
-        }
+        let shaped = try await eventually(tries: 200) { await h.core.waiting.isEmpty }
         running.cancel()
         _ = try? await running.value
         #expect(shaped)
@@ -437,14 +443,9 @@ struct Harness {
         try await h.core.reconcile("start")
         #expect(await h.core.waiting["web"] != nil)
         h.kernel.namespaces["web"] = web
-        let service = ReconcileService(
-            context: DaemonContext(core: h.core, liveness: Liveness(clock: h.clock), logger: quiet), interval: 3600)
+        let service = ReconcileService(context: h.context, interval: 3600)
         let running = Task { try await service.run() }
-        var shaped = false
-        for _ in 0..<500 where !shaped {
-            try await Task.sleep(for: .milliseconds(10))
-            shaped = await h.core.waiting.isEmpty
-        }
+        let shaped = try await eventually(tries: 500) { await h.core.waiting.isEmpty }
         running.cancel()
         _ = try? await running.value
         #expect(shaped, "no watch event fired: only the first look can have shaped it")
@@ -455,7 +456,7 @@ struct Harness {
 
 @Suite struct ContainerEventTests {
     func service(_ h: Harness) -> ContainerEventService {
-        ContainerEventService(context: DaemonContext(core: h.core, liveness: Liveness(clock: h.clock), logger: quiet))
+        ContainerEventService(context: h.context)
     }
 
     /// `docker restart`: the die and start events each reconcile, which repairs what changed.
@@ -468,12 +469,11 @@ struct Harness {
         h.docker.connections.withLock { $0 = [.success([("die", "c0ffee"), ("start", "c0ffee")])] }
         let service = service(h)
         let running = Task { try await service.run() }
-        // The registry is thread-safe; the fake kernel is read only once the service is stopped.
-        let reconciles = { h.metric(#"netshape_reconcile_total{result="ok"}"#) ?? 0 }
-        for _ in 0..<300 where reconciles() < 3 { try await Task.sleep(for: .milliseconds(10)) }
+        // The fake kernel is read only once the service is stopped.
+        _ = try await eventually(tries: 300) { h.reconciles >= 3 }
         running.cancel()
         _ = try? await running.value
-        #expect(reconciles() == 3, "start, then one per event")
+        #expect(h.reconciles == 3, "start, then one per event")
         let repaired = h.kernel.cgroups[frontend] != nil
         #expect(repaired, "a docker event reconciled and re-created the removed cgroup")
     }
@@ -484,19 +484,16 @@ struct Harness {
         let h = try Harness()
         defer { h.cleanUp() }
         try await h.core.reconcile("start")
-        let reconciles = { h.metric(#"netshape_reconcile_total{result="ok"}"#) ?? 0 }
         let service = service(h)
         let running = Task { try await service.run() }
-        for _ in 0..<300 where h.docker.follows.load(ordering: .relaxed) < 3 {
-            try await Task.sleep(for: .milliseconds(10))
-        }
+        _ = try await eventually(tries: 300) { h.docker.follows.load(ordering: .relaxed) >= 3 }
         running.cancel()
         _ = try? await running.value
         #expect(h.docker.follows.load(ordering: .relaxed) >= 3)
         // Between two attempts it sleeps ten times 100 ms on the daemon's clock (heartbeat between).
         let sleeps = h.clock.sleeps.withLock { $0 }
         #expect(sleeps.count >= 20 && sleeps.allSatisfy { $0 == 100 }, "\(sleeps)")
-        #expect(reconciles() == 1, "nothing reconciled after start without events")
+        #expect(h.reconciles == 1, "nothing reconciled after start without events")
     }
 }
 
