@@ -428,11 +428,8 @@ public final class NetClsHierarchy {
                 if digits > 0 { break }
                 continue
             }
-            guard (0x30...0x39).contains(b) else { return nil }
-            let (times10, o1) = value.multipliedReportingOverflow(by: 10)
-            let (sum, o2) = times10.addingReportingOverflow(UInt32(b - 0x30))
-            if o1 || o2 { return nil }
-            value = sum
+            guard (0x30...0x39).contains(b), let next = value.appendingDecimalDigit(b) else { return nil }
+            value = next
             digits += 1
         }
         return digits > 0 ? value : nil
@@ -527,5 +524,15 @@ public final class FastMigrations {
         _ = netshape_umount_detach(mountPoint)
         rmdir(mountPoint)
         close(lockFD)
+    }
+}
+
+extension FixedWidthInteger where Self: UnsignedInteger {
+    /// `self × 10 +` the ASCII digit `b`, nil on overflow: the step of the byte-wise decimal
+    /// readers (cgroupfs files, the ownership record).
+    func appendingDecimalDigit(_ b: UInt8) -> Self? {
+        let (times10, o1) = multipliedReportingOverflow(by: 10)
+        let (sum, o2) = times10.addingReportingOverflow(Self(b - 0x30))
+        return o1 || o2 ? nil : sum
     }
 }

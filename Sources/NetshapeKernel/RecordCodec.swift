@@ -253,10 +253,8 @@ struct JSONScanner {
         let start = i
         var m: UInt64 = 0
         while i < bytes.count, (0x30...0x39).contains(bytes[i]) {
-            let (t, o1) = m.multipliedReportingOverflow(by: 10)
-            let (s, o2) = t.addingReportingOverflow(UInt64(bytes[i] - 0x30))
-            guard !o1, !o2 else { throw RecordCodec.Unsupported() }
-            m = s
+            guard let next = m.appendingDecimalDigit(bytes[i]) else { throw RecordCodec.Unsupported() }
+            m = next
             i += 1
         }
         let count = i - start
