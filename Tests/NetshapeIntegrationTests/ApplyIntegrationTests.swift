@@ -53,13 +53,15 @@ struct ApplyIntegrationTests {
         defer { s.close() }
         let policy = try s.policy(Self.capped)
         try #require(try cli("apply", policy).status == 0)
-        for port in [5301, 5302, 5303] { try s.iperfServer(port: port) }
-        let results = try concurrently([
-            [netshapeBinary, "run", policy, "slow", "--"] + s.iperfClient(port: 5301, seconds: 4),
-            [netshapeBinary, "run", policy, "fast", "--"] + s.iperfClient(port: 5302, seconds: 4),
-            [ip, "netns", "exec", s.client] + s.iperfClient(port: 5303, seconds: 4),
-        ])
-        let measured = try results.map { try goodput($0.out) }
+        let measured = try shapedGoodputs([10e6, 40e6, 20e6], "three classes") {
+            for port in [5301, 5302, 5303] { try s.iperfServer(port: port) }
+            let results = try concurrently([
+                [netshapeBinary, "run", policy, "slow", "--"] + s.iperfClient(port: 5301, seconds: 4),
+                [netshapeBinary, "run", policy, "fast", "--"] + s.iperfClient(port: 5302, seconds: 4),
+                [ip, "netns", "exec", s.client] + s.iperfClient(port: 5303, seconds: 4),
+            ])
+            return try results.map { try goodput($0.out) }
+        }
         print(
             "goodput slow \(mbit(measured[0])) (10), fast \(mbit(measured[1])) (40), rest/default \(mbit(measured[2])) (20)"
         )

@@ -54,29 +54,32 @@ extension ApplyIntegrationTests {
         // A process started in the pod after ADD, named like the class's comm rule.
         let bin = s.dir.appendingPathComponent("nscnicls").path
         try FileManager.default.copyItem(atPath: iperf3, toPath: bin)
-        try s.iperfServer(port: 5371)
-        let before = try s.classes()
-        let result = s.dir.appendingPathComponent("iperf.json")
-        FileManager.default.createFile(atPath: result.path, contents: nil)
-        let client = Process()
-        client.executableURL = URL(fileURLWithPath: ip)
-        // `ip netns exec` execs the program in place: the pid is the pod process's.
-        client.arguments = ["netns", "exec", s.client, bin, "-c", s.serverIP, "-p", "5371", "-t", "3", "-J"]
-        client.standardOutput = try FileHandle(forWritingTo: result)
-        client.standardError = FileHandle.nullDevice
-        try client.run()
-        try waitFor(seconds: 2, "the pod's process in the class's cgroup") {
-            let procs = (try? String(contentsOfFile: "\(cgroup)/cgroup.procs", encoding: .utf8)) ?? ""
-            return procs.split(separator: "\n").contains(Substring(String(client.processIdentifier)))
+        var inClass = 0
+        let bps = try shapedGoodput(10e6, "pod process under the daemon") {
+            try s.iperfServer(port: 5371)
+            let before = try s.classes()
+            let result = s.dir.appendingPathComponent("iperf.json")
+            FileManager.default.createFile(atPath: result.path, contents: nil)
+            let client = Process()
+            client.executableURL = URL(fileURLWithPath: ip)
+            // `ip netns exec` execs the program in place: the pid is the pod process's.
+            client.arguments = ["netns", "exec", s.client, bin, "-c", s.serverIP, "-p", "5371", "-t", "3", "-J"]
+            client.standardOutput = try FileHandle(forWritingTo: result)
+            client.standardError = FileHandle.nullDevice
+            try client.run()
+            try waitFor(seconds: 2, "the pod's process in the class's cgroup") {
+                let procs = (try? String(contentsOfFile: "\(cgroup)/cgroup.procs", encoding: .utf8)) ?? ""
+                return procs.split(separator: "\n").contains(Substring(String(client.processIdentifier)))
+            }
+            client.waitUntilExit()
+            let json = try String(contentsOf: result, encoding: .utf8)
+            let after = try s.classes()
+            inClass = (after[classid]?.bytes ?? 0) - (before[classid]?.bytes ?? 0)
+            return try goodput(json)
         }
-        client.waitUntilExit()
-        let json = try String(contentsOf: result, encoding: .utf8)
-        let after = try s.classes()
-        let inClass = (after[classid]?.bytes ?? 0) - (before[classid]?.bytes ?? 0)
-        let bps = try goodput(json)
         print("pod process under the daemon, class from the CNI block: \(mbit(bps)) for 10mbit, \(inClass) bytes in it")
         #expect(inClass > 2_000_000, "the class counter moved")
-        #expect(bps > 10e6 * 0.85 && bps < 10e6 * 1.05)
+        #expect(shapedAt(bps, 10e6), "\(mbit(bps)) for 10 Mbit/s")
         #expect(d.text.contains("into \(name)/capped"), "the daemon classified it (on exec)")
 
         let (deleted, delOut) = try cniRun(netshapeBinary, "DEL", pod, config, ifname: s.dev)

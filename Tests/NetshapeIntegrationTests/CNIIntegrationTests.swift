@@ -109,13 +109,19 @@ extension ApplyIntegrationTests {
             try waitUntilListening(on: pod.gateway, port: port, in: nil)
             return p
         }
-        _ = try srv(5370)
-        let egress = try goodput(
-            try run([ip, "netns", "exec", pod.netns, iperf3, "-c", pod.gateway, "-p", "5370", "-t", "3", "-J"]).out)
-        _ = try srv(5371)
-        let ingress = try goodput(
-            try run([ip, "netns", "exec", pod.netns, iperf3, "-c", pod.gateway, "-p", "5371", "-t", "3", "-J", "-R"])
+        let egress = try shapedGoodput(12e6, "CNI pod egress") {
+            _ = try srv(5370)
+            return try goodput(
+                try run([ip, "netns", "exec", pod.netns, iperf3, "-c", pod.gateway, "-p", "5370", "-t", "3", "-J"]).out)
+        }
+        let ingress = try shapedGoodput(8e6, "CNI pod ingress") {
+            _ = try srv(5371)
+            return try goodput(
+                try run([
+                    ip, "netns", "exec", pod.netns, iperf3, "-c", pod.gateway, "-p", "5371", "-t", "3", "-J", "-R",
+                ])
                 .out)
+        }
         print("CNI pod: egress \(mbit(egress)) for 12mbit, ingress \(mbit(ingress)) for 8mbit")
         #expect(shapedAt(egress, 12e6), "egress \(mbit(egress)) for 12 Mbit/s")
         #expect(shapedAt(ingress, 8e6), "ingress \(mbit(ingress)) for 8 Mbit/s")

@@ -117,26 +117,30 @@ extension ApplyIntegrationTests {
         #expect(paths.first?["mapped"] as? Bool == true, "\(paths)")
         #expect((ns["cgroup2Classifier"] as? [String: Any])?["entries"] as? Int == 1)
 
-        let before = try cg2ClassBytes(s)
-        try s.iperfServer(port: 5401)
-        let client = Process()
-        let out = Pipe()
-        client.executableURL = URL(fileURLWithPath: "/bin/sh")
-        client.arguments = Array(
-            cg.enter("worker", [ip, "netns", "exec", s.client] + s.iperfClient(port: 5401, seconds: 4)).dropFirst())
-        client.standardOutput = out
-        try client.run()
-        // Its net_cls membership stays the root: nothing moved it.
-        usleep(300_000)
-        let cgroupFile =
-            (try? String(contentsOfFile: "/proc/\(client.processIdentifier)/cgroup", encoding: .utf8)) ?? ""
-        let netCls = cgroupFile.split(separator: "\n").first { $0.contains("net_cls") }
-        #expect(netCls.map { $0.hasSuffix(":/") } ?? true, "net_cls membership: \(String(describing: netCls))")
-        #expect(cgroupFile.contains("0::/\(cg.name)/worker"), "\(cgroupFile)")
-        let json = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        client.waitUntilExit()
-        let bps = try goodput(json)
-        let after = try cg2ClassBytes(s)
+        var before: [String: Int] = [:], after: [String: Int] = [:]
+        let bps = try shapedGoodput(10e6, "cgroup2 path class") {
+            before = try cg2ClassBytes(s)
+            try s.iperfServer(port: 5401)
+            let client = Process()
+            let out = Pipe()
+            client.executableURL = URL(fileURLWithPath: "/bin/sh")
+            client.arguments = Array(
+                cg.enter("worker", [ip, "netns", "exec", s.client] + s.iperfClient(port: 5401, seconds: 4)).dropFirst())
+            client.standardOutput = out
+            try client.run()
+            // Its net_cls membership stays the root: nothing moved it.
+            usleep(300_000)
+            let cgroupFile =
+                (try? String(contentsOfFile: "/proc/\(client.processIdentifier)/cgroup", encoding: .utf8)) ?? ""
+            let netCls = cgroupFile.split(separator: "\n").first { $0.contains("net_cls") }
+            #expect(netCls.map { $0.hasSuffix(":/") } ?? true, "net_cls membership: \(String(describing: netCls))")
+            #expect(cgroupFile.contains("0::/\(cg.name)/worker"), "\(cgroupFile)")
+            let json = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            client.waitUntilExit()
+            let bps = try goodput(json)
+            after = try cg2ClassBytes(s)
+            return bps
+        }
         let appID = app?["classid"] as? String ?? "?"
         let delta = after.mapValues { $0 }.merging(before.mapValues { -$0 }, uniquingKeysWith: +)
         let root = after.keys.first { $0.hasSuffix(":1") } ?? "?"

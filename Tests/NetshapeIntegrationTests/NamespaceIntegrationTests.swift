@@ -64,9 +64,11 @@ extension ApplyIntegrationTests {
         #expect(applied.out.contains("type ifb") && applied.out.contains("mirred egress redirect"), "\(applied.out)")
         let links = try must([ip, "-n", s.client, "-d", "link", "show", "type", "ifb"])
         #expect(links.contains("qlen 1000"), "the IFB has a queue: \(links)")
-        try s.iperfServer(port: 5340)
-        let r = try run([ip, "netns", "exec", s.client] + s.iperfClient(port: 5340, seconds: 4, extra: ["-R"]))
-        let bps = try goodput(r.out)
+        let bps = try shapedGoodput(15e6, "ingress through IFB") {
+            try s.iperfServer(port: 5340)
+            return try goodput(
+                try run([ip, "netns", "exec", s.client] + s.iperfClient(port: 5340, seconds: 4, extra: ["-R"])).out)
+        }
         print("ingress through IFB: \(mbit(bps)) for a 15mbit limit")
         #expect(shapedAt(bps, 15e6), "\(mbit(bps)) for 15 Mbit/s")
         let status = try cli("status", policy, "--interval", "0")
@@ -107,21 +109,30 @@ extension ApplyIntegrationTests {
         #expect(try cli("apply", policy).out.contains("no changes"))
         let srv = names[3]
         let srvIP = "198.19.\(subnet).5"
-        for port in 5350...5353 {
-            servers.append(try background(in: srv, [iperf3, "-s", "-1", "-B", srvIP, "-p", String(port)], settle: 0))
+        let serve = { (ports: ClosedRange<Int>) throws in
+            for port in ports {
+                servers.append(
+                    try background(in: srv, [iperf3, "-s", "-1", "-B", srvIP, "-p", String(port)], settle: 0))
+            }
+            for port in ports { try waitUntilListening(on: srvIP, port: port, in: srv) }
         }
-        for port in 5350...5353 { try waitUntilListening(on: srvIP, port: port, in: srv) }
-        let results = try concurrently(
-            (0..<3).map { i in
-                [ip, "netns", "exec", names[i], iperf3, "-c", srvIP, "-p", String(5350 + i), "-t", "4", "-J"]
-            })
-        let measured = try results.map { try goodput($0.out) }
+        let measured = try shapedGoodputs(rates.map { Double($0) * 1e6 }, "three namespaces") {
+            try serve(5350...5352)
+            let results = try concurrently(
+                (0..<3).map { i in
+                    [ip, "netns", "exec", names[i], iperf3, "-c", srvIP, "-p", String(5350 + i), "-t", "4", "-J"]
+                })
+            return try results.map { try goodput($0.out) }
+        }
         print("three namespaces at once: \(measured.map(mbit)) for 10/20/30 mbit")
         for (bps, want) in zip(measured, rates.map { Double($0) * 1e6 }) {
             #expect(shapedAt(bps, want), "\(mbit(bps)) for \(mbit(want))")
         }
-        let ingress = try goodput(
-            try run([ip, "netns", "exec", names[0], iperf3, "-c", srvIP, "-p", "5353", "-t", "3", "-J", "-R"]).out)
+        let ingress = try shapedGoodput(8e6, "ingress on the host-side peer") {
+            try serve(5353...5353)
+            return try goodput(
+                try run([ip, "netns", "exec", names[0], iperf3, "-c", srvIP, "-p", "5353", "-t", "3", "-J", "-R"]).out)
+        }
         print("ingress into \(names[0]) on its host-side peer: \(mbit(ingress)) for 8mbit")
         #expect(shapedAt(ingress, 8e6), "\(mbit(ingress)) for 8 Mbit/s")
         let status = try cli("status", policy, "--interval", "0")

@@ -343,6 +343,25 @@ func mbit(_ bps: Double) -> String { String(format: "%.1f Mbit/s", bps / 1e6) }
 /// 8 Mbit/s was measured under two CPU hogs, 7.8 on the idle machine).
 func shapedAt(_ bps: Double, _ rate: Double) -> Bool { bps > rate * 0.85 && bps < rate * 1.03 }
 
+/// Goodputs of flows shaped at `rates`, measured by `measure` (which starts its own one-shot
+/// servers and clients), and measured once more when one fell short of `shapedAt`'s floor while
+/// none went over its cap. Over the cap is netshape's fault and is never retried; short is what a
+/// shared 2-core machine does to a 3-second TCP flow now and then (CI measured one 6.5 of 8 Mbit/s
+/// where hundreds of runs measure 7.8), and a real shortfall falls short twice. Both figures print.
+func shapedGoodputs(_ rates: [Double], _ what: String, _ measure: () throws -> [Double]) throws -> [Double] {
+    let first = try measure()
+    let short = zip(first, rates).contains { bps, rate in bps <= rate * 0.85 }
+    let over = zip(first, rates).contains { bps, rate in bps >= rate * 1.03 }
+    guard short && !over else { return first }
+    print("\(what): \(first.map(mbit)) for \(rates.map(mbit)), short of the floor; measuring again")
+    return try measure()
+}
+
+/// `shapedGoodputs` for one flow.
+func shapedGoodput(_ rate: Double, _ what: String, _ measure: () throws -> Double) throws -> Double {
+    try shapedGoodputs([rate], what) { [try measure()] }[0]
+}
+
 /// tc's printed rates: "10Mbit", "1500Kbit", "2Gbit", "800bit".
 func parseTcRate(_ text: String) -> Double {
     let units: [(String, Double)] = [("Gbit", 1e9), ("Mbit", 1e6), ("Kbit", 1e3), ("bit", 1)]

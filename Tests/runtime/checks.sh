@@ -32,12 +32,26 @@ server() {
     log "iperf3 server on $at:$1 did not listen within 15 s"
     return 1
 }
-# measure CONTAINER PORT [-R]: Mbit/s from the container to the host (or back with -R).
-measure() {
-    server "$2" || { echo 0; return; }
+# flow CONTAINER PORT [-R]: Mbit/s of one 3-second flow from the container to the host (or back
+# with -R); the container runs under ${runtime:-$D}, the server listens at ${at:-$gw}.
+flow() {
+    local addr=${at:-$gw}
+    server "$2" "$addr" || { echo 0; return; }
     local srv=$!  # run in $(...): the servers list above does not see it
-    $D exec "$1" iperf3 -c "$gw" -p "$2" -t 3 -J ${3:-} 2>/dev/null | mbits
+    ${runtime:-$D} exec "$1" iperf3 -c "$addr" -p "$2" -t 3 -J ${3:-} 2>/dev/null | mbits
     kill "$srv" 2>/dev/null || true
+}
+# measure CONTAINER PORT CAP [-R]: a flow's Mbit/s, measured once more when it fell short of 85 %
+# of CAP: a 3-second TCP flow on a shared 2-core machine falls short now and then, a real shortfall
+# falls short twice. Over the cap is never measured again (that is netshape's fault).
+measure() {
+    local v
+    v=$(flow "$1" "$2" "${4:-}")
+    if within "$v" 0 "$(python3 -c "print($3 * 0.85)")"; then
+        log "$1: $v of $3 Mbit/s, short of the floor; measuring again"
+        v=$(flow "$1" "$2" "${4:-}")
+    fi
+    echo "$v"
 }
 
 # Writes a policy file under $RT_WORK (root-owned, 0600: netshape refuses writable policies).
@@ -97,8 +111,8 @@ ingress = "10mbit"
 EOF
 )
 if out=$("$ns" apply "$pol" 2>&1); then
-    up=$(measure "$web" 5401)
-    down=$(measure "$web" 5402 -R)
+    up=$(measure "$web" 5401 20)
+    down=$(measure "$web" 5402 10 -R)
     echo "measured: docker:$web egress $up/20 Mbit/s, ingress $down/10 Mbit/s"
     within "$up" 17 20.5 && within "$down" 8.5 10.25 && ok "docker target by name shaped both ways" ||
         fail "docker target by name shaped both ways" "egress $up/20, ingress $down/10 Mbit/s"
@@ -155,7 +169,7 @@ if [[ -z $followed ]]; then
     fail "docker restart followed by the daemon" \
         "not shaped again within 6 s (resolved: $r, applied: $a); daemon log: $(tail -5 "$RT_WORK/daemon-web.log")"
 else
-    up=$(measure "$web" 5403)
+    up=$(measure "$web" 5403 20)
     echo "measured: after docker restart, shaped again $followed s after it returned; egress $up/20 Mbit/s"
     if ! within "$up" 17 20.5; then
         fail "docker restart followed by the daemon" "egress after restart $up/20 Mbit/s"
@@ -234,7 +248,7 @@ $D run -d --name "$RT_PREFIX-b1" --label "$key=batch" "$RT_IMAGE" sleep 600 >/de
 $D run -d --name "$RT_PREFIX-other" --label "$key=web" "$RT_IMAGE" sleep 600 >/dev/null
 i1=${RT_PREFIX}b-$($D inspect -f '{{.Id}}' "$RT_PREFIX-b1" | cut -c1-12)
 if wait_applied "$pol3" "$i1"; then
-    up=$(measure "$RT_PREFIX-b1" 5404)
+    up=$(measure "$RT_PREFIX-b1" 5404 8)
     names=$(names_of "$pol3")
     echo "measured: selector instance $i1 egress $up/8 Mbit/s"
     if within "$up" 6.8 8.2 && [[ $names == "$i1" ]]; then
@@ -333,9 +347,8 @@ pod=$RT_PREFIX-pod
 cni_cgroups() { ls "$cg/netshape" 2>/dev/null | grep '^cni-' | sort; }
 cni_cgroups >"$RT_WORK/cni-cgroups.before"
 if $P run -d --name "$pod" --network "$net" "localhost/$RT_IMAGE" sleep 600 >/dev/null 2>"$RT_WORK/podman.err"; then
-    up=0 down=0
-    server 5405 198.18.240.1 && up=$($P exec "$pod" iperf3 -c 198.18.240.1 -p 5405 -t 3 -J 2>/dev/null | mbits)
-    server 5406 198.18.240.1 && down=$($P exec "$pod" iperf3 -c 198.18.240.1 -p 5406 -t 3 -J -R 2>/dev/null | mbits)
+    up=$(runtime=$P at=198.18.240.1 measure "$pod" 5405 20)
+    down=$(runtime=$P at=198.18.240.1 measure "$pod" 5406 10 -R)
     echo "measured: podman + chained netshape egress $up/20, ingress $down/10 Mbit/s"
     if within "$up" 17 20.5 && within "$down" 8.5 10.25; then
         ok "podman with netshape chained shapes both ways"
