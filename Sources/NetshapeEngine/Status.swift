@@ -27,8 +27,11 @@ public struct ClassStatus: Sendable, Codable, Equatable {
     /// "sock_create" (the kernel sets a new socket's priority), "daemon+net_cls" (moved into its
     /// net_cls cgroup), "net_cls" (no rules: by hand), "cgroup2 path" (the kernel reads the socket's
     /// cgroup v2 membership), "unmatched traffic" (a default class no process is placed in: the
-    /// implicit one, or the default beside only cgroup2 path classes).
+    /// implicit one, or the default beside only cgroup2 path classes), "not applied" (the class is
+    /// not in the kernel, so nothing serves it yet: `plan` says what will).
     public var path: String = ClassPath.manual.rawValue
+    /// `path` of a class missing from the kernel.
+    public static let notApplied = "not applied"
     /// For "cgroup2 path": each path rule with the cgroup id mapped for it (nil: the directory
     /// does not exist, or the map does not hold it).
     public var cgroup2Paths: [Cgroup2PathStatus]? = nil
@@ -178,7 +181,8 @@ extension Engine {
                         overlimits: now?.stats.overlimits ?? 0,
                         backlog: now?.stats.backlogBytes ?? leaf?.stats.backlogBytes ?? 0,
                         throughput: tput, pids: pids.sorted(), isDefault: c.isDefault, present: now != nil,
-                        path: c.path(paths),
+                        // No HTB class, nothing serves it: the path it would get is plan's to say.
+                        path: now == nil ? ClassStatus.notApplied : c.path(paths),
                         cgroup2Paths: Self.cgroup2Paths(c, ns, seen, second)))
             }
             var ingress: IngressStatus?

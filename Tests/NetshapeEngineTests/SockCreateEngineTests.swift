@@ -14,6 +14,9 @@ import Testing
     @Test func applyAttachesOnceEditsUpdateInPlaceResetDetaches() throws {
         let k = machine(Self.caps)
         let engine = Engine(kernel: k)
+        // Before apply nothing serves a class; the path plan prints is what apply will make it.
+        let before = try engine.status(try load(webPolicy), interval: 0, sleep: { _ in })
+        #expect(before.namespaces[0].classes.map(\.path) == Array(repeating: ClassStatus.notApplied, count: 3))
         let r = try engine.apply(try load(webPolicy), policyPath: Self.path)
         #expect(r.remaining.isEmpty)
         #expect(sockOps(r.performed).count == 3, "attach + nginx + backup's uid: \(sockOps(r.performed))")
