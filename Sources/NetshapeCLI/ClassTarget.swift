@@ -15,6 +15,26 @@ struct ClassTarget: ParsableArguments {
         let cls: ClassPolicy
         let placement: Placement
         let netns: NetworkNamespace
+
+        /// Refuses to place `processes` (what each is, in the error's words, and what the
+        /// socket-creation program reads of it) in this net_cls class when that program would
+        /// open their sockets in another class: HTB takes the priority it sets before the cgroup's
+        /// classid, so the placement would not be the class the operator asked for.
+        func refuseWhereSockCreateTakes(_ processes: [(what: String, command: PathClassEntry.Command)]) throws {
+            let s = session
+            guard
+                let desired = try Planner.plan(s.policy, capabilities: s.kernel.capabilities()).namespace(
+                    namespace.name),
+                desired.sockCreate, let planned = desired.classes.first(where: { $0.name == cls.name })
+            else { return }
+            var request = ObservationRequest(policy: s.policy, processes: false)
+            request.namespaces = request.namespaces.filter { $0.name == namespace.name }
+            request.cgroups = false
+            let observed = try s.kernel.observe(request)
+            for (what, command) in processes {
+                if let taken = command.takenFrom(planned, in: desired, observed: observed, by: what) { throw taken }
+            }
+        }
     }
 
     /// Where a process joins the class.

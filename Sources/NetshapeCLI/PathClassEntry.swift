@@ -18,6 +18,23 @@ enum PathClassEntry {
             let base = argv0.split(separator: "/").last.map(String.init) ?? argv0
             return String(decoding: Array(base.utf8.prefix(15)), as: UTF8.self)
         }
+
+        /// Why a process with this comm, uid and gid would not be in `c` though placed there: the
+        /// socket-creation program decides before net_cls and the path classifier alike (the
+        /// priority it sets is HTB's answer), so a process an earlier comm/user/group class
+        /// matches opens its sockets in that class. nil: nothing takes it from `c`.
+        func takenFrom(_ c: PlannedClass, in ns: DesiredNamespace, observed: ObservedState, by what: String)
+            -> CLIError?
+        {
+            guard let taken = SockCreate.evaluate(Differ.sockTable(ns, observed), comm: comm, uid: uid, gid: gid),
+                taken != .unspecified, taken != c.spec.classid
+            else { return nil }
+            let name = ns.classes.first { $0.spec.classid == taken }?.displayName ?? "\(taken)"
+            return CLIError(
+                "class \(ns.name)/\(c.displayName): \(what) (comm \(comm), uid \(uid), gid \(gid)) matches "
+                    + "class \(name)'s rules, which the kernel applies when a socket is created, before the "
+                    + "cgroup: its sockets would be in \(name), not \(c.displayName)")
+        }
     }
 
     /// The directory (relative to the cgroup2 mount) `run` enters for `c` of `ns`, with the
@@ -67,19 +84,8 @@ enum PathClassEntry {
                     "\(who): \(mount)\(shown) is not mapped to the class yet (cgroup id \(id.id)): "
                         + "run netshape apply \(policyPath) first"))
         }
-        // The socket-creation program decides before the path classifier (a socket priority it sets
-        // is HTB's answer): a command an earlier comm/user/group class matches would be that class's.
-        if let command,
-            let taken = SockCreate.evaluate(
-                Differ.sockTable(ns, observed), comm: command.comm, uid: command.uid, gid: command.gid),
-            taken != .unspecified, taken != c.spec.classid
-        {
-            let name = ns.classes.first { $0.spec.classid == taken }?.displayName ?? "\(taken)"
-            return .failure(
-                CLIError(
-                    "\(who): the command (comm \(command.comm), uid \(command.uid), gid \(command.gid)) matches "
-                        + "class \(name)'s rules, which the kernel applies when a socket is created, before the "
-                        + "path: its sockets would be in \(name), not \(c.displayName)"))
+        if let command, let taken = command.takenFrom(c, in: ns, observed: observed, by: "the command") {
+            return .failure(taken)
         }
         return .success((mount, path, id.id))
     }

@@ -100,6 +100,45 @@ extension ApplyIntegrationTests {
             #expect(reset.out.contains("cgroup detach") == !now.attached, "\(reset.out)")
         }
 
+        /// HTB takes the priority the program sets before any cgroup's classid, so `run` or
+        /// `classify` into a net_cls class would not put a process an earlier comm class matches in
+        /// the class asked for: both refuse, and move nothing.
+        @Test func runAndClassifyRefuseWhatTheProgramWouldTakeElsewhere() throws {
+            let s = try Scratch()
+            defer { s.close() }
+            let policy = try s.policy(Self.body)
+            try #require(try cli("apply", policy).status == 0)
+            defer { _ = try? cli("reset", policy) }
+            let other = "/sys/fs/cgroup/net_cls/netshape/\(s.client)/other/cgroup.procs"
+            let members = { (try? String(contentsOfFile: other, encoding: .utf8)) ?? "?" }
+            let before = try s.snapshot() + members()
+
+            let refused = try cli("run", policy, "other", "--", iperf3, "--version")
+            #expect(refused.status == 1, "\(refused.out)\(refused.err)")
+            #expect(
+                refused.err.contains("matches class perf's rules") && refused.err.contains("not other"),
+                "\(refused.err)")
+            #expect(!refused.out.contains("iperf 3"), "the command did not run: \(refused.out)")
+            #expect(try cli("run", policy, "perf", "--", iperf3, "--version").status == 0, "its own class is fine")
+            #expect(try cli("run", policy, "other", "--", "/bin/true").status == 0, "another command is fine")
+
+            // A running process named like the rule (a sleep under iperf3's name).
+            let named = s.dir.appendingPathComponent("iperf3").path
+            try FileManager.default.copyItem(atPath: "/bin/sleep", toPath: named)
+            let sleeper = try background(in: s.client, [named, "30"], settle: 0)
+            defer { sleeper.stopNow() }
+            try waitFor(seconds: 5, "the sleeper to exec") {
+                (try? String(contentsOfFile: "/proc/\(sleeper.processIdentifier)/comm", encoding: .utf8))
+                    == "iperf3\n"
+            }
+            let pid = String(sleeper.processIdentifier)
+            let moved = try cli("classify", policy, "other", pid)
+            #expect(
+                moved.status == 1 && moved.err.contains("process \(pid)") && moved.err.contains("perf"), "\(moved.err)")
+            #expect(try s.snapshot() + members() == before, "nothing changed")
+            #expect(try cli("classify", policy, "perf", pid).status == 0)
+        }
+
         @Test func badInputAndAFailureHalfWayChangeNothing() throws {
             let s = try Scratch()
             defer { s.close() }

@@ -23,6 +23,7 @@ struct Classify: AsyncParsableCommand {
             throw CLIError("class \(t.namespace.name)/\(t.cls.name) has no net_cls cgroup")
         }
         // Check every pid before moving any, so a bad one changes nothing.
+        var processes: [(what: String, command: PathClassEntry.Command)] = []
         for pid in pids {
             guard let (id, p) = s.kernel.process(pid) else {
                 let e = NetworkNamespace.procAccessErrno(pid)
@@ -38,7 +39,9 @@ struct Classify: AsyncParsableCommand {
                     "process \(pid) (\(p.comm)) lives in another network namespace than \(ns.name) (\(ns.netns)): its packets would never meet class \(cls.name)'s device"
                 )
             }
+            processes.append(("process \(pid)", PathClassEntry.Command(comm: p.comm, uid: p.uid, gid: p.gid)))
         }
+        try t.refuseWhereSockCreateTakes(processes)
         for pid in pids {
             try hierarchy.move(pid: pid, to: path)
             print("moved \(pid) to \(ns.name)/\(cls.name)")

@@ -22,14 +22,13 @@ struct Run: AsyncParsableCommand {
 
     func run() async throws {
         let ids = Syscall.realIDs
-        let t = try target.resolve(
-            lock: false, entering: true,
-            command: PathClassEntry.Command(
-                comm: PathClassEntry.Command.comm(of: command[0]), uid: ids.uid, gid: ids.gid))
+        let me = PathClassEntry.Command(comm: PathClassEntry.Command.comm(of: command[0]), uid: ids.uid, gid: ids.gid)
+        let t = try target.resolve(lock: false, entering: true, command: me)
         // Join the cgroup first (exec inherits it), then the namespace; both before exec, so the
         // command's first packet is already classified.
         switch t.placement {
         case .netCls(let hierarchy, let path):
+            try t.refuseWhereSockCreateTakes([("the command", me)])
             try hierarchy.move(pid: Syscall.processID, to: path)
         case .cgroup2(let mount, let path, let id):
             // The classifier asks net_cls before the path map: a caller inside a net_cls class (a
