@@ -38,9 +38,7 @@ public struct CNIAttachmentStore: Sendable {
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         let text = String(decoding: try encoder.encode(a), as: UTF8.self)
         let path = "\(directory)/\(name).json"
-        let tmp = "\(directory)/.\(name).tmp"
-        try Files.write(tmp, text, flags: O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW)
-        try sys("rename(\(tmp), \(path))") { rename(tmp, path) }
+        try Files.replace(path, with: text)
     }
 
     /// Forgets `name`; a record that is not there is not an error (DEL runs more than once).

@@ -32,6 +32,20 @@ enum Files {
         try Syscall.writeAll(fd, Array(text.utf8), what: path)
     }
 
+    /// Replaces `path` with `text` atomically: a temporary file of this process's own beside it,
+    /// then rename, so a crash never leaves half a file and two writers never share one temporary
+    /// (CNI invocations and `check`'s capability cache run beside each other without the state lock).
+    static func replace(_ path: String, with text: String) throws {
+        let tmp = "\(path).\(Syscall.processID).tmp"
+        try write(tmp, text, flags: O_WRONLY | O_CREAT | O_TRUNC)
+        do {
+            try sys("rename(\(tmp), \(path))") { rename(tmp, path) }
+        } catch {
+            _ = sysResult { unlink(tmp) }
+            throw error
+        }
+    }
+
     /// The target of a symlink (e.g. /proc/PID/exe); nil when unreadable.
     static func readLink(_ path: String) -> String? {
         var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)

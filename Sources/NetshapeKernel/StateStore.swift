@@ -78,10 +78,7 @@ public final class StateStore {
         guard (try? NetClsHierarchy.makeDirectories(directory)) != nil,
             let data = try? JSONEncoder().encode(CachedCapabilities(key: key, capabilities: caps))
         else { return }
-        let tmp = "\(directory)/capabilities.json.tmp"
-        if (try? Files.write(tmp, String(decoding: data, as: UTF8.self), flags: O_WRONLY | O_CREAT | O_TRUNC)) != nil {
-            rename(tmp, "\(directory)/capabilities.json")
-        }
+        try? Files.replace("\(directory)/capabilities.json", with: String(decoding: data, as: UTF8.self))
     }
 
     var mountsPath: String { "\(directory)/mounts.json" }
@@ -97,9 +94,7 @@ public final class StateStore {
     public func saveMounts(_ mounts: [MountRecord]) throws {
         try NetClsHierarchy.makeDirectories(directory)
         let data = try JSONEncoder().encode(mounts)
-        let tmp = mountsPath + ".tmp"
-        try Files.write(tmp, String(decoding: data, as: UTF8.self), flags: O_WRONLY | O_CREAT | O_TRUNC)
-        try sys("rename(\(tmp), \(mountsPath))") { rename(tmp, mountsPath) }
+        try Files.replace(mountsPath, with: String(decoding: data, as: UTF8.self))
     }
 
     /// Writes the record atomically (temp file + rename), so a crash never leaves half a record.
@@ -108,9 +103,7 @@ public final class StateStore {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         let data = try encoder.encode(record)
-        let tmp = ownershipPath + ".tmp"
-        try Files.write(tmp, String(decoding: data, as: UTF8.self), flags: O_WRONLY | O_CREAT | O_TRUNC)
-        try sys("rename(\(tmp), \(ownershipPath))") { rename(tmp, ownershipPath) }
+        try Files.replace(ownershipPath, with: String(decoding: data, as: UTF8.self))
         lastOwnership = (Array(data), record)
     }
 }

@@ -134,6 +134,30 @@ import Testing
         #expect(Syscall.entries(of: dfd).count == 2)
     }
 
+    /// State files are replaced whole through a temporary of this process's own, which never
+    /// stays behind: not after a replace, and not when the rename fails (the target is a directory).
+    @Test func replaceWritesWholeFilesAndLeavesNoTemporary() throws {
+        var template = Array("/tmp/netshape-replace-XXXXXX".utf8CString)
+        let dir = try #require(mkdtemp(&template).map { String(cString: $0) })
+        defer {
+            for name in Syscall.entries(at: dir) { unlink("\(dir)/\(name)") }
+            rmdir("\(dir)/busy")
+            rmdir(dir)
+        }
+        let path = "\(dir)/record.json"
+        try Files.replace(path, with: "first, and longer than the second")
+        try Files.replace(path, with: "second")
+        #expect(Files.readString(path) == "second")
+        #expect(Syscall.entries(at: dir) == ["record.json"])
+        #expect(mkdir("\(dir)/busy", 0o755) == 0)
+        #expect {
+            try Files.replace("\(dir)/busy", with: "x")
+        } throws: { e in
+            (e as? KernelError)?.errno == EISDIR && "\(e)".contains("busy")
+        }
+        #expect(Syscall.entries(at: dir).sorted() == ["busy", "record.json"], "the temporary is removed")
+    }
+
     /// The test process has many threads that never blocked SIGTERM (the concurrency pool): a
     /// SIGTERM sent to the process while `status --watch` holds the signals must arrive as an
     /// event, whichever thread the kernel hands it to, and must not end the process.
