@@ -82,6 +82,8 @@ let package = Package(
         ),
         .executableTarget(name: "netshape", dependencies: ["NetshapeCLI"]),
         .target(name: "NetshapeTestSupport", dependencies: ["NetshapeCore", "NetshapeEngine"]),
+        // The tests' own loopback TCP client (the socket API directly, unlike the server it checks).
+        .target(name: "NetshapeTestClients", path: "Tests/NetshapeTestClients"),
         .testTarget(name: "NetshapeCoreTests", dependencies: ["NetshapeCore", "NetshapeTestSupport"]),
         .testTarget(name: "NetshapePolicyTests", dependencies: ["NetshapePolicy", "NetshapeCore"]),
         .testTarget(
@@ -99,6 +101,7 @@ let package = Package(
             name: "NetshapeMetricsTests",
             dependencies: [
                 "NetshapeMetrics", "NetshapeEngine", "NetshapeCore", "NetshapeKernel", "NetshapeDaemon",
+                "NetshapeTestClients",
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
@@ -113,7 +116,7 @@ let package = Package(
         .testTarget(name: "NetshapeKernelTests", dependencies: ["NetshapeKernel", "NetshapeCore", "CNetshapeShim"]),
         .testTarget(
             name: "NetshapeIntegrationTests",
-            dependencies: ["NetshapeCore", "NetshapeKernel", "NetshapeTestSupport"]
+            dependencies: ["NetshapeCore", "NetshapeKernel", "NetshapeTestSupport", "NetshapeTestClients"]
         ),
     ]
 )

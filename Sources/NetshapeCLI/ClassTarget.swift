@@ -30,7 +30,26 @@ struct ClassTarget: ParsableArguments {
             var request = ObservationRequest(policy: s.policy, processes: false)
             request.namespaces = request.namespaces.filter { $0.name == namespace.name }
             request.cgroups = false
-            let observed = try s.kernel.observe(request)
+            let observed: ObservedState
+            do {
+                observed = try s.kernel.observe(request)
+            } catch let e as KernelError where e.code == .notFound {
+                // `ip netns exec` mounts a fresh /sys, which hides the cgroup2 mount the program is
+                // attached under: the placement stays possible, the check does not. Said only where
+                // another class's rules could take one of them (by its name, or by ids alone).
+                let rivals = desired.classes.filter { $0.name != cls.name && SockCreate.kernelEvaluable($0.match) }
+                guard
+                    processes.contains(where: { p in
+                        rivals.contains { $0.match.comm.isEmpty || $0.match.comm.contains(p.command.comm) }
+                    })
+                else { return }
+                printError(
+                    "note: cannot read the socket-creation rules here (\(e.reason)), so whether they take "
+                        + "\(processes.map(\.what).joined(separator: ", ")) into another class is not checked "
+                        + "(netshape run enters the namespace itself: no ip netns exec needed)",
+                    prefixed: false)
+                return
+            }
             for (what, command) in processes {
                 if let taken = command.takenFrom(planned, in: desired, observed: observed, by: what) { throw taken }
             }

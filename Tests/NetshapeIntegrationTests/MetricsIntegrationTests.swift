@@ -1,4 +1,5 @@
 import Foundation
+import NetshapeTestClients
 import Testing
 
 /// Issue 17: the daemon's /metrics endpoint and `status --watch`, against the real kernel. Part of
@@ -37,57 +38,9 @@ extension ApplyIntegrationTests {
         deinit { if process.isRunning { process.terminate(); process.waitUntilExit() } }
     }
 
-    /// A plain loopback TCP client (the test's own, so the endpoint is checked by another implementation).
-    final class RawClient: @unchecked Sendable {
-        let fd: Int32
-
-        init(port: UInt16, timeoutSeconds: Int = 10) throws {
-            fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            var sa = sockaddr_in()
-            sa.sin_family = sa_family_t(AF_INET)
-            sa.sin_port = port.bigEndian
-            sa.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
-            let r = withUnsafePointer(to: &sa) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-                }
-            }
-            if r != 0 { throw TestFailure("connect 127.0.0.1:\(port): errno \(errno)") }
-            var tv = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
-            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-            setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        }
-        deinit { close(fd) }
-
-        @discardableResult
-        func send(_ bytes: [UInt8]) -> Int {
-            var off = 0
-            while off < bytes.count {
-                let n = bytes.withUnsafeBytes {
-                    Glibc.send(fd, $0.baseAddress! + off, $0.count - off, Int32(MSG_NOSIGNAL))
-                }
-                if n <= 0 { return off }
-                off += n
-            }
-            return off
-        }
-
-        /// Everything until the server closes (requests here are HTTP/1.0: one per connection).
-        func readAll() -> String {
-            var out: [UInt8] = []
-            var buf = [UInt8](repeating: 0, count: 65536)
-            while true {
-                let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-                if n <= 0 { break }
-                out += buf[0..<n]
-            }
-            return String(decoding: out, as: UTF8.self)
-        }
-    }
-
     /// GET /metrics; returns the body, failing on anything but 200.
     func scrape(_ port: UInt16) throws -> String {
-        let c = try RawClient(port: port)
+        let c = try LoopbackClient(port: port)
         c.send(Array("GET /metrics HTTP/1.0\r\n\r\n".utf8))
         let r = c.readAll()
         guard r.hasPrefix("HTTP/1.1 200"), let split = r.range(of: "\r\n\r\n") else {
@@ -165,7 +118,7 @@ extension ApplyIntegrationTests {
                 of: "match.comm = [\"nsdiperf\"]", with: "match.comm = [\"nsdsleep\"]"))
         let d = try MetricsDaemon(policy: policy, dir: s.dir)
         // One byte a second, on its own thread for the whole test.
-        let slow = try RawClient(port: d.port, timeoutSeconds: 20)
+        let slow = try LoopbackClient(port: d.port, timeoutSeconds: 20)
         let done = DispatchSemaphore(value: 0)
         final class Result: @unchecked Sendable { var text = "" }
         let slowAnswer = Result()
@@ -178,7 +131,7 @@ extension ApplyIntegrationTests {
             done.signal()
         }.start()
         // A megabyte of headers from another client.
-        let flood = try RawClient(port: d.port)
+        let flood = try LoopbackClient(port: d.port)
         var big = Array("GET /metrics HTTP/1.1\r\nHost: x\r\nX-Filler: ".utf8)
         big += Array(repeating: UInt8(ascii: "a"), count: 1 << 20)
         let sent = flood.send(big)
@@ -242,9 +195,11 @@ extension ApplyIntegrationTests {
         try must([netshapeBinary, "apply", policy])
         try s.iperfServer(port: 5371)
         let bin = try namedIperf(s)
+        // Sending until the test ends (killed by the defer): with a fixed few seconds, a loaded
+        // machine started the watch after the flow had ended, and no rate ever showed.
         let traffic = try background(
             in: s.client,
-            [netshapeBinary, "run", policy, "capped", "--", bin, "-c", s.serverIP, "-p", "5371", "-t", "8"],
+            [netshapeBinary, "run", policy, "capped", "--", bin, "-c", s.serverIP, "-p", "5371", "-t", "120"],
             settle: 0)
         defer { traffic.stopNow() }
         let t = Tmux()

@@ -121,6 +121,12 @@ extension ApplyIntegrationTests {
             #expect(!refused.out.contains("iperf 3"), "the command did not run: \(refused.out)")
             #expect(try cli("run", policy, "perf", "--", iperf3, "--version").status == 0, "its own class is fine")
             #expect(try cli("run", policy, "other", "--", "/bin/true").status == 0, "another command is fine")
+            // Under `ip netns exec` (a fresh /sys, no cgroup2 mount) the rules cannot be read: the
+            // command runs, and a note says it was not checked.
+            let unchecked = try run([
+                ip, "netns", "exec", s.client, netshapeBinary, "run", policy, "other", "--", iperf3, "-v",
+            ])
+            #expect(unchecked.status == 0 && unchecked.err.contains("not checked"), "\(unchecked.err)")
 
             // A running process named like the rule (a sleep under iperf3's name).
             let named = s.dir.appendingPathComponent("iperf3").path

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import NetshapeKernel
+import NetshapeTestClients
 import Synchronization
 import Testing
 
@@ -111,61 +112,6 @@ func status(_ r: HTTP.ParseResult) -> Int? {
     }
 }
 
-/// A blocking loopback client for the server tests.
-final class Client {
-    let fd: Int32
-
-    init(port: UInt16) throws {
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var sa = sockaddr_in()
-        sa.sin_family = sa_family_t(AF_INET)
-        sa.sin_port = port.bigEndian
-        sa.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
-        let r = withUnsafePointer(to: &sa) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-            }
-        }
-        if r != 0 { throw KernelError(.syscall, "connect", errno: errno, reason: "connect failed") }
-        var tv = timeval(tv_sec: 10, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-    }
-
-    deinit { close(fd) }
-
-    @discardableResult
-    func send(_ text: String) -> Int { send(Array(text.utf8)) }
-
-    @discardableResult
-    func send(_ bytes: [UInt8]) -> Int {
-        var off = 0
-        while off < bytes.count {
-            let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + off, $0.count - off, Int32(MSG_NOSIGNAL)) }
-            if n <= 0 { return off }
-            off += n
-        }
-        return off
-    }
-
-    /// Reads until the peer closes, or one full response (by Content-Length) has arrived.
-    func response() -> String {
-        var out: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if n <= 0 { break }
-            out += buf[0..<n]
-            let text = String(decoding: out, as: UTF8.self)
-            if let end = text.range(of: "\r\n\r\n"), let cl = text.range(of: "Content-Length: ") {
-                let digits = text[cl.upperBound...].prefix { $0.isNumber }
-                let bodyStart = text.utf8.distance(from: text.startIndex, to: end.upperBound)
-                if let len = Int(digits), out.count >= bodyStart + len { break }
-            }
-        }
-        return String(decoding: out, as: UTF8.self)
-    }
-}
-
 @Suite(.serialized) struct HTTPServerTests {
     final class Renders: Sendable {
         let count = Atomic<Int>(0)
@@ -186,7 +132,7 @@ final class Client {
     @Test func answersAndKeepsAlive() throws {
         let (s, _) = try server()
         defer { s.shutdown() }
-        let c = try Client(port: s.port)
+        let c = try LoopbackClient(port: s.port)
         c.send("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         let r1 = c.response()
         #expect(r1.hasPrefix("HTTP/1.1 200 OK") && r1.hasSuffix("netshape_test_total 1\n"))
@@ -202,11 +148,11 @@ final class Client {
         let limits = HTTP.Limits(readTimeoutMilliseconds: 1500)
         let (s, _) = try server(limits)
         defer { s.shutdown() }
-        let slow = try Client(port: s.port)
+        let slow = try LoopbackClient(port: s.port)
         slow.send("GET /met")
         let t0 = Poller.nowMilliseconds()
         for _ in 0..<5 {
-            let c = try Client(port: s.port)
+            let c = try LoopbackClient(port: s.port)
             c.send("GET /metrics HTTP/1.0\r\n\r\n")
             #expect(c.response().hasPrefix("HTTP/1.1 200"))
         }
@@ -224,7 +170,7 @@ final class Client {
     @Test func hugeHeadersAreRefused() throws {
         let (s, renders) = try server()
         defer { s.shutdown() }
-        let c = try Client(port: s.port)
+        let c = try LoopbackClient(port: s.port)
         var req = Array("GET /metrics HTTP/1.1\r\nHost: x\r\n".utf8)
         req += Array(repeating: UInt8(ascii: "a"), count: 1 << 20)
         c.send(req)
@@ -233,7 +179,7 @@ final class Client {
         let r = c.response()
         #expect(r.isEmpty || r.hasPrefix("HTTP/1.1 431"))
         #expect(renders.load(ordering: .relaxed) == 0)
-        let d = try Client(port: s.port)
+        let d = try LoopbackClient(port: s.port)
         d.send("GET /metrics HTTP/1.0\r\n\r\n")
         #expect(d.response().hasPrefix("HTTP/1.1 200"))
         #expect(s.answeredCounts()[431] == 1)
@@ -242,9 +188,9 @@ final class Client {
     @Test func connectionLimitEvictsIdleOnes() throws {
         let (s, _) = try server(HTTP.Limits(maxConnections: 4))
         defer { s.shutdown() }
-        let idle = try (0..<8).map { _ in try Client(port: s.port) }
+        let idle = try (0..<8).map { _ in try LoopbackClient(port: s.port) }
         usleep(100_000)
-        let c = try Client(port: s.port)
+        let c = try LoopbackClient(port: s.port)
         c.send("GET /metrics HTTP/1.0\r\n\r\n")
         #expect(c.response().hasPrefix("HTTP/1.1 200"))
         _ = idle
