@@ -1,7 +1,7 @@
 // Captured rtnetlink exchanges: every request kind netshape sends through libnl-route's builders
 // and the kernel's replies, including the dumps netshape parses.
 //
-// Three runs of `scripts/capture-netlink` (Linux 6.18 on this project's build machine, as root,
+// Four runs of `scripts/capture-netlink` (Linux 6.18 on this project's build machine, as root,
 // Debian's libnl 3.7), each printing every netlink sendto/sendmsg/recvfrom/recvmsg as strace's hex
 // dumps.
 //
@@ -25,6 +25,16 @@
 // with the replies of its own sequence number. The two route dumps come from a third run of the
 // same script: in the second, libnl refused the IPv6 dump's second fe80::/64 route as existing
 // (`RouteSocket.dump` now keeps the first), so the reply was not read to its NLMSG_DONE.
+//
+// Fourth run (Linux 6.18.44, `flock /tmp/netshape-integration.lock scripts/capture-netlink`, the
+// script as it is now), the entries at the end: the link sets of the rollback (down, nomaster),
+// which no earlier entry has; the sfq probe's refusal with its text (this kernel has no
+// CONFIG_NET_SCH_SFQ, so sfq is refused as fq_codel is); and the kernel's refusals of netshape's
+// own link-set and ingress-delete bytes, which the script sends again where their object is
+// missing (see its `refuse`). Names: namespace ca2e2a20, its host veth ns-ca2e2a20 (ifindex 1426)
+// on bridge cr2e2a20 (1427). The first run's ACKs of a second class add, the bfifo add, the pfifo
+// replace, the ingress delete and the link sets were compared with this run's (seq and pid masked):
+// the same bytes.
 //
 // Each request's nlmsg_seq and nlmsg_pid vary per run and are masked in the comparisons.
 
@@ -1088,5 +1098,75 @@ enum RouteCaptures {
             """
             1400000003000200e72b0f6b9320000000000000
             """,
+        ])
+
+    // MARK: - Fourth run (the rollback's link sets; refusals of netshape's requests, sent again
+    // where their object is missing)
+
+    /// ip link set ns-ca2e2a20 down (rollback of a failed apply) (capture line 165)
+    static let linkSetHostDown = Exchange(
+        request: """
+            20000000100005001e6a0f6b0000000000000000920500000000000001000000
+            """,
+        replies: [
+            """
+            24000000020000011e6a0f6ba11700000000000020000000100005001e6a0f6b00000000
+            """
+        ])
+    /// ip link set ns-ca2e2a20 nomaster (rollback of a failed apply) (capture line 170)
+    static let linkSetNomaster = Exchange(
+        request: """
+            2800000010000500206a0f6b000000000000000092050000000000000000000008000a0000000000
+            """,
+        replies: [
+            """
+            2400000002000001206a0f6ba1170000000000002800000010000500206a0f6b00000000
+            """
+        ])
+    /// tc qdisc replace dev lo parent 1:1 sfq, refused with extended-ACK text (capability probe) (capture line 8)
+    static let leafReplaceSfqRefused = Exchange(
+        request: """
+            4400000024000505146a0f6b000000000000000001000000000000000100010000000000080001007366710018000280
+            0000000000000000000000000000000000000000
+            """,
+        replies: [
+            """
+            7c00000002000002146a0f6ba1170000feffffff4400000024000505146a0f6b00000000000000000100000000000000
+            010001000000000008000100736671001800028000000000000000000000000000000000000000002400010053706563
+            6966696564207164697363206b696e6420697320756e6b6e6f776e00
+            """
+        ])
+    /// ip link set eth0 up, sent again in a namespace without eth0: ENODEV, no text (capture line 1392)
+    static let linkSetUpRefused = Exchange(
+        request: """
+            2000000010000500166a0f6b0000000000000000020000000100000001000000
+            """,
+        replies: [
+            """
+            3400000002000000166a0f6b811b0000edffffff2000000010000500166a0f6b00000000000000000200000001000000
+            01000000
+            """
+        ])
+    /// ip link set ns-ca2e2a20 master cr2e2a20, sent again in a namespace without either: ENODEV, no text (capture line 1394)
+    static let linkSetMasterRefused = Exchange(
+        request: """
+            2800000010000500166a0f6b000000000000000092050000000000000000000008000a0093050000
+            """,
+        replies: [
+            """
+            3c00000002000000166a0f6b811b0000edffffff2800000010000500166a0f6b00000000000000009205000000000000
+            0000000008000a0093050000
+            """
+        ])
+    /// tc qdisc del dev d0 ingress, sent again after the reset deleted it (capture line 1415)
+    static let qdiscDelIngressRefused = Exchange(
+        request: """
+            2400000025000500206a0f6b0000000000000000030000000000fffff1ffffff00000000
+            """,
+        replies: [
+            """
+            4c00000002000002206a0f6bb01b0000eaffffff2400000025000500206a0f6b0000000000000000030000000000ffff
+            f1ffffff0000000013000100496e76616c69642068616e646c650000
+            """
         ])
 }
