@@ -66,11 +66,13 @@ func optionTypes(_ m: NetlinkMessage) -> [UInt16] {
 
     /// `request` pinned against `e`, then sent through a replay of `e`'s replies: the captured
     /// answer decodes as an ACK.
-    func pinnedAndAcked(_ request: NetlinkRequest, _ e: Exchange) throws {
-        #expect(wire(request) == captured(e), "\(request.operation)")
+    func pinnedAndAcked(
+        _ request: NetlinkRequest, _ e: Exchange, sourceLocation: SourceLocation = #_sourceLocation
+    ) throws {
+        #expect(wire(request) == captured(e), "\(request.operation)", sourceLocation: sourceLocation)
         let (socket, t) = replaySocket(e)
-        try socket.transact(request)
-        #expect(t.sent.map(masked) == [captured(e)])
+        #expect(throws: Never.self, sourceLocation: sourceLocation) { try socket.transact(request) }
+        #expect(t.sent.map(masked) == [captured(e)], sourceLocation: sourceLocation)
     }
 
     /// `request` pinned against `e`, then sent through a replay of `e`'s replies: the captured
@@ -137,20 +139,12 @@ func optionTypes(_ m: NetlinkMessage) -> [UInt16] {
             RouteSocket.leaf(.replace, ifindex: 2, device: "eth0", replaced), RouteCaptures.leafReplacePfifo)
     }
 
-    /// The capability probe's requests on lo of a throwaway namespace.
-    var probeFqCodel: NetlinkRequest {
-        get throws {
-            try RouteSocket.leaf(
-                .replace, ifindex: 1, device: "lo", LeafQdiscSpec(parent: TCHandle(major: 1, minor: 1), queue: .fqCodel)
-            )
-        }
+    /// The capability probe's leaf on lo of its throwaway namespace…
+    func probeLeaf(_ queue: LeafQueue) throws -> NetlinkRequest {
+        try RouteSocket.leaf(
+            .replace, ifindex: 1, device: "lo", LeafQdiscSpec(parent: TCHandle(major: 1, minor: 1), queue: queue))
     }
-    var probeSfq: NetlinkRequest {
-        get throws {
-            try RouteSocket.leaf(
-                .replace, ifindex: 1, device: "lo", LeafQdiscSpec(parent: TCHandle(major: 1, minor: 1), queue: .sfq))
-        }
-    }
+    /// …and its cls_cgroup filter.
     var probeCgroup: NetlinkRequest {
         get throws {
             try RouteSocket.cgroupFilter(
@@ -162,7 +156,8 @@ func optionTypes(_ m: NetlinkMessage) -> [UInt16] {
         // This kernel has none of them: ENOENT (no such qdisc kind or classifier), kept with the
         // command. The first run's socket asked for no extended ACK, so its refusals carry no text.
         for (request, e) in [
-            (try probeFqCodel, RouteCaptures.leafReplaceFqCodel), (try probeSfq, RouteCaptures.leafReplaceSfq),
+            (try probeLeaf(.fqCodel), RouteCaptures.leafReplaceFqCodel),
+            (try probeLeaf(.sfq), RouteCaptures.leafReplaceSfq),
             (try probeCgroup, RouteCaptures.cgroupAdd),
         ] {
             try pinnedAndRefused(request, e, errno: ENOENT, text: nil, object: "dev lo")
@@ -215,7 +210,7 @@ func optionTypes(_ m: NetlinkMessage) -> [UInt16] {
         try pinnedAndAcked(set("eth0", 2, true, nil), RouteCaptures.linkSetEth0Up)
         try pinnedAndAcked(set("ns-caf7bb39", 332, nil, 333), RouteCaptures.linkSetMaster)
         try pinnedAndAcked(set("ns-caf7bb39", 332, true, nil), RouteCaptures.linkSetHostUp)
-        // The rollback's (fourth run).
+        // The rollback's link sets (fourth run).
         try pinnedAndAcked(set("ns-ca2e2a20", 1426, false, nil), RouteCaptures.linkSetHostDown)
         try pinnedAndAcked(set("ns-ca2e2a20", 1426, nil, 0), RouteCaptures.linkSetNomaster)
         #expect(try set("ns-ca2e2a20", 1426, nil, 0).operation == "ip link set ns-ca2e2a20 nomaster")
@@ -239,12 +234,17 @@ func optionTypes(_ m: NetlinkMessage) -> [UInt16] {
             ])
     }
 
-    @Test func addressAndDefaultRoute() throws {
-        try pinnedAndAcked(
-            RouteSocket.address("198.18.30.2/24", device: "eth0", ifindex: 2, add: true), RouteCaptures.addrAdd)
-        let (socket, t) = replaySocket(RouteCaptures.routeAdd)
-        try socket.defaultRoute(via: "198.18.30.1", add: true)
-        #expect(t.sent.map(masked) == [captured(RouteCaptures.routeAdd)])
+    /// The add of the first run's apply and the delete of the second run's rollback.
+    @Test func addressAndDefaultRouteAddedAndDeleted() throws {
+        for (add, address, route) in [
+            (true, RouteCaptures.addrAdd, RouteCaptures.routeAdd),
+            (false, RouteCaptures.addrDel, RouteCaptures.routeDel),
+        ] {
+            try pinnedAndAcked(RouteSocket.address("198.18.30.2/24", device: "eth0", ifindex: 2, add: add), address)
+            let (socket, t) = replaySocket(route)
+            try socket.defaultRoute(via: "198.18.30.1", add: add)
+            #expect(t.sent.map(masked) == [captured(route)])
+        }
     }
 
     // MARK: - Dumps
@@ -324,14 +324,6 @@ func optionTypes(_ m: NetlinkMessage) -> [UInt16] {
         try pinnedAndAcked(RouteSocket.deleteClass(ifindex: 2, device: "eth0", cls), RouteCaptures.classDel)
     }
 
-    @Test func addressAndDefaultRouteDeletesAreAcked() throws {
-        try pinnedAndAcked(
-            RouteSocket.address("198.18.30.2/24", device: "eth0", ifindex: 2, add: false), RouteCaptures.addrDel)
-        let (socket, t) = replaySocket(RouteCaptures.routeDel)
-        try socket.defaultRoute(via: "198.18.30.1", add: false)
-        #expect(t.sent.map(masked) == [captured(RouteCaptures.routeDel)])
-    }
-
     @Test func theLeafAndClassDeletesOfABatchHaveTheirOwnACKs() {
         let bulkID = TCHandle(major: 0xA00, minor: 0xDB3D)
         let requests = [
@@ -365,8 +357,8 @@ func optionTypes(_ m: NetlinkMessage) -> [UInt16] {
 
     @Test func refusalsKeepTheKernelsExtendedACKText() throws {
         for (request, e, text) in [
-            (try probeFqCodel, RouteCaptures.leafReplaceFqCodelRefused, "Specified qdisc kind is unknown"),
-            (try probeSfq, RouteCaptures.leafReplaceSfqRefused, "Specified qdisc kind is unknown"),
+            (try probeLeaf(.fqCodel), RouteCaptures.leafReplaceFqCodelRefused, "Specified qdisc kind is unknown"),
+            (try probeLeaf(.sfq), RouteCaptures.leafReplaceSfqRefused, "Specified qdisc kind is unknown"),
             (try probeCgroup, RouteCaptures.cgroupAddRefused, "TC classifier not found"),
         ] {
             try pinnedAndRefused(request, e, errno: ENOENT, text: text, object: "dev lo")
