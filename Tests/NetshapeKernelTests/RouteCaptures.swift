@@ -11,7 +11,7 @@
 // 40gbit (pfifo) and other 10mbit (bfifo), ingress 40mbit on the veth peer; namespace cbf7bb39
 // with a veth pair d0/d1 inside, egress 100mbit, ingress 50mbit on an IFB (u32 + mirred);
 // classifier cls_bpf; then bulk changed to 50gbit and other's leaf to pfifo; then reset. This
-// kernel has neither cls_cgroup nor fq_codel: those requests come from the capability probe (on lo
+// kernel has no cls_cgroup, fq_codel or sfq: those requests come from the capability probe (on lo
 // of a throwaway namespace), with the kernel's refusal. libnl's peeking recvmsg printed every reply
 // twice, and the copies were dropped by hand; the hex was wrapped at 96 digits.
 //
@@ -310,7 +310,7 @@ enum RouteCaptures {
             01000100000000000d00010066715f636f64656c00000000
             """
         ])
-    /// tc qdisc replace dev lo parent 1:1 sfq (apply)
+    /// tc qdisc replace dev lo parent 1:1 sfq, refused (apply)
     static let leafReplaceSfq = Exchange(
         request: """
             44000000240005050b180f6b354c40930000000001000000000000000100010000000000080001007366710018000280
