@@ -9,10 +9,15 @@ import Testing
 // `NetlinkTransport`), both as built and as they reach the transport, and every dump netshape
 // parses, from the replies captured in RouteCaptures.swift (see there how they were captured).
 
-/// A `RouteSocket` over a replay of `exchanges`' replies, in order.
-func replaySocket(_ exchanges: Exchange...) -> (RouteSocket, ReplayTransport) {
+/// `body` run on a `RouteSocket` over a replay of `exchanges`' replies, in order; what it sent
+/// must be their requests, in that order (seq and pid masked).
+func replayed<T>(
+    _ exchanges: Exchange..., sourceLocation: SourceLocation = #_sourceLocation, _ body: (RouteSocket) throws -> T
+) rethrows -> T {
     let t = ReplayTransport(replies: exchanges.flatMap(\.replies).map { .success(hex($0)) })
-    return (RouteSocket(session: NetlinkSession(transport: t, firstSeq: 0), namespace: "test"), t)
+    let result = try body(RouteSocket(session: NetlinkSession(transport: t, firstSeq: 0), namespace: "test"))
+    #expect(t.sent.map(masked) == exchanges.map(captured), sourceLocation: sourceLocation)
+    return result
 }
 
 /// Replays datagrams with each message's seq set to the request it answers, in order (a batch's
@@ -70,9 +75,9 @@ func optionTypes(_ m: NetlinkMessage) -> [UInt16] {
         _ request: NetlinkRequest, _ e: Exchange, sourceLocation: SourceLocation = #_sourceLocation
     ) throws {
         #expect(wire(request) == captured(e), "\(request.operation)", sourceLocation: sourceLocation)
-        let (socket, t) = replaySocket(e)
-        #expect(throws: Never.self, sourceLocation: sourceLocation) { try socket.transact(request) }
-        #expect(t.sent.map(masked) == [captured(e)], sourceLocation: sourceLocation)
+        #expect(throws: Never.self, sourceLocation: sourceLocation) {
+            try replayed(e, sourceLocation: sourceLocation) { try $0.transact(request) }
+        }
     }
 
     /// `request` pinned against `e`, then sent through a replay of `e`'s replies: the captured
@@ -83,15 +88,13 @@ func optionTypes(_ m: NetlinkMessage) -> [UInt16] {
         sourceLocation: SourceLocation = #_sourceLocation
     ) throws {
         #expect(wire(request) == captured(e), "\(request.operation)", sourceLocation: sourceLocation)
-        let (socket, t) = replaySocket(e)
         #expect(sourceLocation: sourceLocation) {
-            try socket.transact(request)
+            try replayed(e, sourceLocation: sourceLocation) { try $0.transact(request) }
         } throws: { error in
             guard let k = error as? KernelError else { return false }
             return k.errno == errno && k.operation == request.operation && "\(k)".contains(object)
                 && k.reason == (text ?? String(cString: strerror(errno)))
         }
-        #expect(t.sent.map(masked) == [captured(e)], sourceLocation: sourceLocation)
     }
 
     // MARK: - tc: HTB, leaves, classifiers, ingress
@@ -166,13 +169,10 @@ func optionTypes(_ m: NetlinkMessage) -> [UInt16] {
     }
 
     @Test func ingressQdiscAndU32MirredRedirect() throws {
-        let (socket, t) = replaySocket(RouteCaptures.linkDumpB, RouteCaptures.ingressAdd, RouteCaptures.u32Add)
-        try socket.addIngressRedirect(ifindex: 3, device: "d0", ifb: "nsifb42fc59f7")
         // The IFB's ifindex (4) comes from a link dump, then the qdisc, then the filter.
-        #expect(
-            t.sent.map(masked) == [
-                captured(RouteCaptures.linkDumpB), captured(RouteCaptures.ingressAdd), captured(RouteCaptures.u32Add),
-            ])
+        try replayed(RouteCaptures.linkDumpB, RouteCaptures.ingressAdd, RouteCaptures.u32Add) {
+            try $0.addIngressRedirect(ifindex: 3, device: "d0", ifb: "nsifb42fc59f7")
+        }
         #expect(
             wire(try RouteSocket.redirectFilter(ifindex: 3, device: "d0", ifb: "nsifb42fc59f7", ifbIndex: 4))
                 == captured(RouteCaptures.u32Add))
@@ -193,15 +193,11 @@ func optionTypes(_ m: NetlinkMessage) -> [UInt16] {
     // MARK: - Links, addresses, routes
 
     @Test func vethBridgeAndIFBLinks() throws {
-        let (socket, t) = replaySocket(RouteCaptures.linkAddVeth, RouteCaptures.linkAddBridge, RouteCaptures.linkAddIFB)
-        try socket.createVeth(host: "ns-caf7bb39", peer: "eth0", peerNamespaceFD: 15)
-        try socket.createLink("crf7bb39", type: "bridge", txqueuelen: nil)
-        try socket.createLink("nsifb42fc59f7", type: "ifb", txqueuelen: 1000)
-        #expect(
-            t.sent.map(masked) == [
-                captured(RouteCaptures.linkAddVeth), captured(RouteCaptures.linkAddBridge),
-                captured(RouteCaptures.linkAddIFB),
-            ])
+        try replayed(RouteCaptures.linkAddVeth, RouteCaptures.linkAddBridge, RouteCaptures.linkAddIFB) { socket in
+            try socket.createVeth(host: "ns-caf7bb39", peer: "eth0", peerNamespaceFD: 15)
+            try socket.createLink("crf7bb39", type: "bridge", txqueuelen: nil)
+            try socket.createLink("nsifb42fc59f7", type: "ifb", txqueuelen: 1000)
+        }
     }
 
     @Test func linkSetAndDelete() throws {
@@ -221,17 +217,14 @@ func optionTypes(_ m: NetlinkMessage) -> [UInt16] {
             set("ns-ca2e2a20", 1426, nil, 1427), RouteCaptures.linkSetMasterRefused, errno: ENODEV, text: nil,
             object: "ns-ca2e2a20")
         // Through the socket: both names resolved by link dumps, then the request.
-        let (socket, t) = replaySocket(
+        try replayed(
             RouteCaptures.linkDumpHost, RouteCaptures.linkDumpHost, RouteCaptures.linkSetMaster,
-            RouteCaptures.linkDelIFB, RouteCaptures.linkDelBridge)
-        try socket.setLink("ns-caf7bb39", master: .some("crf7bb39"))
-        try socket.deleteLink("nsifb42fc59f7")
-        try socket.deleteLink("crf7bb39")
-        #expect(
-            Array(t.sent.map(masked).suffix(3)) == [
-                captured(RouteCaptures.linkSetMaster), captured(RouteCaptures.linkDelIFB),
-                captured(RouteCaptures.linkDelBridge),
-            ])
+            RouteCaptures.linkDelIFB, RouteCaptures.linkDelBridge
+        ) { socket in
+            try socket.setLink("ns-caf7bb39", master: .some("crf7bb39"))
+            try socket.deleteLink("nsifb42fc59f7")
+            try socket.deleteLink("crf7bb39")
+        }
     }
 
     /// The add of the first run's apply and the delete of the second run's rollback.
@@ -241,18 +234,14 @@ func optionTypes(_ m: NetlinkMessage) -> [UInt16] {
             (false, RouteCaptures.addrDel, RouteCaptures.routeDel),
         ] {
             try pinnedAndAcked(RouteSocket.address("198.18.30.2/24", device: "eth0", ifindex: 2, add: add), address)
-            let (socket, t) = replaySocket(route)
-            try socket.defaultRoute(via: "198.18.30.1", add: add)
-            #expect(t.sent.map(masked) == [captured(route)])
+            try replayed(route) { try $0.defaultRoute(via: "198.18.30.1", add: add) }
         }
     }
 
     // MARK: - Dumps
 
     @Test func qdiscDumpParses() throws {
-        let (socket, t) = replaySocket(RouteCaptures.qdiscDumpB)
-        let q = try socket.qdiscs(ifindex: 3, device: "d0")
-        #expect(t.sent.map(masked) == [captured(RouteCaptures.qdiscDumpB)])
+        let q = try replayed(RouteCaptures.qdiscDumpB) { try $0.qdiscs(ifindex: 3, device: "d0") }
         let major = TCHandle(major: 0x3A97, minor: 0)
         #expect(q.map(\.kind) == ["htb", "bfifo", "bfifo", "ingress"], "only d0's (the IFB's and d1's are left out)")
         #expect(q[0].handle == major && q[0].parent == .root && q[0].htbDefault == 2)
@@ -260,14 +249,12 @@ func optionTypes(_ m: NetlinkMessage) -> [UInt16] {
         #expect(q[1].parent == TCHandle(major: 0x3A97, minor: 0xF5F7) && q[1].queue == .bfifo(limit: 128 << 10))
         #expect(q[2].stats.bytes == 176)
         #expect(q[3].parent == .ingress && q[3].handle == TCHandle(raw: 0xFFFF_0000))
-        let ifb = try replaySocket(RouteCaptures.qdiscDumpB).0.qdiscs(ifindex: 4, device: "nsifb42fc59f7")
+        let ifb = try replayed(RouteCaptures.qdiscDumpB) { try $0.qdiscs(ifindex: 4, device: "nsifb42fc59f7") }
         #expect(ifb.map(\.kind) == ["htb", "bfifo"] && ifb[0].htbDefault == 1)
     }
 
     @Test func classDumpParsesRate64AndStats() throws {
-        let (socket, t) = replaySocket(RouteCaptures.classDumpEth0)
-        let classes = try socket.classes(ifindex: 2, device: "eth0")
-        #expect(t.sent.map(masked) == [captured(RouteCaptures.classDumpEth0)])
+        let classes = try replayed(RouteCaptures.classDumpEth0) { try $0.classes(ifindex: 2, device: "eth0") }
         let byMinor = Dictionary(uniqueKeysWithValues: classes.map { ($0.spec.classid.minor, $0) })
         #expect(byMinor.keys.sorted() == [1, 2, 0xDB3D])
         // Dumped with parent TC_H_ROOT, normalised to the qdisc it was created under.
@@ -280,27 +267,23 @@ func optionTypes(_ m: NetlinkMessage) -> [UInt16] {
         #expect(byMinor[2]?.spec.burst == Size(bytes: 65533))
         #expect(byMinor[2].map { other.matches($0.spec) } == true)
         #expect(byMinor[2]?.stats.bytes == 176 && byMinor[2]?.stats.packets == 2)
-        let d0 = try replaySocket(RouteCaptures.classDumpD0).0.classes(ifindex: 3, device: "d0")
+        let d0 = try replayed(RouteCaptures.classDumpD0) { try $0.classes(ifindex: 3, device: "d0") }
         #expect(d0.map(\.spec.quantum).sorted() == [1514, 11250, 12500])
     }
 
     @Test func linkDumpsParse() throws {
-        let (socket, t) = replaySocket(RouteCaptures.linkDumpB)
-        let links = try socket.links()
-        #expect(t.sent.map(masked) == [captured(RouteCaptures.linkDumpB)])
+        let links = try replayed(RouteCaptures.linkDumpB) { try $0.links() }
         #expect(links.map(\.name) == ["lo", "d1", "d0", "nsifb42fc59f7"])
         #expect(links.map(\.type) == ["", "veth", "veth", "ifb"])
         #expect(links[2].ifindex == 3 && links[2].peerIfindex == 2 && !links[2].peerInOtherNamespace)
-        let host = try replaySocket(RouteCaptures.linkDumpHost).0.links()
+        let host = try replayed(RouteCaptures.linkDumpHost) { try $0.links() }
         let veth = host.first { $0.name == "ns-caf7bb39" }
         #expect(veth?.type == "veth" && veth?.peerIfindex == 2 && veth?.peerInOtherNamespace == true)
         #expect(host.first { $0.name == "crf7bb39" }?.type == "bridge")
     }
 
     @Test func routeDumpFindsTheDefaultRoutesDevice() throws {
-        let (socket, t) = replaySocket(RouteCaptures.routeDump)
-        #expect(try socket.defaultRouteIfindex() == 2)
-        #expect(t.sent.map(masked) == [captured(RouteCaptures.routeDump)])
+        #expect(try replayed(RouteCaptures.routeDump) { try $0.defaultRouteIfindex() } == 2)
     }
 
     // MARK: - Second run: replace, deletes, the IPv6 route dump, refusals with extended-ACK text
@@ -345,11 +328,11 @@ func optionTypes(_ m: NetlinkMessage) -> [UInt16] {
     }
 
     @Test func routeDumpWithoutADefaultRouteTriesIPv6Too() throws {
-        let (socket, t) = replaySocket(RouteCaptures.routeDumpNoDefault, RouteCaptures.routeDumpV6)
         // B has only the fe80::/64 routes of d0, d1 and the IFB: no default route in either family.
-        #expect(try socket.defaultRouteIfindex() == nil)
-        #expect(
-            t.sent.map(masked) == [captured(RouteCaptures.routeDumpNoDefault), captured(RouteCaptures.routeDumpV6)])
+        let found = try replayed(RouteCaptures.routeDumpNoDefault, RouteCaptures.routeDumpV6) {
+            try $0.defaultRouteIfindex()
+        }
+        #expect(found == nil)
         #expect(
             RouteSocket.routeDumpRequest(family: AF_INET6).bytes.count == hex(RouteCaptures.routeDumpV6.request).count)
         #expect(masked(RouteSocket.routeDumpRequest(family: AF_INET6).bytes) == captured(RouteCaptures.routeDumpV6))
