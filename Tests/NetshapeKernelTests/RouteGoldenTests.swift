@@ -190,6 +190,22 @@ func optionTypes(_ m: NetlinkMessage) -> [UInt16] {
             ingress, RouteCaptures.qdiscDelIngressRefused, errno: EINVAL, text: "Invalid handle", object: "dev d0")
     }
 
+    @Test func classAndLeafAddsAreRefusedWhenTheTreeIsGone() throws {
+        // d0's class x and its leaf (fourth run), sent after the reset deleted tree 4fa5:.
+        let x = TCHandle(major: 0x4FA5, minor: 0xF5F7)
+        let cls = HTBClassSpec(
+            classid: x, parent: TCHandle(major: 0x4FA5, minor: 1), rate: Rate(bytesPerSecond: 1_250_000),
+            ceil: Rate(bytesPerSecond: 12_500_000), burst: Size(bytes: 65536), cburst: Size(bytes: 65536),
+            priority: 4, quantum: 1514)
+        try pinnedAndRefused(
+            RouteSocket.htbClass(.add, ifindex: 3, device: "d0", cls), RouteCaptures.classAddRefused, errno: ENOENT,
+            text: nil, object: "classid 4fa5:f5f7")
+        try pinnedAndRefused(
+            RouteSocket.leaf(.add, ifindex: 3, device: "d0", LeafQdiscSpec(parent: x, queue: .bfifo(limit: 128 << 10))),
+            RouteCaptures.leafAddBfifoRefused, errno: ENOENT, text: "Failed to find specified qdisc",
+            object: "parent 4fa5:f5f7")
+    }
+
     // MARK: - Links, addresses, routes
 
     @Test func vethBridgeAndIFBLinks() throws {
@@ -207,15 +223,15 @@ func optionTypes(_ m: NetlinkMessage) -> [UInt16] {
         try pinnedAndAcked(set("ns-caf7bb39", 332, nil, 333), RouteCaptures.linkSetMaster)
         try pinnedAndAcked(set("ns-caf7bb39", 332, true, nil), RouteCaptures.linkSetHostUp)
         // The rollback's link sets (fourth run).
-        try pinnedAndAcked(set("ns-ca2e2a20", 1426, false, nil), RouteCaptures.linkSetHostDown)
-        try pinnedAndAcked(set("ns-ca2e2a20", 1426, nil, 0), RouteCaptures.linkSetNomaster)
-        #expect(try set("ns-ca2e2a20", 1426, nil, 0).operation == "ip link set ns-ca2e2a20 nomaster")
+        try pinnedAndAcked(set("ns-cab87faa", 1518, false, nil), RouteCaptures.linkSetHostDown)
+        try pinnedAndAcked(set("ns-cab87faa", 1518, nil, 0), RouteCaptures.linkSetNomaster)
+        #expect(try set("ns-cab87faa", 1518, nil, 0).operation == "ip link set ns-cab87faa nomaster")
         // The device (or the master) gone since it was looked up: ENODEV, with no text from the kernel.
         try pinnedAndRefused(
             set("eth0", 2, true, nil), RouteCaptures.linkSetUpRefused, errno: ENODEV, text: nil, object: "eth0")
         try pinnedAndRefused(
-            set("ns-ca2e2a20", 1426, nil, 1427), RouteCaptures.linkSetMasterRefused, errno: ENODEV, text: nil,
-            object: "ns-ca2e2a20")
+            set("ns-cab87faa", 1518, nil, 1519), RouteCaptures.linkSetMasterRefused, errno: ENODEV, text: nil,
+            object: "ns-cab87faa")
         // Through the socket: both names resolved by link dumps, then the request.
         try replayed(
             RouteCaptures.linkDumpHost, RouteCaptures.linkDumpHost, RouteCaptures.linkSetMaster,
@@ -269,6 +285,15 @@ func optionTypes(_ m: NetlinkMessage) -> [UInt16] {
         #expect(byMinor[2]?.stats.bytes == 176 && byMinor[2]?.stats.packets == 2)
         let d0 = try replayed(RouteCaptures.classDumpD0) { try $0.classes(ifindex: 3, device: "d0") }
         #expect(d0.map(\.spec.quantum).sorted() == [1514, 11250, 12500])
+    }
+
+    @Test func aRateChangesReadBackGetsTheClassAlone() throws {
+        let id = TCHandle(major: 0x667C, minor: 0xDB3D)
+        #expect(masked(RouteSocket.classGetRequest(ifindex: 2, classid: id).bytes) == captured(RouteCaptures.classGet))
+        // The kernel echoes the class (NLM_F_ECHO), then ACKs: bulk at its new 45gbit.
+        let got = try replayed(RouteCaptures.classGet) { try $0.classes(ifindex: 2, device: "eth0", only: [id]) }
+        #expect(got.map(\.spec.classid) == [id])
+        #expect(got.first?.spec.rate == Rate(bytesPerSecond: 5_625_000_000) && got.first?.spec.ceil == gbit100)
     }
 
     @Test func linkDumpsParse() throws {
