@@ -387,7 +387,7 @@ func optionTypes(_ m: NetlinkMessage) -> [UInt16] {
         }
     }
 
-    // MARK: - Fifth run: the classifiers' cls_bpf filters on d0, a class going from a cgroup v2 path to net_cls and back
+    // MARK: - Fifth run: d0's classifier filters, a class going from a cgroup v2 path to net_cls and back
 
     let d0Tree = TCHandle(major: 0x2B71, minor: 0)
 
@@ -427,7 +427,7 @@ func optionTypes(_ m: NetlinkMessage) -> [UInt16] {
     @Test func aFilterDeleteIsRefusedWhenTheFilterIsGone() throws {
         let delete = FilterSocket.deleteFilter(ifindex: 3, device: "d0", FilterSpec(parent: d0Tree, kind: .cgroup2))
         #expect(delete.operation == "tc filter del dev d0 parent 2b71: protocol all prio 16606 handle 1 bpf")
-        // Its priority's chain went with its last filter.
+        // Chain 0 went with its last filter: the kernel says so before it looks for the priority.
         try pinnedAndRefused(
             delete, RouteCaptures.filterDelRefused, errno: ENOENT, text: "Cannot find specified filter chain",
             object: "dev d0 parent 2b71: protocol all prio 16606")
