@@ -111,9 +111,17 @@ final class FilterSocket {
     /// `tc filter add dev D parent M: protocol all prio P handle H bpf fd FD name N` — NOT
     /// direct-action: the program's return value is then the full 32-bit classid (0 = no match).
     func addBpfFilter(ifindex: Int32, device: String, _ f: FilterSpec, programFD: Int32) throws {
-        let op =
-            "tc filter add dev \(device) parent \(f.parent) protocol all prio \(f.priority) handle \(f.handle) bpf name \(f.kind.filterName ?? FilterSpec.bpfProgramName)"
-        try session.transact(Self.addBpfFilterRequest(ifindex: ifindex, f, programFD: programFD), op)
+        let r = Self.addBpfFilter(ifindex: ifindex, device: device, f, programFD: programFD)
+        try session.transact(r.message, r.operation)
+    }
+
+    /// The request of `addBpfFilter`.
+    static func addBpfFilter(ifindex: Int32, device: String, _ f: FilterSpec, programFD: Int32) -> NetlinkRequest {
+        NetlinkRequest(
+            message: addBpfFilterRequest(ifindex: ifindex, f, programFD: programFD),
+            operation:
+                "tc filter add dev \(device) parent \(f.parent) protocol all prio \(f.priority) handle \(f.handle) bpf name \(f.kind.filterName ?? FilterSpec.bpfProgramName)"
+        )
     }
 
     /// `tc filter del dev D parent M: protocol all prio P handle H KIND`.

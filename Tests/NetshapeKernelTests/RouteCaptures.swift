@@ -37,6 +37,18 @@
 // the ingress delete and the link sets were compared with this run's (seq and pid masked): the
 // same bytes.
 //
+// Fifth run (Linux 6.18.44, the same command, the script with its cgroup2 step), the entries at the
+// end: the two cls_bpf classifier filters on d0 of namespace cb75f922 (tree 2b71:), from a policy of
+// their own after everything above. Class x matched by the cgroup v2 path netshape-cap-75f922 (a
+// directory the script made under /sys/fs/cgroup/unified, this hybrid host's cgroup2 mount) puts
+// the `netshape_cgroup2` filter there; the same class without the path puts `netshape_classid`
+// there instead (its filter deleted, the other added), and with the path again back. The two
+// deletes are the same bytes (seq and pid masked), as are the two adds of `netshape_cgroup2`; the
+// filter dumps are each apply's read-back. Last, the filter taken away by hand (`tc filter del …
+// prio 16606`) and netshape's delete sent again (`refuse … filter-del`): ENOENT with the kernel's
+// text. A cls_bpf add also carries the program's fd (TCA_BPF_FD), the number bpf(BPF_PROG_LOAD)
+// returned in that netshape process; the comparisons zero it (`fdMasked`).
+//
 // Each request's nlmsg_seq and nlmsg_pid vary per run and are masked in the comparisons.
 
 /// One request and the datagrams the kernel answered it with (hex as strace printed it).
@@ -1298,6 +1310,96 @@ enum RouteCaptures {
             70000000020000026f6f0f6baa3d0000feffffff38000000240005066f6f0f6b00000000000000000300000000000000
             f7f5a54f000000000a000100626669666f0000000800028000000200230001004661696c656420746f2066696e642073
             70656369666965642071646973630000
+            """
+        ])
+
+    // MARK: - Fifth run (the classifier filters of a class going from a cgroup v2 path to net_cls and
+    // back; the filter delete refused once the filter is gone)
+
+    /// tc filter add dev d0 parent 2b71: protocol all prio 16606 handle 1 bpf name netshape_cgroup2 (apply, path class) (capture line 1566)
+    static let cgroup2FilterAdd = Exchange(
+        request: """
+            500000002c000506a0740f6b000000000000000003000000010000000000712b0003de40080001006270660024000280
+            0800060009000000150007006e657473686170655f6367726f75703200000000
+            """,
+        replies: [
+            """
+            2400000002000001a0740f6b3261000000000000500000002c000506a0740f6b00000000
+            """
+        ])
+    /// tc filter show dev d0 parent 2b71:, the cgroup2 filter in place (apply, read-back) (capture line 1577)
+    static let filterDumpCgroup2 = Exchange(
+        request: """
+            240000002e000103a4740f6b000000000000000003000000000000000000712b00000000
+            """,
+        replies: [
+            """
+            340000002c000200a4740f6b326100000000000003000000000000000000712b0003de40080001006270660008000b00
+            000000006c0000002c000200a4740f6b326100000000000003000000010000000000712b0003de400800010062706600
+            08000b000000000038000200150007006e657473686170655f6367726f7570320000000008000b00251d00000c000a00
+            3841191e4c523f020800090008000000
+            """,
+            """
+            1400000003000200a4740f6b3261000000000000
+            """,
+        ])
+    /// tc filter del dev d0 parent 2b71: protocol all prio 16606 handle 1 bpf, the cgroup2 filter (apply, path class -> net_cls class) (capture line 1606)
+    static let cgroup2FilterDel = Exchange(
+        request: """
+            2c0000002d0005009b740f6b000000000000000003000000010000000000712b0003de400800010062706600
+            """,
+        replies: [
+            """
+            24000000020000019b740f6b72610000000000002c0000002d0005009b740f6b00000000
+            """
+        ])
+    /// tc filter add dev d0 parent 2b71: protocol all prio 16606 handle 1 bpf name netshape_classid (apply, path class -> net_cls class) (capture line 1608)
+    static let classidFilterAdd = Exchange(
+        request: """
+            500000002c0005069c740f6b000000000000000003000000010000000000712b0003de40080001006270660024000280
+            0800060009000000150007006e657473686170655f636c617373696400000000
+            """,
+        replies: [
+            """
+            24000000020000019c740f6b7261000000000000500000002c0005069c740f6b00000000
+            """
+        ])
+    /// tc filter show dev d0 parent 2b71:, the netshape_classid filter in place (apply, read-back) (capture line 1619)
+    static let filterDumpClassid = Exchange(
+        request: """
+            240000002e000103a0740f6b000000000000000003000000000000000000712b00000000
+            """,
+        replies: [
+            """
+            340000002c000200a0740f6b726100000000000003000000000000000000712b0003de40080001006270660008000b00
+            000000006c0000002c000200a0740f6b726100000000000003000000010000000000712b0003de400800010062706600
+            08000b000000000038000200150007006e657473686170655f636c61737369640000000008000b00261d00000c000a00
+            f1b5c2116e6ed3180800090008000000
+            """,
+            """
+            1400000003000200a0740f6b7261000000000000
+            """,
+        ])
+    /// tc filter del dev d0 parent 2b71: protocol all prio 16606 handle 1 bpf, the netshape_classid filter (apply, net_cls class -> path class) (capture line 1648)
+    static let classidFilterDel = Exchange(
+        request: """
+            2c0000002d0005009c740f6b000000000000000003000000010000000000712b0003de400800010062706600
+            """,
+        replies: [
+            """
+            24000000020000019c740f6bae610000000000002c0000002d0005009c740f6b00000000
+            """
+        ])
+    /// tc filter del dev d0 parent 2b71: … bpf, sent again after the filter was deleted by hand: ENOENT with text (capture line 1671)
+    static let filterDelRefused = Exchange(
+        request: """
+            2c0000002d0005009b740f6b000000000000000003000000010000000000712b0003de400800010062706600
+            """,
+        replies: [
+            """
+            68000000020000029b740f6bed610000feffffff2c0000002d0005009b740f6b00000000000000000300000001000000
+            0000712b0003de4008000100627066002700010043616e6e6f742066696e64207370656369666965642066696c746572
+            20636861696e0000
             """
         ])
 }

@@ -16,7 +16,7 @@ func replayed<T>(
 ) rethrows -> T {
     let t = ReplayTransport(replies: exchanges.flatMap(\.replies).map { .success(hex($0)) })
     let result = try body(RouteSocket(session: NetlinkSession(transport: t, firstSeq: 0), namespace: "test"))
-    #expect(t.sent.map(masked) == exchanges.map(captured), sourceLocation: sourceLocation)
+    #expect(t.sent.map(fdMasked) == exchanges.map(captured), sourceLocation: sourceLocation)
     return result
 }
 
@@ -45,11 +45,25 @@ final class SeqReplayTransport: NetlinkTransport {
     }
 }
 
-/// The captured request, seq and pid masked.
-func captured(_ e: Exchange) -> [UInt8] { masked(hex(e.request)) }
+/// seq and pid masked (`masked`), and the program fd of a cls_bpf filter add zeroed: whatever
+/// number bpf(BPF_PROG_LOAD) returned in that process. netshape's TCA_BPF_FD is the first option,
+/// its u32 at byte 52 (16 nlmsghdr + 20 tcmsg + 8 TCA_KIND "bpf" + 4 TCA_OPTIONS + 4).
+func fdMasked(_ bytes: [UInt8]) -> [UInt8] {
+    var b = masked(bytes)
+    let r = NetlinkReader(b, at: 0)
+    if r.u16(4) == UInt16(RTM_NEWTFILTER), b.count >= 56, b[36..<44] == [8, 0, 1, 0, 0x62, 0x70, 0x66, 0],
+        r.u16(50) & ~Netlink.nestedFlag == UInt16(TCA_BPF_FD), r.u16(48) == 8
+    {
+        b.replaceSubrange(52..<56, with: [0, 0, 0, 0])
+    }
+    return b
+}
 
-/// A request as netshape would send it, seq and pid masked.
-func wire(_ r: NetlinkRequest) -> [UInt8] { masked(r.message.bytes) }
+/// The captured request, seq and pid (and a cls_bpf program fd) masked.
+func captured(_ e: Exchange) -> [UInt8] { fdMasked(hex(e.request)) }
+
+/// A request as netshape would send it, seq and pid (and a cls_bpf program fd) masked.
+func wire(_ r: NetlinkRequest) -> [UInt8] { fdMasked(r.message.bytes) }
 
 /// The TCA_OPTIONS nest of a tc message, as attribute types.
 func optionTypes(_ m: NetlinkMessage) -> [UInt16] {
@@ -370,6 +384,70 @@ func optionTypes(_ m: NetlinkMessage) -> [UInt16] {
             (try probeCgroup, RouteCaptures.cgroupAddRefused, "TC classifier not found"),
         ] {
             try pinnedAndRefused(request, e, errno: ENOENT, text: text, object: "dev lo")
+        }
+    }
+
+    // MARK: - Fifth run: d0's classifier filters, a class going from a cgroup v2 path to net_cls and back
+
+    let d0Tree = TCHandle(major: 0x2B71, minor: 0)
+
+    /// The filter add of `kind` on d0 (ifindex 3), with a program fd no capture has: `fdMasked`
+    /// zeroes it on both sides.
+    func filterAdd(_ kind: ClassifierKind, programFD: Int32 = 99) -> NetlinkRequest {
+        FilterSocket.addBpfFilter(
+            ifindex: 3, device: "d0", FilterSpec(parent: d0Tree, kind: kind), programFD: programFD)
+    }
+
+    @Test func theCgroup2AndClassidFilterAddsAreAcked() throws {
+        try pinnedAndAcked(filterAdd(.cgroup2), RouteCaptures.cgroup2FilterAdd)
+        try pinnedAndAcked(filterAdd(.bpf), RouteCaptures.classidFilterAdd)
+        #expect(
+            filterAdd(.cgroup2).operation
+                == "tc filter add dev d0 parent 2b71: protocol all prio 16606 handle 1 bpf name netshape_cgroup2")
+        // The mask hides the fd alone: built with the capture's own fd, only seq and pid differ.
+        for (kind, e) in [
+            (ClassifierKind.cgroup2, RouteCaptures.cgroup2FilterAdd), (.bpf, RouteCaptures.classidFilterAdd),
+        ] {
+            let fd = Int32(bitPattern: NetlinkReader(hex(e.request), at: 0).u32(52))
+            #expect(masked(filterAdd(kind, programFD: fd).message.bytes) == masked(hex(e.request)))
+            #expect(masked(hex(e.request)) != captured(e), "fd \(fd) is where fdMasked zeroes it")
+        }
+    }
+
+    @Test func oneFilterDeleteNamesEitherFilterAndIsAcked() throws {
+        // Both are cls_bpf at netshape's priority and handle 1: the same request deletes either.
+        for kind in [ClassifierKind.cgroup2, .bpf] {
+            for e in [RouteCaptures.cgroup2FilterDel, RouteCaptures.classidFilterDel] {
+                try pinnedAndAcked(
+                    FilterSocket.deleteFilter(ifindex: 3, device: "d0", FilterSpec(parent: d0Tree, kind: kind)), e)
+            }
+        }
+    }
+
+    @Test func aFilterDeleteIsRefusedWhenTheFilterIsGone() throws {
+        let delete = FilterSocket.deleteFilter(ifindex: 3, device: "d0", FilterSpec(parent: d0Tree, kind: .cgroup2))
+        #expect(delete.operation == "tc filter del dev d0 parent 2b71: protocol all prio 16606 handle 1 bpf")
+        // Chain 0 went with its last filter: the kernel says so before it looks for the priority.
+        try pinnedAndRefused(
+            delete, RouteCaptures.filterDelRefused, errno: ENOENT, text: "Cannot find specified filter chain",
+            object: "dev d0 parent 2b71: protocol all prio 16606")
+    }
+
+    @Test func filterDumpsTellTheTwoProgramsApart() throws {
+        // Each with its chain head (handle 0, skipped); the ids are the capture's TCA_BPF_ID.
+        for (e, name, id) in [
+            (RouteCaptures.filterDumpCgroup2, FilterSpec.cgroup2ProgramName, UInt32(0x1D25)),
+            (RouteCaptures.filterDumpClassid, FilterSpec.bpfProgramName, 0x1D26),
+        ] {
+            let filters = try replayed(e) {
+                try FilterSocket(session: $0.session, namespace: "test").filters(
+                    ifindex: 3, device: "d0", parent: d0Tree)
+            }
+            #expect(
+                filters == [
+                    ObservedFilter(
+                        parent: d0Tree, kind: "bpf", priority: 16606, handle: 1, bpfName: name, bpfProgramID: id)
+                ])
         }
     }
 
