@@ -210,9 +210,14 @@ extension ApplyIntegrationTests {
             "\(netshapeBinary) status \(policy) --watch --interval 0.5; echo EXIT=$?; stty -a | tr ' ' '\\n' | grep -x -- '-\\?icanon'; echo TTY-CHECKED; sleep 30"
         try t.start(script)
         var screen = ""
-        try waitFor(seconds: 15, "a rate in the watch view") {
-            screen = (try? t("capture-pane", "-p")) ?? ""
-            return screen.contains("capped") && screen.contains("mbit [█")
+        do {
+            try waitFor(seconds: 15, "a rate in the watch view") {
+                screen = (try? t("capture-pane", "-p")) ?? ""
+                return screen.contains("capped") && screen.contains("mbit [█")
+            }
+        } catch {
+            print("the last screen captured:\n\(screen)")
+            throw error
         }
         print(screen)
         #expect(screen.contains("netshape status --watch"))
