@@ -128,10 +128,14 @@ extension ApplyIntegrationTests {
                 cg.enter("worker", [ip, "netns", "exec", s.client] + s.iperfClient(port: 5401, seconds: 4)).dropFirst())
             client.standardOutput = out
             try client.run()
-            // Its net_cls membership stays the root: nothing moved it.
-            usleep(300_000)
-            let cgroupFile =
-                (try? String(contentsOfFile: "/proc/\(client.processIdentifier)/cgroup", encoding: .utf8)) ?? ""
+            // Its net_cls membership stays the root: nothing moved it. Read once the shell has entered
+            // the cgroup (by deadline: a loaded machine delays the shell's `echo`).
+            var cgroupFile = ""
+            try? waitFor(seconds: 10, "the client in \(cg.name)/worker") {
+                cgroupFile =
+                    (try? String(contentsOfFile: "/proc/\(client.processIdentifier)/cgroup", encoding: .utf8)) ?? ""
+                return cgroupFile.contains("0::/\(cg.name)/worker")
+            }
             let netCls = cgroupFile.split(separator: "\n").first { $0.contains("net_cls") }
             #expect(netCls.map { $0.hasSuffix(":/") } ?? true, "net_cls membership: \(String(describing: netCls))")
             #expect(cgroupFile.contains("0::/\(cg.name)/worker"), "\(cgroupFile)")

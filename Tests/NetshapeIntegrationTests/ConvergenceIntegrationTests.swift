@@ -265,7 +265,7 @@ extension ApplyIntegrationTests {
             try? FileManager.default.removeItem(atPath: "\(dir)/slow/nested")
             try? FileManager.default.removeItem(atPath: "\(dir)/mine")
         }
-        let sleeper = try background(in: s.client, ["/bin/sleep", "60"], settle: 50_000)
+        let sleeper = try background(in: s.client, ["/bin/sleep", "60"])
         defer { sleeper.stopNow() }
         // `ip netns exec` execs the command: the process is the sleep itself.
         let pid = "\(sleeper.processIdentifier)"

@@ -146,7 +146,7 @@ extension ApplyIntegrationTests {
         }
         let sleeper = s.dir.appendingPathComponent("nsdsleep").path
         try FileManager.default.copyItem(atPath: "/bin/sleep", toPath: sleeper)
-        let p = try background(in: s.client, [sleeper, "30"], settle: 0)
+        let p = try background(in: s.client, [sleeper, "30"])
         defer { p.stopNow() }
         let procs = "/sys/fs/cgroup/net_cls/netshape/\(s.client)/capped/cgroup.procs"
         try waitFor(seconds: 5, "the new process to be classified while the slow client is connected") {
@@ -199,8 +199,7 @@ extension ApplyIntegrationTests {
         // machine started the watch after the flow had ended, and no rate ever showed.
         let traffic = try background(
             in: s.client,
-            [netshapeBinary, "run", policy, "capped", "--", bin, "-c", s.serverIP, "-p", "5371", "-t", "120"],
-            settle: 0)
+            [netshapeBinary, "run", policy, "capped", "--", bin, "-c", s.serverIP, "-p", "5371", "-t", "120"])
         defer { traffic.stopNow() }
         let t = Tmux()
         defer { t.kill() }
@@ -210,9 +209,14 @@ extension ApplyIntegrationTests {
             "\(netshapeBinary) status \(policy) --watch --interval 0.5; echo EXIT=$?; stty -a | tr ' ' '\\n' | grep -x -- '-\\?icanon'; echo TTY-CHECKED; sleep 30"
         try t.start(script)
         var screen = ""
-        try waitFor(seconds: 15, "a rate in the watch view") {
-            screen = (try? t("capture-pane", "-p")) ?? ""
-            return screen.contains("capped") && screen.contains("mbit [█")
+        do {
+            try waitFor(seconds: 15, "a rate in the watch view") {
+                screen = (try? t("capture-pane", "-p")) ?? ""
+                return screen.contains("capped") && screen.contains("mbit [█")
+            }
+        } catch {
+            print("the last screen captured:\n\(screen)")
+            throw error
         }
         print(screen)
         #expect(screen.contains("netshape status --watch"))

@@ -112,7 +112,7 @@ extension ApplyIntegrationTests {
         let serve = { (ports: ClosedRange<Int>) throws in
             for port in ports {
                 servers.append(
-                    try background(in: srv, [iperf3, "-s", "-1", "-B", srvIP, "-p", String(port)], settle: 0))
+                    try background(in: srv, [iperf3, "-s", "-1", "-B", srvIP, "-p", String(port)]))
             }
             for port in ports { try waitUntilListening(on: srvIP, port: port, in: srv) }
         }

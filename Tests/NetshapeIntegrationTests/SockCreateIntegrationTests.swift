@@ -131,7 +131,7 @@ extension ApplyIntegrationTests {
             // A running process named like the rule (a sleep under iperf3's name).
             let named = s.dir.appendingPathComponent("iperf3").path
             try FileManager.default.copyItem(atPath: "/bin/sleep", toPath: named)
-            let sleeper = try background(in: s.client, [named, "30"], settle: 0)
+            let sleeper = try background(in: s.client, [named, "30"])
             defer { sleeper.stopNow() }
             try waitFor(seconds: 5, "the sleeper to exec") {
                 (try? String(contentsOfFile: "/proc/\(sleeper.processIdentifier)/comm", encoding: .utf8))

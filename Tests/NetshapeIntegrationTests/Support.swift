@@ -210,7 +210,7 @@ final class Scratch {
 
     /// Starts a one-shot iperf3 server on `port` in the server namespace.
     func iperfServer(port: Int) throws {
-        servers.append(try background(in: server, [iperf3, "-s", "-1", "-B", serverIP, "-p", String(port)], settle: 0))
+        servers.append(try background(in: server, [iperf3, "-s", "-1", "-B", serverIP, "-p", String(port)]))
         try waitUntilListening(on: serverIP, port: port, in: server)
     }
 
@@ -273,15 +273,29 @@ extension Process {
 }
 
 /// Starts `args` in the background inside network namespace `ns` (output discarded); the caller
-/// stops it (`stopNow`).
-func background(in ns: String, _ args: [String], settle: useconds_t = 200_000) throws -> Process {
+/// stops it (`stopNow`). Returns once the process is in `ns`: `ip netns exec` enters it and then
+/// execs `args` in place (same pid), and a caller that names the process by pid (a `pid:` target,
+/// `classify`) needs that done. By deadline, not a fixed pause (a loaded machine delays the setns).
+func background(in ns: String, _ args: [String]) throws -> Process {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: ip)
     p.arguments = ["netns", "exec", ns] + args
     p.standardOutput = FileHandle.nullDevice
     p.standardError = FileHandle.nullDevice
     try p.run()
-    usleep(settle)
+    func inode(_ path: String) -> UInt64? {
+        var st = stat()
+        return stat(path, &st) == 0 ? UInt64(st.st_ino) : nil
+    }
+    let want = inode("/run/netns/\(ns)")
+    do {
+        try waitFor(seconds: 15, "process \(p.processIdentifier) to enter namespace \(ns)") {
+            !p.isRunning || inode("/proc/\(p.processIdentifier)/ns/net") == want
+        }
+    } catch {
+        p.stopNow()
+        throw error
+    }
     return p
 }
 
