@@ -45,8 +45,7 @@ struct ClassTarget: ParsableArguments {
                 else { return }
                 printError(
                     "note: cannot read the socket-creation rules here (\(e.reason)), so whether they take "
-                        + "\(processes.map(\.what).joined(separator: ", ")) into another class is not checked "
-                        + "(netshape run enters the namespace itself: no ip netns exec needed)",
+                        + "\(processes.map(\.what).joined(separator: ", ")) into another class is not checked",
                     prefixed: false)
                 return
             }

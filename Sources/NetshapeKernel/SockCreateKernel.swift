@@ -22,7 +22,11 @@ enum SockCreateHook {
             guard let path = Cgroup2Mount.find() else {
                 throw KernelError(
                     .notFound, "find the cgroup2 mount", errno: ENOENT,
-                    reason: "cgroup2 is not mounted (/proc/self/mountinfo has no cgroup2 root)")
+                    // The probe found it, so where it is missing now is almost always a mount
+                    // namespace of its own: ip netns exec's.
+                    reason: "cgroup2 is not mounted in this mount namespace (/proc/self/mountinfo has no cgroup2 "
+                        + "root; `ip netns exec` mounts a fresh /sys that hides it: netshape enters network "
+                        + "namespaces itself, run it without ip netns exec)")
             }
             self.path = path
             fd = try sys("open(\(path), O_DIRECTORY)") { open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }

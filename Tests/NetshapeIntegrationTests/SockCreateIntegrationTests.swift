@@ -127,6 +127,10 @@ extension ApplyIntegrationTests {
                 ip, "netns", "exec", s.client, netshapeBinary, "run", policy, "other", "--", iperf3, "-v",
             ])
             #expect(unchecked.status == 0 && unchecked.err.contains("not checked"), "\(unchecked.err)")
+            // apply must read the hook to keep it in step: it refuses there, says why, changes nothing.
+            let edited = try s.policy(name: "edited", Self.body.replacingOccurrences(of: "50mbit", with: "40mbit"))
+            let hidden = try run([ip, "netns", "exec", s.client, netshapeBinary, "apply", edited])
+            #expect(hidden.status == 1 && hidden.err.contains("without ip netns exec"), "\(hidden.err)")
 
             // A running process named like the rule (a sleep under iperf3's name).
             let named = s.dir.appendingPathComponent("iperf3").path
