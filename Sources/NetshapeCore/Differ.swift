@@ -28,9 +28,12 @@ public struct DiffOptions: Sendable {
     public var force: Bool
     /// Include process moves (the daemon and `apply` do; `plan` shows them too).
     public var memberships: Bool
-    public init(force: Bool = false, memberships: Bool = true) {
+    /// Entries this apply drops from the policy (their sock_create rules are planned with the rest).
+    public var retiring: Set<String>
+    public init(force: Bool = false, memberships: Bool = true, retiring: Set<String> = []) {
         self.force = force
         self.memberships = memberships
+        self.retiring = retiring
     }
 }
 
@@ -157,7 +160,8 @@ public enum Differ {
                 removals: &removals, notes: &notes)
         }
         // 7. The sock_create map: rules after the classes they name exist, and gone before them.
-        let sock = diffSockCreate(desired, observed, matcher: matcher, notes: &notes)
+        let sock = diffSockCreate(
+            desired, observed, matcher: matcher, retiring: options.retiring, notes: &notes)
         return ops + sock.ops + sock.removals + removals
     }
 

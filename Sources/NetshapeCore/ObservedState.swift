@@ -274,8 +274,15 @@ public struct ObservedState: Sendable, Equatable {
             }
             // Classes classified by cgroup v2 path have no cgroup: their classid is in the map.
             let entries = namespaces[ns.name]?.cgroup2Map?.entries ?? [:]
-            for c in ns.classes where minors[c.name] == nil && c.match.isCgroupPathsOnly {
-                let ids = c.match.cgroup.compactMap { cgroup2[Cgroup2Rule.normalize($0)]?.id }
+            // A path an earlier path class covers is that class's (the planner drops it from the
+            // later one): the map's classid for it, stale or not, is never the later class's.
+            var claimed: [String] = []
+            for c in ns.classes where c.match.isCgroupPathsOnly {
+                let paths = c.match.cgroup.map(Cgroup2Rule.normalize)
+                let own = paths.filter { p in !claimed.contains { cgroupPrefix($0, matches: p) } }
+                claimed += paths
+                guard minors[c.name] == nil else { continue }
+                let ids = own.compactMap { cgroup2[$0]?.id }
                 // A stale entry (the path's class changed) may hold a minor another class keeps.
                 guard let id = ids.first(where: { entries[$0] != nil }), let cid = entries[id],
                     !minors.values.contains(cid.minor)

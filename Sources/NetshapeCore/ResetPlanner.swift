@@ -23,11 +23,14 @@ extension Differ {
     ///
     /// `adopt` names, per namespace, the handle of a tree netshape would build there: a root HTB with
     /// that handle and netshape's classifier filter is removed even when its record was lost.
+    ///
+    /// `sockCreate` false leaves the sock_create map to the caller: `apply` retiring entries plans
+    /// their rules together with the ones the policy keeps (`DiffOptions.retiring`).
     public static func resetPlan(
-        namespaces: [String], _ observed: ObservedState, adopt: [String: TCHandle] = [:]
+        namespaces: [String], _ observed: ObservedState, adopt: [String: TCHandle] = [:], sockCreate: Bool = true
     ) -> ResetPlan {
         // Rules first: a socket created meanwhile must not get a classid whose class is going.
-        var plan = ResetPlan(operations: resetSockCreate(namespaces: namespaces, observed))
+        var plan = ResetPlan(operations: sockCreate ? resetSockCreate(namespaces: namespaces, observed) : [])
         var bridges: [(String, String)] = []
         for name in namespaces {
             let dir = CgroupPaths.namespace(name)

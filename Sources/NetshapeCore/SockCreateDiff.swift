@@ -7,8 +7,13 @@ extension Differ {
     /// want the socket's one priority, so neither uses the path (a note says so) and both stay with
     /// the daemon. Every map key under an entry's own cookie is netshape's: a rule left by a lost
     /// record is replaced or removed like a recorded one.
+    ///
+    /// `retiring`: entries this apply drops from the policy. Their rules are removed here, with the
+    /// same view of the map as the rules the policy keeps: a separate reset of them would not know
+    /// that another entry just put rules in, and would detach the program under them.
     static func diffSockCreate(
-        _ desired: DesiredState, _ observed: ObservedState, matcher: ProcessMatcher, notes: inout [String]
+        _ desired: DesiredState, _ observed: ObservedState, matcher: ProcessMatcher, retiring: Set<String> = [],
+        notes: inout [String]
     ) -> (ops: [Operation], removals: [Operation]) {
         guard let map = observed.sockCreate else { return ([], []) }
         let record = observed.ownership
@@ -17,7 +22,7 @@ extension Differ {
             guard let c = observed.namespaces[ns.name]?.netnsCookie, c != 0 else { continue }
             owners[c, default: []].append(ns.name)
         }
-        let mine = Set(desired.namespaces.map(\.name))
+        let mine = Set(desired.namespaces.map(\.name)).union(retiring)
         let elsewhere = Dictionary(
             record.namespaces.filter { !mine.contains($0.key) }.compactMap { e in e.value.sockCookie.map { ($0, e.key) }
             },
@@ -26,6 +31,12 @@ extension Differ {
         var removals: [Operation] = []
         var wanted = false
         var first: String?
+        var kept = Set<SockKey>()
+        var handled = Set<UInt64>()
+        // The map is the host's: rules under cookies these entries do not own (another record's,
+        // a replaced or dropped namespace's, still there while the new rules go in) take room too.
+        let own = Set(owners.filter { $0.value.count == 1 && elsewhere[$0.key] == nil }.keys)
+        var room = SockCreate.maxEntries - map.entries.keys.filter { !own.contains($0.cookie) }.count
         for ns in desired.namespaces {
             guard let seen = observed.namespaces[ns.name], seen.problem == nil else { continue }
             let cookie = seen.netnsCookie
@@ -41,11 +52,16 @@ extension Differ {
                             + "namespace \(other) already: this entry's classes are classified by the daemon only")
                 } else {
                     table = SockCreate.compile(ns.classes, users: matcher.users, groups: matcher.groups)
-                    if table.count > SockCreate.maxEntries {
+                    if table.count > max(room, 0) {
+                        let others = SockCreate.maxEntries - room
                         notes.append(
                             "namespace \(ns.name): its rules make \(table.count) socket-creation entries, more than "
-                                + "the map holds (\(SockCreate.maxEntries)): classified by the daemon only")
+                                + "the map holds (\(SockCreate.maxEntries)"
+                                + (others > 0 ? ", \(others) of them taken by other namespaces' rules" : "")
+                                + "): classified by the daemon only")
                         table = [:]
+                    } else {
+                        room -= table.count
                     }
                 }
             }
@@ -57,6 +73,8 @@ extension Differ {
             }
             let exclusive = cookie != 0 && (owners[cookie]?.count ?? 0) == 1 && elsewhere[cookie] == nil
             if exclusive {
+                handled.insert(cookie)
+                for rule in table.keys { kept.insert(SockKey(cookie: cookie, rule: rule)) }
                 for (rule, v) in table.sorted(by: { $0.key < $1.key }) {
                     let k = SockKey(cookie: cookie, rule: rule)
                     if map.entries[k] != v { ops.append(op(.putSockRule(k, v, old: map.entries[k]))) }
@@ -71,18 +89,26 @@ extension Differ {
                 first = first ?? ns.name
             }
         }
+        // A dropped entry's rules go with it (after the kept entries converged: tagged with its name,
+        // they run in apply's retiring step), unless a kept entry's table holds the same key.
+        var lastRetired: String?
+        for name in retiring.sorted() {
+            guard let cookie = record.namespaces[name]?.sockCookie, !handled.contains(cookie) else { continue }
+            let queued = Set(removals.compactMap(\.deletedSockKey))
+            for (k, v) in map.entries.sorted(by: { $0.key < $1.key })
+            where k.cookie == cookie && !kept.contains(k) && !queued.contains(k) {
+                removals.append(Operation(namespace: name, action: .deleteSockRule(k, old: v)))
+                lastRetired = name
+            }
+        }
         if wanted, !map.attached, let name = first {
             ops.insert(Operation(namespace: name, action: .attachSockCreate), at: 0)
         }
         // Detached only when the map is left empty: the program serves the whole host, and rules of
         // another state directory's record (tests, a second netshape) must not lose it.
-        let deleted = Set(
-            removals.compactMap { op -> SockKey? in
-                if case .deleteSockRule(let k, _) = op.action { return k }
-                return nil
-            })
+        let deleted = Set(removals.compactMap(\.deletedSockKey))
         if !wanted, map.attached, record.sockCreate == true, elsewhere.isEmpty,
-            map.entries.keys.allSatisfy(deleted.contains), let name = desired.namespaces.first?.name
+            map.entries.keys.allSatisfy(deleted.contains), let name = lastRetired ?? desired.namespaces.first?.name
         {
             removals.append(Operation(namespace: name, action: .detachSockCreate))
         }
@@ -101,7 +127,11 @@ extension Differ {
                 ops.append(Operation(namespace: name, action: .deleteSockRule(k, old: v)))
             }
         }
-        if map.attached, record.sockCreate == true, !record.sockCreateUsed(except: Set(namespaces)),
+        // Only when the map is left empty: rules of another state directory's record (a test's, a
+        // second netshape's) are in the same map, and detaching takes the map with the program.
+        let deleted = Set(ops.compactMap(\.deletedSockKey))
+        if map.attached, record.sockCreate == true || !deleted.isEmpty,
+            !record.sockCreateUsed(except: Set(namespaces)), map.entries.keys.allSatisfy(deleted.contains),
             let name = namespaces.first
         {
             ops.append(Operation(namespace: name, action: .detachSockCreate))
@@ -140,5 +170,13 @@ extension Differ {
         var table: [SockRule: SockVerdict] = [:]
         for (k, v) in map.entries where k.cookie == cookie { table[k.rule] = v }
         return table
+    }
+}
+
+extension Operation {
+    /// The sock_create map key this operation deletes, if it is a rule deletion.
+    var deletedSockKey: SockKey? {
+        if case .deleteSockRule(let k, _) = action { return k }
+        return nil
     }
 }

@@ -133,10 +133,11 @@ public final class Engine {
         if !provisioning.isEmpty { observed = Self.assumingProvisioned(observed, desired, provisioning) }
         let ops = try Differ.diff(
             desired, observed, matcher: Self.matcher(policy, observed),
-            options: DiffOptions(force: options.force, memberships: options.memberships), notes: &desired.notes)
+            options: DiffOptions(force: options.force, memberships: options.memberships, retiring: Set(retired)),
+            notes: &desired.notes)
         var seenNotes = Set<String>()
         desired.notes = desired.notes.filter { seenNotes.insert($0).inserted }  // u32 dumps a filter twice
-        let retirement = Differ.resetPlan(namespaces: retired, observed)
+        let retirement = Differ.resetPlan(namespaces: retired, observed, sockCreate: false)
         desired.notes += retirement.foreign.map { "left \($0)" } + retirement.blocked.map { "left \($0)" }
         desired.notes += retired.map {
             "namespace \($0) is no longer in the policy: removing what netshape made for it"

@@ -103,6 +103,8 @@ extension Engine {
             }
             record.namespaces[n] = e.isEmpty ? nil : e
         }
+        // A reset interrupted after its detach left the flag: nothing of this record is attached.
+        if observed.sockCreate?.attached == false { record.sockCreate = nil }
         if record != observed.ownership { try kernel.saveOwnership(record) }
         if !failures.isEmpty || !plan.blocked.isEmpty {
             throw ResetError(report: report, blocked: plan.blocked, failures: failures)

@@ -84,6 +84,98 @@ import Testing
         #expect(sockOps(plan.operations).isEmpty)
     }
 
+    /// `web` without rules beside `db` with a comm rule, or `web` with its rules alone (`db` dropped).
+    static let twoEntries = """
+        version = 1
+        [[namespace]]
+        name = "web"
+        device = "eth0"
+        egress = "100mbit"
+        [[namespace.class]]
+        name = "other"
+        rate = "10mbit"
+        [[namespace]]
+        name = "db"
+        device = "eth0"
+        egress = "100mbit"
+        default = "rest"
+        [[namespace.class]]
+        name = "replication"
+        rate = "10mbit"
+        match.comm = ["postgres"]
+        [[namespace.class]]
+        name = "rest"
+        rate = "10mbit"
+        """
+
+    func twoNamespaces() -> FakeKernel {
+        let k = machine(Self.caps)
+        k.addNamespace("db", processes: [ProcessInfo(pid: 200, comm: "postgres", exe: "/usr/bin/postgres")])
+        return k
+    }
+
+    @Test func anEntryDroppedWhileAnotherGainsRulesLeavesTheProgramServingThem() throws {
+        let k = twoNamespaces()
+        let engine = Engine(kernel: k)
+        _ = try engine.apply(try load(Self.twoEntries), policyPath: Self.path)
+        #expect(k.sockCreateAttached && k.sockCreateMap.count == 1)
+        // One edit: db's entry goes (its rule with it) and web's rules come (the sample policy).
+        let r = try engine.apply(try load(webPolicy), policyPath: Self.path)
+        #expect(r.remaining.isEmpty, "converged: \(r.remaining.map(\.command))")
+        #expect(k.sockCreateAttached, "the program serves web's new rules: \(sockOps(r.performed))")
+        let frontend = try #require(r.state?.desired.namespace("web")?.classes.first { $0.name == "frontend" })
+        #expect(k.sockCreateVerdict(namespace: "web", comm: "nginx") == frontend.spec.classid)
+        #expect(k.sockCreateVerdict(namespace: "db", comm: "postgres") == nil, "db's rule went with its entry")
+        #expect(try engine.plan(try load(webPolicy), policyPath: Self.path).operations.isEmpty)
+        #expect(k.ownership.namespaces["db"] == nil)
+    }
+
+    @Test func aResetLeavesTheProgramToTheRulesOfAnotherRecord() throws {
+        // Two state directories (a test's and the host's) share the one program on the cgroup2 root.
+        let k = twoNamespaces()
+        _ = try Engine(kernel: k).apply(try load(webPolicy), policyPath: Self.path)
+        let first = k.ownership
+        #expect(first.sockCreate == true)
+        k.ownership = OwnershipRecord()
+        let db = Self.twoEntries.replacingOccurrences(of: "name = \"web\"", with: "name = \"spare\"")
+        k.addNamespace("spare")
+        _ = try Engine(kernel: k).apply(try load(db), policyPath: "/etc/netshape/db.toml")
+        let second = k.ownership
+        let replication = try #require(k.sockCreateVerdict(namespace: "db", comm: "postgres"))
+        k.ownership = first
+        let reset = try Engine(kernel: k).reset(policyPath: Self.path, policy: nil)
+        #expect(!reset.performed.contains { $0.action == .detachSockCreate }, "\(sockOps(reset.performed))")
+        #expect(k.sockCreateAttached && k.sockCreateVerdict(namespace: "db", comm: "postgres") == replication)
+        #expect(k.sockCreateVerdict(namespace: "web", comm: "nginx") == nil)
+        // The last rules to go take the program with them, whichever record attached it.
+        k.ownership = second
+        _ = try Engine(kernel: k).reset(policyPath: "/etc/netshape/db.toml", policy: nil)
+        #expect(!k.sockCreateAttached && k.sockCreateMap.isEmpty)
+    }
+
+    @Test func rulesThatDoNotFitBesideOtherNamespacesGoToTheDaemonInsteadOfFailingApply() throws {
+        // Each namespace's table fits the map alone (130 × 70 = 9100 entries); both do not.
+        let comms = (0..<130).map { "\"c\($0)\"" }.joined(separator: ", ")
+        let uids = (0..<70).map { String(1000 + $0) }.joined(separator: ", ")
+        let big = Self.twoEntries.replacingOccurrences(
+            of: "match.comm = [\"postgres\"]", with: "match.comm = [\(comms)]\nmatch.user = [\(uids)]")
+        let both =
+            big
+            + big.replacingOccurrences(of: "version = 1", with: "")
+            .replacingOccurrences(of: "name = \"web\"", with: "name = \"spare\"")
+            .replacingOccurrences(of: "name = \"db\"", with: "name = \"db2\"")
+        let k = twoNamespaces()
+        k.addNamespace("spare")
+        k.addNamespace("db2")
+        let r = try Engine(kernel: k).apply(try load(both), policyPath: Self.path)
+        #expect(r.remaining.isEmpty)
+        #expect(k.sockCreateMap.count == 9100, "db's table in the map, db2's left to the daemon")
+        #expect(r.notes.contains { $0.contains("namespace db2") && $0.contains("taken by other namespaces") })
+        #expect(k.sockCreateVerdict(namespace: "db", comm: "c7", uid: 1003) != nil)
+        #expect(k.sockCreateVerdict(namespace: "db2", comm: "c7", uid: 1003) == nil)
+        #expect(try Engine(kernel: k).plan(try load(both), policyPath: Self.path).operations.isEmpty)
+    }
+
     @Test func badSettingIsAPolicyError() {
         #expect(throws: (any Error).self) {
             try load(
