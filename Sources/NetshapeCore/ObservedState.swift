@@ -276,11 +276,11 @@ public struct ObservedState: Sendable, Equatable {
             let entries = namespaces[ns.name]?.cgroup2Map?.entries ?? [:]
             // A path an earlier path class covers is that class's (the planner drops it from the
             // later one): the map's classid for it, stale or not, is never the later class's.
-            var claimed: [String] = []
+            var claimed = Cgroup2Cover()
             for c in ns.classes where c.match.isCgroupPathsOnly {
                 let paths = c.match.cgroup.map(Cgroup2Rule.normalize)
-                let own = paths.filter { p in !claimed.contains { cgroupPrefix($0, matches: p) } }
-                claimed += paths
+                let own = paths.filter { claimed.covering($0) == nil }
+                for p in paths { claimed.insert(p, at: 0) }
                 guard minors[c.name] == nil else { continue }
                 let ids = own.compactMap { cgroup2[$0]?.id }
                 // A stale entry (the path's class changed) may hold a minor another class keeps.

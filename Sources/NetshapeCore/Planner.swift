@@ -146,6 +146,16 @@ public enum Planner {
                     name: c.name, spec: spec, leaf: LeafQdiscSpec(parent: id, queue: queue),
                     match: c.match, isDefault: c.name == ns.defaultClass, classification: path))
         }
+        if byPath, case let count = Cgroup2Rule.layout(planned).rules.count, count > Cgroup2Rule.maxEntries {
+            // One map per namespace: past its room the apply would fail half-way, and the daemon on
+            // every directory that appears after. net_cls has no such bound.
+            notes.append(
+                "namespace \(ns.name): its classes name \(count) cgroup v2 paths, more than the classifier's "
+                    + "map holds (\(Cgroup2Rule.maxEntries)): they are classified through net_cls (their "
+                    + "processes are moved)")
+            for i in planned.indices where planned[i].classification == .cgroup2 { planned[i].classification = .netCls }
+            byPath = false
+        }
         if byPath, !planned.contains(where: { $0.classification == .netCls && !($0.isDefault && $0.match.isEmpty) }),
             let d = planned.firstIndex(where: { $0.isDefault && $0.match.isEmpty })
         {

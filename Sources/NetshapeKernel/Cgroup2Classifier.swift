@@ -23,7 +23,7 @@ import NetshapeCore
 /// Nothing is pinned: the filter holds the program and the program the map, so deleting the filter
 /// (or the tree) frees both, and a later run reopens the map through the filter's program id.
 enum Cgroup2Classifier {
-    static let maxEntries = 4096
+    static let maxEntries = Cgroup2Rule.maxEntries
 
     /// The program's instructions for the map at `mapFD`.
     static func instructions(mapFD: Int32, maxLevel: Int = Planner.cgroup2MaxLevel) -> [BPF.Instruction] {

@@ -1,3 +1,4 @@
+import NetshapeTestSupport
 import Testing
 
 @testable import NetshapeCore
@@ -79,5 +80,53 @@ import Testing
             return
         }
         #expect(back.classid == TCHandle(major: 0x10, minor: 0x30) && old == e.classid)
+    }
+    /// A namespace's path classes share one map of `Cgroup2Rule.maxEntries`: past it they go through
+    /// net_cls with a note, at plan time (apply failed half-way at the 4097th entry), and planning
+    /// that many paths takes milliseconds (it took 18 s when each path was compared with each).
+    @Test func pathsPastTheMapsRoomGoThroughNetClsAndSaySo() throws {
+        func many(_ n: Int) -> [ClassPolicy] {
+            let paths = (0..<n).map { "system.slice/u\($0).service" }
+            return [
+                ClassPolicy(name: "units", rate: .mbit(10), match: MatchRules(cgroup: Array(paths.prefix(n / 2)))),
+                ClassPolicy(name: "more", rate: .mbit(10), match: MatchRules(cgroup: Array(paths.dropFirst(n / 2)))),
+                ClassPolicy(name: "rest", rate: .mbit(5)),
+            ]
+        }
+        let clock = ContinuousClock()
+        var fits: DesiredState?
+        let took = try clock.measure {
+            fits = try Planner.plan(policy(many(Cgroup2Rule.maxEntries), default: "rest"), capabilities: .stock)
+        }
+        print("planned \(Cgroup2Rule.maxEntries) cgroup v2 paths in \(took)")
+        let ns = try #require(fits?.namespace("web"))
+        #expect(ns.classes.map(\.classification) == [.cgroup2, .cgroup2, .unmatched])
+        #expect(ns.cgroup2Rules.count == Cgroup2Rule.maxEntries)
+        let over = try Planner.plan(policy(many(Cgroup2Rule.maxEntries + 1), default: "rest"), capabilities: .stock)
+        #expect(over.namespace("web")?.classes.map(\.classification) == [.netCls, .netCls, .netCls])
+        #expect(over.namespace("web")?.filter.kind != .cgroup2)
+        #expect(
+            over.notes.contains { $0.contains("4097 cgroup v2 paths, more than the classifier's map holds (4096)") })
+    }
+
+    /// The cover answers what comparing with every earlier path answered (`cgroupPrefix`), on
+    /// random trees of paths with repeats, the root, and siblings sharing a name's prefix.
+    @Test func theCoverAgreesWithComparingEveryPath() {
+        let parts = ["a", "b", "ab", "a.slice", "x"]
+        for seed in UInt64(1)...200 {
+            var rng = SeededRandom(seed: seed)
+            let paths = (0..<Int.random(in: 1...30, using: &rng)).map { _ in
+                (0..<Int.random(in: 0...4, using: &rng)).map { _ in parts.randomElement(using: &rng)! }
+                    .joined(separator: "/")
+            }
+            var cover = Cgroup2Cover()
+            var earlier: [String] = []
+            for p in paths {
+                let want = earlier.firstIndex { cgroupPrefix($0, matches: p) }
+                #expect(cover.covering(p) == want, "seed \(seed): \(p) after \(earlier)")
+                cover.insert(p, at: earlier.count)
+                earlier.append(p)
+            }
+        }
     }
 }
