@@ -34,6 +34,14 @@ enum SockCreateHook {
         deinit { close(fd) }
     }
 
+    /// Runs `body` holding a flock on the cgroup2 root itself, the one object every netshape on the
+    /// host shares whatever its state directory, so attach and detach decide on what is there now.
+    static func exclusively(_ root: Root, _ body: () throws -> Void) throws {
+        try sys("flock(\(root.path), LOCK_EX)") { flock(root.fd, LOCK_EX) }
+        defer { _ = flock(root.fd, LOCK_UN) }
+        try body()
+    }
+
     /// The attached program and its map, if netshape's program is attached on `root`.
     static func find(_ root: Root) throws -> (program: BPF.Program, map: BPF.Map)? {
         for id in try BPF.query(target: root.fd, label: root.path, attachType).programIDs {
@@ -131,9 +139,17 @@ extension LinuxKernel {
         let root = try SockCreateHook.Root()
         switch op.action {
         case .attachSockCreate:
-            _ = try SockCreateHook.attach(root)
+            try SockCreateHook.exclusively(root) {
+                // Another netshape (another state directory) attached it since this one looked:
+                // its map serves these rules too, and a second program would classify twice.
+                if try SockCreateHook.find(root) == nil { _ = try SockCreateHook.attach(root) }
+            }
         case .detachSockCreate:
-            try SockCreateHook.detach(root)
+            try SockCreateHook.exclusively(root) {
+                // Rules put there since this run looked are another record's: they keep the program.
+                if let (_, map) = try SockCreateHook.find(root), !(try SockCreateHook.entries(map)).isEmpty { return }
+                try SockCreateHook.detach(root)
+            }
         case .putSockRule(let k, let v, _):
             guard let (_, map) = try SockCreateHook.find(root) else { throw notAttached(op, root) }
             try map.update(key: SockCreateProgram.keyBytes(k), value: SockCreateProgram.valueBytes(v))
@@ -162,6 +178,14 @@ public enum SockCreateInspection {
         let root = try SockCreateHook.Root()
         guard let (_, map) = try SockCreateHook.find(root) else { return ObservedSockCreate() }
         return ObservedSockCreate(attached: true, entries: try SockCreateHook.entries(map))
+    }
+
+    /// How many programs named like netshape's are attached on the cgroup2 root (one, or none).
+    public static func attachedPrograms() throws -> Int {
+        let root = try SockCreateHook.Root()
+        return try BPF.query(target: root.fd, label: root.path, SockCreateHook.attachType).programIDs.filter { id in
+            (try? BPF.Program.open(id: id).info().name) == SockCreate.programName
+        }.count
     }
 
     /// The netns cookie of the namespace `target` names.

@@ -149,6 +149,32 @@ extension ApplyIntegrationTests {
             #expect(try cli("classify", policy, "perf", pid).status == 0)
         }
 
+        /// Two netshapes with separate state directories (separate records and locks) share the one
+        /// hook: applied at the same moment they attach one program, and the last reset takes it away.
+        @Test func twoStateDirectoriesAtOnceAttachOneProgram() throws {
+            let a = try Scratch()
+            defer { a.close() }
+            let b = try Scratch()
+            defer { b.close() }
+            try #require(try SockCreateInspection.attachedPrograms() == 0, "the hook is free before the test")
+            let dirs = [a.dir.appendingPathComponent("state").path, b.dir.appendingPathComponent("state").path]
+            let policies = [try a.policy(Self.body), try b.policy(Self.body)]
+            let env = "/usr/bin/env"
+            for round in 1...4 {
+                let applied = try concurrently(
+                    (0..<2).map { [env, "NETSHAPE_STATE_DIR=\(dirs[$0])", netshapeBinary, "apply", policies[$0]] })
+                #expect(applied.allSatisfy { $0.status == 0 }, "round \(round): \(applied.map(\.err))")
+                #expect(try SockCreateInspection.attachedPrograms() == 1, "round \(round)")
+                #expect(
+                    try Self.rules(a).count == 1 && Self.rules(b).count == 1, "round \(round): both tables in the map")
+                #expect(try cli(env: ["NETSHAPE_STATE_DIR": dirs[0]], "reset", policies[0]).status == 0)
+                #expect(try SockCreateInspection.attachedPrograms() == 1, "b's rules keep the program")
+                #expect(try Self.rules(b).count == 1 && Self.rules(a).isEmpty)
+                #expect(try cli(env: ["NETSHAPE_STATE_DIR": dirs[1]], "reset", policies[1]).status == 0)
+                #expect(try SockCreateInspection.attachedPrograms() == 0, "round \(round): the last reset detaches")
+            }
+        }
+
         @Test func badInputAndAFailureHalfWayChangeNothing() throws {
             let s = try Scratch()
             defer { s.close() }
