@@ -22,18 +22,15 @@ struct ClassTarget: ParsableArguments {
         /// classid, so the placement would not be the class the operator asked for.
         func refuseWhereSockCreateTakes(_ processes: [(what: String, command: PathClassEntry.Command)]) throws {
             let s = session
-            guard
+            guard case .netCls(let hierarchy, let path) = placement, let applied = hierarchy.classid(path),
                 let desired = try Planner.plan(s.policy, capabilities: s.kernel.capabilities()).namespace(
                     namespace.name),
-                desired.sockCreate, let planned = desired.classes.first(where: { $0.name == cls.name })
+                desired.sockCreate
             else { return }
-            var request = ObservationRequest(policy: s.policy, processes: false)
-            request.namespaces = request.namespaces.filter { $0.name == namespace.name }
-            request.cgroups = false
             let observed: ObservedState
             do {
-                observed = try s.kernel.observe(request)
-            } catch let e as KernelError where e.code == .notFound {
+                observed = try observeNamespace(s, namespace.name)
+            } catch let e as KernelError where e.code == .notFound && Cgroup2Mount.find() == nil {
                 // `ip netns exec` mounts a fresh /sys, which hides the cgroup2 mount the program is
                 // attached under: the placement stays possible, the check does not. Said only where
                 // another class's rules could take one of them (by its name, or by ids alone).
@@ -49,8 +46,13 @@ struct ClassTarget: ParsableArguments {
                     prefixed: false)
                 return
             }
+            // Compared with the classid the class's cgroup holds, and named with the classids as
+            // applied: a fresh plan may number the classes otherwise.
+            let (ns, planned) = try appliedPlan(s, observed, namespace.name, cls.name)
+            var mine = planned
+            mine.spec.classid = applied
             for (what, command) in processes {
-                if let taken = command.takenFrom(planned, in: desired, observed: observed, by: what) { throw taken }
+                if let taken = command.takenFrom(mine, in: ns, observed: observed, by: what) { throw taken }
             }
         }
     }
@@ -110,12 +112,11 @@ func appliedCgroup(
         let planned = desired.classes.first(where: { $0.name == cls.name }), planned.classification != .netCls
     {
         if entering, planned.classification == .cgroup2 {
-            var request = ObservationRequest(policy: s.policy, processes: false)
-            request.namespaces = request.namespaces.filter { $0.name == ns.name }
-            request.cgroups = false
-            let observed = try s.kernel.observe(request)
+            let observed = try observeNamespace(s, ns.name)
+            // The map holds the classids as applied, which a fresh plan may number otherwise.
+            let (applied, class_) = try appliedPlan(s, observed, ns.name, cls.name)
             let (mount, path, id) = try PathClassEntry.directory(
-                planned, in: desired, observed: observed, policyPath: s.policy.source, command: command
+                class_, in: applied, observed: observed, policyPath: s.policy.source, command: command
             ).get()
             return .cgroup2(mount: mount, path: path, id: id)
         }
@@ -131,4 +132,26 @@ func appliedCgroup(
         )
     }
     return .netCls(h, path: path)
+}
+
+/// One namespace of the session's policy as the machine has it now: its classes' cgroups (for the
+/// classids they hold) but not their members, and no /proc scan.
+func observeNamespace(_ s: Session, _ name: String) throws -> ObservedState {
+    var request = ObservationRequest(policy: s.policy, processes: false)
+    request.namespaces = request.namespaces.filter { $0.name == name }
+    let classes = s.policy.namespace(name)?.classes.map { CgroupPaths.class($0.name, in: name) } ?? []
+    request.cgroupsWithoutMembers = Set(classes)
+    return try s.kernel.observe(request)
+}
+
+/// The namespace and class planned with the classids `observed` shows were applied.
+func appliedPlan(_ s: Session, _ observed: ObservedState, _ ns: String, _ cls: String) throws -> (
+    DesiredNamespace, PlannedClass
+) {
+    let plan = try Planner.plan(
+        s.policy, capabilities: s.kernel.capabilities(), previous: observed.previousAssignments(for: s.policy))
+    guard let d = plan.namespace(ns), let c = d.classes.first(where: { $0.name == cls }) else {
+        throw CLIError("class \(ns)/\(cls) is not in the plan of \(s.policy.source)")
+    }
+    return (d, c)
 }

@@ -31,10 +31,10 @@ extension Differ {
         var removals: [Operation] = []
         var wanted = false
         var first: String?
-        var kept = Set<SockKey>()
         var handled = Set<UInt64>()
         // The map is the host's: rules under cookies these entries do not own (another record's,
         // a replaced or dropped namespace's, still there while the new rules go in) take room too.
+        // An owned cookie's stale rules are deleted before its new ones go in, so they take none.
         let own = Set(owners.filter { $0.value.count == 1 && elsewhere[$0.key] == nil }.keys)
         var room = SockCreate.maxEntries - map.entries.keys.filter { !own.contains($0.cookie) }.count
         for ns in desired.namespaces {
@@ -66,7 +66,11 @@ extension Differ {
                 }
             }
             func op(_ a: Operation.Action) -> Operation { Operation(namespace: ns.name, action: a) }
-            if let old = record.namespaces[ns.name]?.sockCookie, old != cookie, elsewhere[old] == nil {
+            // A replaced namespace's rules, unless another entry owns that cookie now: its own
+            // step below removes what it does not want (deleting them here too failed with ENOENT).
+            if let old = record.namespaces[ns.name]?.sockCookie, old != cookie, elsewhere[old] == nil,
+                owners[old] == nil
+            {
                 for (k, v) in map.entries.sorted(by: { $0.key < $1.key }) where k.cookie == old {
                     removals.append(op(.deleteSockRule(k, old: v)))
                 }
@@ -74,14 +78,15 @@ extension Differ {
             let exclusive = cookie != 0 && (owners[cookie]?.count ?? 0) == 1 && elsewhere[cookie] == nil
             if exclusive {
                 handled.insert(cookie)
-                for rule in table.keys { kept.insert(SockKey(cookie: cookie, rule: rule)) }
+                // Stale rules first: with them still in, a table replaced by another of its size
+                // overflowed the map (old and new at once). Their classes still exist here.
+                for (k, v) in map.entries.sorted(by: { $0.key < $1.key })
+                where k.cookie == cookie && table[k.rule] == nil {
+                    ops.append(op(.deleteSockRule(k, old: v)))
+                }
                 for (rule, v) in table.sorted(by: { $0.key < $1.key }) {
                     let k = SockKey(cookie: cookie, rule: rule)
                     if map.entries[k] != v { ops.append(op(.putSockRule(k, v, old: map.entries[k]))) }
-                }
-                for (k, v) in map.entries.sorted(by: { $0.key < $1.key })
-                where k.cookie == cookie && table[k.rule] == nil {
-                    removals.append(op(.deleteSockRule(k, old: v)))
                 }
             }
             if !table.isEmpty {
@@ -90,13 +95,15 @@ extension Differ {
             }
         }
         // A dropped entry's rules go with it (after the kept entries converged: tagged with its name,
-        // they run in apply's retiring step), unless a kept entry's table holds the same key.
+        // they run in apply's retiring step), unless a kept entry owns its cookie now (it converged
+        // them above).
         var lastRetired: String?
+        var queued = Set((ops + removals).compactMap(\.deletedSockKey))
         for name in retiring.sorted() {
             guard let cookie = record.namespaces[name]?.sockCookie, !handled.contains(cookie) else { continue }
-            let queued = Set(removals.compactMap(\.deletedSockKey))
             for (k, v) in map.entries.sorted(by: { $0.key < $1.key })
-            where k.cookie == cookie && !kept.contains(k) && !queued.contains(k) {
+            where k.cookie == cookie && !queued.contains(k) {
+                queued.insert(k)
                 removals.append(Operation(namespace: name, action: .deleteSockRule(k, old: v)))
                 lastRetired = name
             }
@@ -106,7 +113,7 @@ extension Differ {
         }
         // Detached only when the map is left empty: the program serves the whole host, and rules of
         // another state directory's record (tests, a second netshape) must not lose it.
-        let deleted = Set(removals.compactMap(\.deletedSockKey))
+        let deleted = Set((ops + removals).compactMap(\.deletedSockKey))
         if !wanted, map.attached, record.sockCreate == true, elsewhere.isEmpty,
             map.entries.keys.allSatisfy(deleted.contains), let name = lastRetired ?? desired.namespaces.first?.name
         {

@@ -183,4 +183,89 @@ import Testing
                     of: "version = 1", with: "version = 1\n[settings]\nsock_create = \"yes\""))
         }
     }
+    /// An entry renamed on the same network namespace keeps its rules (nothing else tests that an
+    /// owned cookie's rules are converged once, by the entry that owns it now).
+    @Test func anEntryRenamedOnItsNamespaceKeepsItsRules() throws {
+        let k = machine(Self.caps)
+        let engine = Engine(kernel: k)
+        _ = try engine.apply(try load(webPolicy), policyPath: Self.path)
+        let n = k.sockCreateMap.count
+        let renamed = webPolicy.replacingOccurrences(of: "name = \"web\"", with: "name = \"web2\"")
+        k.addNamespace("web2")
+        let webCookie = try #require(k.namespaces["web"]?.cookie)
+        k.namespaces["web2"]?.cookie = webCookie
+        let r = try engine.apply(try load(renamed), policyPath: Self.path)
+        #expect(r.remaining.isEmpty)
+        #expect(k.sockCreateAttached && k.sockCreateMap.count == n, "\(r.performed.map(\.command))")
+        #expect(k.sockCreateVerdict(namespace: "web2", comm: "nginx") != nil)
+        #expect(try engine.plan(try load(renamed), policyPath: Self.path).operations.isEmpty)
+    }
+
+    static let bothWithRules = """
+        version = 1
+        [[namespace]]
+        name = "web"
+        device = "eth0"
+        egress = "100mbit"
+        default = "rest"
+        [[namespace.class]]
+        name = "front"
+        rate = "10mbit"
+        match.comm = ["nginx"]
+        [[namespace.class]]
+        name = "rest"
+        rate = "10mbit"
+        [[namespace]]
+        name = "db"
+        device = "eth0"
+        egress = "100mbit"
+        default = "rest"
+        [[namespace.class]]
+        name = "replication"
+        rate = "10mbit"
+        match.comm = ["postgres"]
+        [[namespace.class]]
+        name = "rest"
+        rate = "10mbit"
+        """
+    /// db now lives in the network namespace web had (web in a new one): the old cookie's rules are
+    /// converged once, by db, which owns it now (deleting them twice failed every apply with ENOENT).
+    @Test func anEntryMovingOntoTheNamespaceAnotherLeftTakesItsCookie() throws {
+        let k = machine(Self.caps)
+        k.addNamespace("db")
+        let engine = Engine(kernel: k)
+        _ = try engine.apply(try load(Self.bothWithRules), policyPath: Self.path)
+        #expect(k.sockCreateMap.count == 2)
+        let webCookie = try #require(k.namespaces["web"]?.cookie)
+        k.namespaces["db"]?.cookie = webCookie
+        k.namespaces["web"]?.cookie = 999
+        let r = try engine.apply(try load(Self.bothWithRules), policyPath: Self.path)
+        #expect(r.remaining.isEmpty, "\(r.performed.map(\.command))")
+        #expect(k.sockCreateVerdict(namespace: "db", comm: "postgres") != nil)
+        #expect(k.sockCreateVerdict(namespace: "web", comm: "nginx") != nil)
+        #expect(k.sockCreateMap.count == 2)
+        #expect(try engine.plan(try load(Self.bothWithRules), policyPath: Self.path).operations.isEmpty)
+    }
+
+    /// A table replaced by another of the same size fits: the stale rules go before the new ones
+    /// (with both in at once, 9100 + 9100 entries overflowed the 16 384 of the map).
+    @Test func aTableReplacedByAnotherOfItsSizeFitsTheMap() throws {
+        func big(_ prefix: String) -> String {
+            let comms = (0..<130).map { "\"\(prefix)\($0)\"" }.joined(separator: ", ")
+            let uids = (0..<70).map { String(1000 + $0) }.joined(separator: ", ")
+            return
+                "version = 1\n[[namespace]]\nname = \"web\"\ndevice = \"eth0\"\negress = \"100mbit\"\ndefault = \"rest\"\n"
+                + "[[namespace.class]]\nname = \"big\"\nrate = \"5mbit\"\nmatch.comm = [\(comms)]\nmatch.user = [\(uids)]\n"
+                + "[[namespace.class]]\nname = \"rest\"\nrate = \"5mbit\"\n"
+        }
+        let k = machine(Self.caps)
+        let engine = Engine(kernel: k)
+        _ = try engine.apply(try load(big("c")), policyPath: Self.path)
+        #expect(k.sockCreateMap.count == 9100)
+        let r = try engine.apply(try load(big("d")), policyPath: Self.path)
+        #expect(r.remaining.isEmpty && k.sockCreateMap.count == 9100)
+        #expect(
+            k.sockCreateVerdict(namespace: "web", comm: "d7", uid: 1007) != nil
+                && k.sockCreateVerdict(namespace: "web", comm: "c7", uid: 1007) == nil)
+    }
 }

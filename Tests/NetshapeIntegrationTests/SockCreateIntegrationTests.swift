@@ -149,6 +149,30 @@ extension ApplyIntegrationTests {
             #expect(try cli("classify", policy, "perf", pid).status == 0)
         }
 
+        /// c208 and c396 hash to one minor: c396 got the next one, and keeps it once c208 is gone,
+        /// where a fresh plan would number it c208's. `run` must compare with what was applied.
+        @Test func runCountsAClassByTheClassidItWasAppliedWith() throws {
+            let s = try Scratch()
+            defer { s.close() }
+            func body(_ names: [String]) -> String {
+                "egress = \"100mbit\"\ndefault = \"rest\"\n"
+                    + names.map { n in
+                        "[[namespace.class]]\nname = \"\(n)\"\nrate = \"5mbit\"\n"
+                            + (n == "c396" ? "match.comm = [\"iperf3\"]\n" : "")
+                    }.joined()
+            }
+            let policy = try s.policy(body(["rest", "c208", "c396"]))
+            try #require(try cli("apply", policy).status == 0)
+            defer { _ = try? cli("reset", policy) }
+            _ = try s.policy(body(["rest", "c396"]))  // the same file, c208 gone
+            let second = try cli("apply", policy)
+            try #require(second.status == 0, "\(second.err)")
+            let own = try cli("run", policy, "c396", "--", iperf3, "-v")
+            #expect(own.status == 0 && own.out.contains("iperf 3"), "its own class: \(own.err)")
+            let other = try cli("run", policy, "rest", "--", iperf3, "-v")
+            #expect(other.status == 1 && other.err.contains("matches class c396's rules"), "\(other.err)")
+        }
+
         /// Two netshapes with separate state directories (separate records and locks) share the one
         /// hook: applied at the same moment they attach one program, and the last reset takes it away.
         @Test func twoStateDirectoriesAtOnceAttachOneProgram() throws {
