@@ -14,7 +14,7 @@ import Testing
     @Test func applyAttachesOnceEditsUpdateInPlaceResetDetaches() throws {
         let k = machine(Self.caps)
         let engine = Engine(kernel: k)
-        // Before apply nothing serves a class; the path plan prints is what apply will make it.
+        // Before apply nothing serves a class (plan says what apply will make it).
         let before = try engine.status(try load(webPolicy), interval: 0, sleep: { _ in })
         #expect(before.namespaces[0].classes.map(\.path) == Array(repeating: ClassStatus.notApplied, count: 3))
         let r = try engine.apply(try load(webPolicy), policyPath: Self.path)
@@ -267,5 +267,17 @@ import Testing
         #expect(
             k.sockCreateVerdict(namespace: "web", comm: "d7", uid: 1007) != nil
                 && k.sockCreateVerdict(namespace: "web", comm: "c7", uid: 1007) == nil)
+    }
+    /// A reset killed after its detach but before it saved the record left `sockCreate` set; the
+    /// next reset finds nothing attached and clears it.
+    @Test func aResetInterruptedAfterItsDetachIsFinishedByTheNext() throws {
+        let k = machine(Self.caps)
+        let engine = Engine(kernel: k)
+        _ = try engine.apply(try load(webPolicy), policyPath: Self.path)
+        #expect(k.ownership.sockCreate == true)
+        k.sockCreateAttached = false  // detached, and the map with it, by the killed reset
+        k.sockCreateMap = [:]
+        _ = try engine.reset(policyPath: Self.path, policy: try load(webPolicy))
+        #expect(k.ownership.sockCreate == nil && k.ownership.namespaces.isEmpty)
     }
 }
