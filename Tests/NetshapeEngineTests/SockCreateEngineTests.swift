@@ -94,6 +94,11 @@ import Testing
         [[namespace.class]]
         name = "other"
         rate = "10mbit"
+
+        """ + dbEntry
+
+    /// `db` with its comm rule, as both policies here have it.
+    static let dbEntry = """
         [[namespace]]
         name = "db"
         device = "eth0"
@@ -201,6 +206,7 @@ import Testing
         #expect(try engine.plan(try load(renamed), policyPath: Self.path).operations.isEmpty)
     }
 
+    /// `web` with its own comm rule beside `db`.
     static let bothWithRules = """
         version = 1
         [[namespace]]
@@ -215,19 +221,8 @@ import Testing
         [[namespace.class]]
         name = "rest"
         rate = "10mbit"
-        [[namespace]]
-        name = "db"
-        device = "eth0"
-        egress = "100mbit"
-        default = "rest"
-        [[namespace.class]]
-        name = "replication"
-        rate = "10mbit"
-        match.comm = ["postgres"]
-        [[namespace.class]]
-        name = "rest"
-        rate = "10mbit"
-        """
+
+        """ + dbEntry
     /// db now lives in the network namespace web had (web in a new one): the old cookie's rules are
     /// converged once, by db, which owns it now (deleting them twice failed every apply with ENOENT).
     @Test func anEntryMovingOntoTheNamespaceAnotherLeftTakesItsCookie() throws {
